@@ -1,0 +1,288 @@
+"""Case files: declarative TOML that expands models x methods x tasks into cases.
+
+A case file (`steer_*.toml`) holds:
+
+    [defaults]                 # case options for every case of the file
+    [methods.<method>]         # method settings for every case of the file
+    [models.<name>]            # custom model sources: path / hub (+revision) / gguf
+    [tasks.<name>]             # custom task files: path (relative to the case file)
+    [[suite]]                  # models, methods and tasks to expand
+    [[case]]                   # overrides for the cases that match model/method/task
+
+Errors name the file, the case and the field; a broken case becomes an item that
+fails with that message, so the other cases still run.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from pytest_steer.methods import METHODS
+from pytest_steer.models.adapter import AdapterError, ArchitectureOverride
+from pytest_steer.models.loader import ModelSpec
+from pytest_steer.models.packaged import PACKAGED_MODELS
+from pytest_steer.settings import SettingsError, build_settings
+
+BUILTIN_TASKS_DIR = Path(__file__).resolve().parent.parent / "steering_cases" / "tasks"
+
+
+class CaseFileError(Exception):
+    """A case file cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class CaseOptions:
+    """Per-case gate and data options. None means: take the ini / command-line default."""
+
+    threshold: float | None = None
+    min_recovery: float | None = None
+    tolerance: float | None = None
+    gate: Literal["mean", "ci_low"] = "mean"
+    n_dev: int = 40
+    n_test: int = 80
+    seed: int = 0
+    expect: Literal["pass", "fail"] = "pass"
+    reason: str = ""
+
+    def validate(self, where: str) -> None:
+        if self.n_dev < 1 or self.n_test < 1:
+            raise SettingsError(f"{where}: n_dev and n_test must be at least 1")
+        if self.tolerance is not None and self.tolerance < 0:
+            raise SettingsError(f"{where}.tolerance: must be >= 0")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One (model, method, task) combination with everything needed to run and judge it."""
+
+    model: ModelSpec
+    method: str
+    task: str
+    task_path: Path
+    options: CaseOptions
+    settings: Any
+    source: Path
+
+    @property
+    def id(self) -> str:
+        return case_id(self.model.name, self.method, self.task)
+
+
+@dataclass(frozen=True)
+class BrokenCase:
+    """A case (or a whole file) that could not be built; it fails with `message`."""
+
+    id: str
+    message: str
+    source: Path
+    model: str = ""
+    method: str = ""
+    task: str = ""
+
+
+def case_id(model: str, method: str, task: str) -> str:
+    return f"{model}-{method}-{task}"
+
+
+def marker_name(text: str) -> str:
+    """A name usable in `-m` expressions: `qwen2.5-coder-0.5b` -> `qwen2_5_coder_0_5b`."""
+    name = re.sub(r"[^0-9A-Za-z_]+", "_", text).strip("_").lower()
+    return name if name and not name[0].isdigit() else f"m_{name}"
+
+
+FAMILIES = ("smollm", "gemma", "qwen", "llama", "mistral", "phi", "olmo", "gpt2", "pythia", "falcon")
+
+
+def model_family(name: str) -> str | None:
+    low = name.lower()
+    return next((f for f in FAMILIES if low.startswith(f)), None)
+
+
+_TOP_KEYS = {"defaults", "methods", "models", "tasks", "suite", "case"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _table(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise CaseFileError(f"{where}: expected a table, got {type(value).__name__}")
+    return value
+
+
+def _names(value: Any, where: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise CaseFileError(f"{where}: expected a non-empty list of names")
+    return value
+
+
+def _model_spec(name: str, models: Mapping[str, Any], base: Path, where: str) -> ModelSpec:
+    if name in models:
+        entry = dict(_table(models[name], f"{where}: [models.{name}]"))
+        adapter = entry.pop("adapter", None)
+        revision = entry.pop("revision", None)
+        kinds = [k for k in ("path", "hub", "gguf", "packaged") if k in entry]
+        unknown = sorted(set(entry) - {"path", "hub", "gguf", "packaged"})
+        if unknown:
+            raise CaseFileError(f"{where}: [models.{name}]: unknown field '{unknown[0]}' (expected path, hub, gguf, packaged, revision, adapter)")
+        if len(kinds) != 1:
+            raise CaseFileError(f"{where}: [models.{name}]: give exactly one of path, hub, gguf or packaged")
+        kind = kinds[0]
+        location = entry[kind]
+        if not isinstance(location, str):
+            raise CaseFileError(f"{where}: [models.{name}].{kind}: expected a string")
+        if revision is not None and kind != "hub":
+            raise CaseFileError(f"{where}: [models.{name}].revision: only a hub model has a revision")
+        override = None
+        if adapter is not None:
+            try:
+                override = ArchitectureOverride.from_mapping(_table(adapter, f"{where}: [models.{name}.adapter]"), f"{where}: [models.{name}.adapter]")
+            except AdapterError as exc:
+                raise CaseFileError(str(exc)) from exc
+        if kind == "packaged":
+            if location not in PACKAGED_MODELS:
+                raise CaseFileError(f"{where}: [models.{name}].packaged: unknown alias {location!r} (known: {', '.join(PACKAGED_MODELS)})")
+            return ModelSpec(name, "packaged", location, override=override)
+        if kind in ("path", "gguf"):
+            path = Path(location).expanduser()
+            location = str(path if path.is_absolute() else (base / path).resolve())
+        return ModelSpec(name, "folder" if kind == "path" else kind, location, revision, override)
+    if name in PACKAGED_MODELS:
+        return ModelSpec(name, "packaged", name)
+    raise CaseFileError(
+        f"{where}: unknown model {name!r}: expected a packaged alias ({', '.join(PACKAGED_MODELS)}) "
+        f"or a [models.{name}] table with path, hub or gguf"
+    )
+
+
+def _task_path(name: str, tasks: Mapping[str, Any], base: Path, where: str) -> Path:
+    if name in tasks:
+        entry = _table(tasks[name], f"{where}: [tasks.{name}]")
+        unknown = sorted(set(entry) - {"path"})
+        if unknown or not isinstance(entry.get("path"), str):
+            raise CaseFileError(f"{where}: [tasks.{name}]: expected exactly one field 'path' (a JSON file)")
+        path = Path(entry["path"]).expanduser()
+        return path if path.is_absolute() else (base / path).resolve()
+    for folder in (base / "tasks", BUILTIN_TASKS_DIR):
+        candidate = folder / f"{name}.json"
+        if candidate.is_file():
+            return candidate
+    raise CaseFileError(f"{where}: unknown task {name!r}: no tasks/{name}.json next to the case file or built in, and no [tasks.{name}] table")
+
+
+def load_case_file(path: Path) -> list[Case | BrokenCase]:
+    """Parse and expand one case file. Never raises for content errors: see BrokenCase."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return [BrokenCase(f"{path.stem}-invalid", f"{path}: cannot read case file: {exc}", path)]
+    try:
+        return _expand(data, path)
+    except (CaseFileError, SettingsError) as exc:
+        return [BrokenCase(f"{path.stem}-invalid", str(exc), path)]
+
+
+def _expand(data: Mapping[str, Any], path: Path) -> list[Case | BrokenCase]:
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise CaseFileError(f"{path}: unknown top-level key '{unknown[0]}' (expected {', '.join(sorted(_TOP_KEYS))})")
+    base = path.parent
+    defaults = dict(_table(data.get("defaults", {}), f"{path}: [defaults]"))
+    build_settings(CaseOptions, defaults, f"{path}: [defaults]")
+    method_defaults = _table(data.get("methods", {}), f"{path}: [methods]")
+    for name in method_defaults:
+        if name not in METHODS:
+            raise CaseFileError(f"{path}: [methods.{name}]: unknown method (known: {', '.join(METHODS)})")
+    models = _table(data.get("models", {}), f"{path}: [models]")
+    tasks = _table(data.get("tasks", {}), f"{path}: [tasks]")
+    suites = data.get("suite", [])
+    overrides = data.get("case", [])
+    if not isinstance(suites, list) or not isinstance(overrides, list):
+        raise CaseFileError(f"{path}: 'suite' and 'case' must be arrays of tables ([[suite]], [[case]])")
+    if not suites:
+        raise CaseFileError(f"{path}: no [[suite]] table: nothing to run")
+
+    combos: list[tuple[str, str, str, str]] = []
+    for i, suite in enumerate(suites):
+        where = f"{path}: suite[{i}]"
+        suite = _table(suite, where)
+        extra = sorted(set(suite) - {"models", "methods", "tasks"})
+        if extra:
+            raise CaseFileError(f"{where}: unknown field '{extra[0]}' (expected models, methods, tasks)")
+        for key in ("models", "methods", "tasks"):
+            if key not in suite:
+                raise CaseFileError(f"{where}: missing field '{key}'")
+        for model in _names(suite["models"], f"{where}.models"):
+            for method in _names(suite["methods"], f"{where}.methods"):
+                for task in _names(suite["tasks"], f"{where}.tasks"):
+                    combos.append((model, method, task, where))
+
+    for j, override in enumerate(overrides):
+        where = f"{path}: case[{j}]"
+        override = _table(override, where)
+        if not any(k in override for k in ("model", "method", "task")):
+            raise CaseFileError(f"{where}: give at least one of model, method, task to say which cases it changes")
+        if not any(_matches(override, m, me, t) for m, me, t, _ in combos):
+            raise CaseFileError(f"{where}: matches no case of this file ({_selector(override)})")
+
+    cases: list[Case | BrokenCase] = []
+    seen: set[str] = set()
+    for model, method, task, where in combos:
+        cid = case_id(model, method, task)
+        if cid in seen:
+            continue
+        seen.add(cid)
+        cases.append(_build_case(model, method, task, where, cid, path, base, defaults, method_defaults, models, tasks, overrides))
+    return cases
+
+
+def _matches(override: Mapping[str, Any], model: str, method: str, task: str) -> bool:
+    return all(override.get(k, v) == v for k, v in (("model", model), ("method", method), ("task", task)))
+
+
+def _selector(override: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={override[k]!r}" for k in ("model", "method", "task") if k in override)
+
+
+def _build_case(
+    model: str, method: str, task: str, where: str, cid: str, path: Path, base: Path,
+    defaults: Mapping[str, Any], method_defaults: Mapping[str, Any], models: Mapping[str, Any],
+    tasks: Mapping[str, Any], overrides: list[Any],
+) -> Case | BrokenCase:
+    here = f"{where} case {cid}"
+    try:
+        for label, name in (("model", model), ("task", task)):
+            if not _NAME.match(name):
+                raise CaseFileError(f"{here}: {label} name {name!r} may hold only letters, digits, '.', '_' and '-'")
+        if method not in METHODS:
+            raise CaseFileError(f"{here}: unknown method {method!r} (known: {', '.join(METHODS)})")
+        spec = _model_spec(model, models, base, here)
+        task_path = _task_path(task, tasks, base, here)
+        options = dict(defaults)
+        settings = dict(_table(method_defaults.get(method, {}), f"{path}: [methods.{method}]"))
+        option_where = f"{path}: [defaults]"
+        for j, override in enumerate(overrides):
+            if _matches(override, model, method, task):
+                for key, value in override.items():
+                    if key in ("model", "method", "task"):
+                        continue
+                    if key == "settings":
+                        settings.update(_table(value, f"{path}: case[{j}].settings"))
+                    else:
+                        options[key] = value
+                option_where = f"{path}: case[{j}] (for {cid})"
+        case_options = build_settings(CaseOptions, options, option_where)
+        method_settings = build_settings(METHODS[method].settings_type, settings, f"{path}: settings of {cid}")
+        return Case(spec, method, task, task_path, case_options, method_settings, path)
+    except (CaseFileError, SettingsError) as exc:
+        return BrokenCase(cid, str(exc), path, model, method, task)
+
+
+def with_options(case: Case, **changes: Any) -> Case:
+    return replace(case, options=replace(case.options, **changes))

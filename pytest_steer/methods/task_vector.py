@@ -1,0 +1,161 @@
+"""Task vectors (Hendel et al. 2023) as the reliability study ran them.
+
+A vector per block is the mean block output at the last token of few-shot prompts
+whose queries come from the demonstration pool; steering writes it over the last
+position of a zero-shot prompt at one block. The block is chosen on dev (lowest
+wins ties) after searching every layer, and test accuracy is reported there.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pytest_steer.methods.base import MethodOutcome, RunContext
+from pytest_steer.methods.hooks import HookReport, capture_last_token, edit_last_token
+from pytest_steer.methods.scoring import TokenCounter, first_target_ids, first_token_correct
+from pytest_steer.models.loader import ModelHandle
+from pytest_steer.settings import SettingsError, settings_dict
+from pytest_steer.tasks import Pair, Splits, Task, few_shot_prompt, target_text, zero_shot_prompt
+
+
+@dataclass(frozen=True)
+class TaskVectorSettings:
+    """Knobs of the task-vector method (defaults: ours, for small models on CPU)."""
+
+    n_prompts: int = 30
+    n_shots: int = 5
+    layers: tuple[int, ...] | None = None  # None: every block; never a stride by default
+    batch_size: int = 32
+
+    def validate(self, where: str) -> None:
+        for name in ("n_prompts", "n_shots", "batch_size"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{where}.{name}: must be at least 1")
+
+
+def icl_prompts(demos: tuple[Pair, ...], queries: tuple[Pair, ...], n_shots: int, rng: random.Random) -> list[str]:
+    """One few-shot prompt per query, demonstrations drawn from the pool (never the query)."""
+    prompts = []
+    for query in queries:
+        pool = [d for d in demos if d.input != query.input]
+        prompts.append(few_shot_prompt(rng.sample(pool, n_shots), query.input))
+    return prompts
+
+
+def extract_task_vectors(
+    handle: ModelHandle, demos: tuple[Pair, ...], settings: TaskVectorSettings, seed: int,
+    counter: TokenCounter | None = None,
+) -> torch.Tensor:
+    """Mean last-token output of every block over few-shot prompts with dummy queries: (L, hidden)."""
+    if len(demos) < settings.n_shots + 1:
+        raise ValueError(f"task vectors need more than {settings.n_shots} demonstrations, the pool has {len(demos)}")
+    rng = random.Random(f"task-vector-extract-{seed}")
+    queries = tuple(rng.choice(demos) for _ in range(settings.n_prompts))
+    prompts = icl_prompts(demos, queries, settings.n_shots, rng)
+    blocks = handle.adapter.blocks(handle.model)
+    with capture_last_token(blocks) as captured, torch.inference_mode():
+        from pytest_steer.methods.scoring import encode
+
+        for start in range(0, len(prompts), settings.batch_size):
+            batch = encode(handle.tokenizer, prompts[start : start + settings.batch_size])
+            handle.model(**batch, logits_to_keep=1, use_cache=False)
+            if counter is not None:
+                counter.tokens += int(batch["attention_mask"].sum())
+                counter.passes += 1
+    return torch.stack([torch.cat(chunks).mean(dim=0) for chunks in captured])
+
+
+def steered_accuracy(
+    handle: ModelHandle, layer: int, vector: torch.Tensor, prompts: list[str], target_ids: list[int],
+    batch_size: int, counter: TokenCounter,
+) -> tuple[np.ndarray, HookReport]:
+    """Per-item first-token correctness with block `layer`'s last-token output replaced by `vector`."""
+    block = handle.adapter.block(handle.model, layer)
+    with edit_last_token(block, lambda last: vector.expand_as(last)) as report:
+        correct = first_token_correct(handle, prompts, target_ids, batch_size, counter)
+    return correct, report
+
+
+class TaskVectorMethod:
+    """The task-vector method: extract (cached), search every layer on dev, report on test."""
+
+    name = "task_vector"
+    settings_type = TaskVectorSettings
+
+    def run(
+        self, handle: ModelHandle, task: Task, splits: Splits, settings: TaskVectorSettings, context: RunContext
+    ) -> MethodOutcome:
+        counter = TokenCounter()
+        n_layers = handle.adapter.num_layers
+        layers = list(settings.layers) if settings.layers is not None else list(range(n_layers))
+        bad = [l for l in layers if not 0 <= l < n_layers]
+        if bad:
+            raise SettingsError(f"task_vector.layers: {bad} out of range for a model with {n_layers} blocks")
+
+        def build() -> dict[str, torch.Tensor]:
+            if context.progress:
+                context.progress(f"extracting task vectors ({settings.n_prompts} prompts)", 0, 1)
+            vectors = extract_task_vectors(handle, splits.demos, settings, splits.seed, counter)
+            if context.progress:
+                context.progress(f"extracting task vectors ({settings.n_prompts} prompts)", 1, 1)
+            return {"vectors": vectors}
+
+        key = {
+            "kind": "task_vector/vectors",
+            "model": handle.fingerprint,
+            "task": task.data_hash(),
+            "seed": splits.seed,
+            "splits": [len(splits.demos), len(splits.dev), len(splits.test)],
+            "settings": {k: v for k, v in settings_dict(settings).items() if k in ("n_prompts", "n_shots")},
+        }
+        tensors, cache = context.cache.get_or_build("task_vector", key, build)
+        vectors = tensors["vectors"]
+
+        bs = settings.batch_size
+        dev_prompts = [zero_shot_prompt(p.input) for p in splits.dev]
+        dev_targets = first_target_ids(handle.tokenizer, dev_prompts, [target_text(p) for p in splits.dev])
+        test_prompts = [zero_shot_prompt(p.input) for p in splits.test]
+        test_targets = first_target_ids(handle.tokenizer, test_prompts, [target_text(p) for p in splits.test])
+
+        dev_curve: list[float] = []
+        changed_min = float("inf")
+        for i, layer in enumerate(layers):
+            correct, report = steered_accuracy(handle, layer, vectors[layer], dev_prompts, dev_targets, bs, counter)
+            if not report.fired_and_changed:
+                raise RuntimeError(f"steering hook on block {layer} did not fire or changed nothing: {report}")
+            changed_min = min(changed_min, report.max_abs_change)
+            dev_curve.append(float(correct.mean()))
+            if context.progress:
+                context.progress("dev sweep over layers", i + 1, len(layers))
+        best = layers[int(np.argmax(dev_curve))]  # argmax returns the first (lowest) layer on ties
+
+        unsteered = first_token_correct(handle, test_prompts, test_targets, bs, counter)
+        unsteered_dev = first_token_correct(handle, dev_prompts, dev_targets, bs, counter)
+        steered, report = steered_accuracy(handle, best, vectors[best], test_prompts, test_targets, bs, counter)
+        icl_rng = random.Random(f"task-vector-icl-{splits.seed}")
+        icl_test = icl_prompts(splits.demos, splits.test, settings.n_shots, icl_rng)
+        icl_targets = first_target_ids(handle.tokenizer, icl_test, [target_text(p) for p in splits.test])
+        ceiling = first_token_correct(handle, icl_test, icl_targets, bs, counter)
+
+        return MethodOutcome(
+            unsteered=unsteered,
+            steered=steered,
+            ceiling=ceiling,
+            chosen={"layer": best, "relative_depth": round(best / n_layers, 3)},
+            curves={"dev_layers": layers, "dev_accuracy": dev_curve},
+            vectors={"task_vector": vectors[best]},
+            vector_metadata={"layer": str(best), "position": "last", "intervention": "replace block output"},
+            diagnostics={
+                "unsteered_dev": float(unsteered_dev.mean()),
+                "hook": {"calls": report.calls, "rows": report.rows, "max_abs_change": report.max_abs_change,
+                         "min_change_over_sweep": changed_min},
+                "forward_tokens": counter.tokens,
+                "forward_passes": counter.passes,
+                "cache": {"path": str(cache.path), "hit": cache.hit, "rebuilt_corrupt": cache.rebuilt_corrupt},
+            },
+            test_items=[p.input for p in splits.test],
+        )

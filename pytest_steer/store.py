@@ -1,0 +1,200 @@
+"""Files on disk: atomic writes, the safetensors vector cache and the baseline store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from pytest_steer import __version__
+
+
+class StoreError(Exception):
+    """A stored file is unreadable; the message names the file and what was expected."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it.
+
+    A crash or interrupt leaves either the old file or the new one, never half of one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def content_hash(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def write_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+    """Atomically save tensors as safetensors with a metadata header and a content checksum."""
+    meta = {k: str(v) for k, v in metadata.items()}
+    meta["content_sha256"] = content_hash(tensors)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a safetensors file and verify its checksum; raise StoreError if it is damaged."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise StoreError(f"{path}: not a readable safetensors file ({exc})") from exc
+    expected = metadata.get("content_sha256")
+    if expected is None:
+        raise StoreError(f"{path}: metadata has no 'content_sha256'")
+    if content_hash(tensors) != expected:
+        raise StoreError(f"{path}: tensor data does not match its 'content_sha256' (corrupt file)")
+    return tensors, metadata
+
+
+def cache_key(parts: Mapping[str, Any]) -> str:
+    """Stable hash of everything a cached artefact depends on (plus the plugin version)."""
+    payload = json.dumps({**parts, "plugin_version": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass
+class CacheOutcome:
+    """What the cache did for one lookup (for reports and tests)."""
+
+    path: Path
+    hit: bool
+    rebuilt_corrupt: bool = False
+
+
+class VectorCache:
+    """Content-addressed safetensors files under `<root>/<namespace>/<key>.safetensors`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, namespace: str, key: str) -> Path:
+        return self.root / namespace / f"{key}.safetensors"
+
+    def get_or_build(
+        self,
+        namespace: str,
+        parts: Mapping[str, Any],
+        build: Callable[[], Mapping[str, torch.Tensor]],
+    ) -> tuple[dict[str, torch.Tensor], CacheOutcome]:
+        """Return the cached tensors for `parts`, building and storing them on a miss.
+
+        A lock per key keeps parallel workers from building the same entry twice; a
+        corrupt or truncated file is deleted and rebuilt, never used.
+        """
+        key = cache_key(parts)
+        path = self.path(namespace, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            rebuilt = False
+            if path.exists():
+                try:
+                    tensors, metadata = read_tensors(path)
+                    if metadata.get("cache_key") == key:
+                        return tensors, CacheOutcome(path, hit=True)
+                except StoreError:
+                    pass
+                path.unlink(missing_ok=True)
+                rebuilt = True
+            tensors = {k: v.detach().cpu() for k, v in build().items()}
+            metadata = {"cache_key": key, "namespace": namespace, "parts": json.dumps(parts, sort_keys=True, default=str)}
+            write_tensors(path, tensors, metadata)
+            return tensors, CacheOutcome(path, hit=False, rebuilt_corrupt=rebuilt)
+
+
+class BaselineStore:
+    """One JSON (and an optional vector file) per case: `<root>/<model>/<method>/<task>.json`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def json_path(self, model: str, method: str, task: str) -> Path:
+        return self.root / model / method / f"{task}.json"
+
+    def vector_path(self, model: str, method: str, task: str) -> Path:
+        return self.root / model / method / f"{task}.safetensors"
+
+    def load(self, model: str, method: str, task: str) -> dict[str, Any] | None:
+        """The stored record, None if there is none; StoreError if it cannot be read."""
+        path = self.json_path(model, method, task)
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{path}: baseline is not valid JSON ({exc}); refresh it with --steer-update") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
+            raise StoreError(f"{path}: baseline has no 'metrics' object; refresh it with --steer-update")
+        return data
+
+    def write(
+        self,
+        model: str,
+        method: str,
+        task: str,
+        record: Mapping[str, Any],
+        tensors: Mapping[str, torch.Tensor] | None = None,
+        tensor_metadata: Mapping[str, str] | None = None,
+    ) -> list[Path]:
+        """Atomically write the record (and vector); returns the paths written."""
+        written: list[Path] = []
+        if tensors:
+            vpath = self.vector_path(model, method, task)
+            write_tensors(vpath, tensors, tensor_metadata or {})
+            written.append(vpath)
+        jpath = self.json_path(model, method, task)
+        atomic_write_json(jpath, dict(record))
+        written.append(jpath)
+        return written
+
+    def all_ids(self) -> set[tuple[str, str, str]]:
+        """Every (model, method, task) that has a stored JSON baseline."""
+        found = set()
+        if self.root.is_dir():
+            for path in self.root.glob("*/*/*.json"):
+                found.add((path.parent.parent.name, path.parent.name, path.stem))
+        return found
