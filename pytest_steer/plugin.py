@@ -273,6 +273,7 @@ class _XdistController:
         state = self.config.stash[STATE_KEY]
         for nodeid in ids:
             path, _, name = nodeid.rpartition("::")
+            name = name.split("@", 1)[0]  # --dist loadgroup appends "@<group>"
             if path.endswith(".toml"):
                 state["selected"].add(name)
                 state["collected_any"] = True

@@ -1,14 +1,27 @@
-"""Batched prompt scoring: first-token-of-target accuracy at the last position."""
+"""Batched prompt scoring at the last position, with many interventions per prompt.
+
+Every intervention of the word-task methods touches only the last token, and the
+positions before it cannot see it. So the prompt minus its last token is encoded
+once (a KV cache), and the last token is run as a batch with one row per variant
+(layer, head, strength...) on that cache repeated across the batch. `reuse_prefix=False`
+runs whole prompts instead; both give the same numbers to float precision.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import inspect
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from pytest_steer.models.loader import ModelHandle
+
+# Builds the hooks for one batch, given the variant index of every row.
+Intervene = Callable[[torch.Tensor], AbstractContextManager[object]]
 
 
 @dataclass
@@ -17,6 +30,22 @@ class TokenCounter:
 
     tokens: int = 0
     passes: int = 0
+
+    def add(self, mask: torch.Tensor) -> None:
+        self.tokens += int(mask.sum())
+        self.passes += 1
+
+
+@dataclass
+class VariantScores:
+    """Per prompt and variant: the argmax token and the target's log-probability."""
+
+    top1: torch.Tensor  # (n_prompts, n_variants) long
+    target_logprob: torch.Tensor  # (n_prompts, n_variants) float32
+
+    def correct(self, target_ids: Sequence[int]) -> np.ndarray:
+        targets = torch.tensor(list(target_ids)).unsqueeze(1)
+        return (self.top1 == targets).to(torch.float64).numpy()
 
 
 def first_target_ids(tokenizer: object, prompts: Sequence[str], targets: Sequence[str]) -> list[int]:
@@ -44,30 +73,78 @@ def encode(tokenizer: object, prompts: Sequence[str]) -> dict[str, torch.Tensor]
     return {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": position_ids}
 
 
-def last_logits(
-    handle: ModelHandle, prompts: Sequence[str], batch_size: int, counter: TokenCounter | None = None
-) -> torch.Tensor:
-    """Float32 logits at the last position of every prompt, shape (len(prompts), vocab)."""
-    chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(prompts), batch_size):
-            batch = encode(handle.tokenizer, prompts[start : start + batch_size])
-            out = handle.model(**batch, logits_to_keep=1, use_cache=False)
-            chunks.append(out.logits[:, -1, :].float())
-            if counter is not None:
-                counter.tokens += int(batch["attention_mask"].sum())
-                counter.passes += 1
-    return torch.cat(chunks)
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    """transformers 5.2x renamed `past_key_values` to `cache`; accept both."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def first_token_correct(
+def _reduce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = logits.float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return logits.argmax(dim=-1), logprobs.gather(1, targets.unsqueeze(1)).squeeze(1)
+
+
+def score_variants(
     handle: ModelHandle,
     prompts: Sequence[str],
     target_ids: Sequence[int],
-    batch_size: int,
+    n_variants: int = 1,
+    intervene: Intervene | None = None,
+    *,
+    batch_size: int = 32,
+    max_rows: int = 256,
     counter: TokenCounter | None = None,
+    reuse_prefix: bool = True,
+) -> VariantScores:
+    """Score every prompt under `n_variants` interventions (rows are prompt-major)."""
+    model = handle.model
+    n = len(prompts)
+    top1 = torch.empty(n, n_variants, dtype=torch.long)
+    logp = torch.empty(n, n_variants, dtype=torch.float32)
+    targets_all = torch.tensor(list(target_ids), dtype=torch.long)
+    per_chunk = max(1, max_rows // n_variants)
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            batch = encode(handle.tokenizer, prompts[start : start + batch_size])
+            ids, mask, pos = batch["input_ids"], batch["attention_mask"], batch["position_ids"]
+            cache = None
+            if reuse_prefix:
+                if ids.shape[1] < 2:
+                    raise ValueError("prompts must have at least two tokens to reuse a prefix cache")
+                out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
+                            use_cache=True, logits_to_keep=1)
+                cache = getattr(out, "cache", None) or out.past_key_values
+                if counter is not None:
+                    counter.add(mask[:, :-1])
+            b = ids.shape[0]
+            for sub in range(0, b, per_chunk):
+                local = torch.arange(sub, min(b, sub + per_chunk))
+                rows = local.repeat_interleave(n_variants)
+                variant = torch.arange(n_variants).repeat(len(local))
+                hooks = intervene(variant) if intervene is not None else nullcontext()
+                if reuse_prefix:
+                    row_cache = copy.deepcopy(cache)
+                    row_cache.batch_select_indices(rows)
+                    inputs = {"input_ids": ids[rows, -1:], "attention_mask": mask[rows], "position_ids": pos[rows, -1:],
+                              _cache_kwarg(model): row_cache, "use_cache": True}
+                    cost = mask[rows, -1:]
+                else:
+                    inputs = {"input_ids": ids[rows], "attention_mask": mask[rows], "position_ids": pos[rows], "use_cache": False}
+                    cost = mask[rows]
+                with hooks:
+                    out = model(**inputs, logits_to_keep=1)
+                if counter is not None:
+                    counter.add(cost)
+                t, lp = _reduce(out.logits[:, -1, :], targets_all[start + rows])
+                top1[start + local] = t.view(len(local), n_variants)
+                logp[start + local] = lp.view(len(local), n_variants)
+    return VariantScores(top1=top1, target_logprob=logp)
+
+
+def first_token_correct(
+    handle: ModelHandle, prompts: Sequence[str], target_ids: Sequence[int], batch_size: int,
+    counter: TokenCounter | None = None, reuse_prefix: bool = True,
 ) -> np.ndarray:
     """1.0 where the target's first token is the argmax at the last position, else 0.0."""
-    logits = last_logits(handle, prompts, batch_size, counter)
-    top = logits.argmax(dim=-1)
-    return (top == torch.tensor(list(target_ids))).to(torch.float64).numpy()
+    scores = score_variants(handle, prompts, target_ids, batch_size=batch_size, counter=counter, reuse_prefix=reuse_prefix)
+    return scores.correct(target_ids)[:, 0]

@@ -9,6 +9,8 @@ wins ties) after searching every layer, and test accuracy is reported there.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 
 from pytest_steer.methods.base import MethodOutcome, RunContext
 from pytest_steer.methods.hooks import HookReport, capture_last_token, edit_last_token
-from pytest_steer.methods.scoring import TokenCounter, first_target_ids, first_token_correct
+from pytest_steer.methods.scoring import Intervene, TokenCounter, encode, first_target_ids, score_variants
 from pytest_steer.models.loader import ModelHandle
 from pytest_steer.settings import SettingsError, settings_dict
 from pytest_steer.tasks import Pair, Splits, Task, few_shot_prompt, target_text, zero_shot_prompt
@@ -30,9 +32,11 @@ class TaskVectorSettings:
     n_shots: int = 5
     layers: tuple[int, ...] | None = None  # None: every block; never a stride by default
     batch_size: int = 32
+    max_rows: int = 256  # rows (prompt x variant) per last-token pass
+    reuse_prefix: bool = True  # encode the prompt minus its last token once (same numbers, less work)
 
     def validate(self, where: str) -> None:
-        for name in ("n_prompts", "n_shots", "batch_size"):
+        for name in ("n_prompts", "n_shots", "batch_size", "max_rows"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{where}.{name}: must be at least 1")
 
@@ -58,26 +62,44 @@ def extract_task_vectors(
     prompts = icl_prompts(demos, queries, settings.n_shots, rng)
     blocks = handle.adapter.blocks(handle.model)
     with capture_last_token(blocks) as captured, torch.inference_mode():
-        from pytest_steer.methods.scoring import encode
-
         for start in range(0, len(prompts), settings.batch_size):
             batch = encode(handle.tokenizer, prompts[start : start + settings.batch_size])
             handle.model(**batch, logits_to_keep=1, use_cache=False)
             if counter is not None:
-                counter.tokens += int(batch["attention_mask"].sum())
-                counter.passes += 1
+                counter.add(batch["attention_mask"])
     return torch.stack([torch.cat(chunks).mean(dim=0) for chunks in captured])
 
 
-def steered_accuracy(
-    handle: ModelHandle, layer: int, vector: torch.Tensor, prompts: list[str], target_ids: list[int],
-    batch_size: int, counter: TokenCounter,
-) -> tuple[np.ndarray, HookReport]:
-    """Per-item first-token correctness with block `layer`'s last-token output replaced by `vector`."""
-    block = handle.adapter.block(handle.model, layer)
-    with edit_last_token(block, lambda last: vector.expand_as(last)) as report:
-        correct = first_token_correct(handle, prompts, target_ids, batch_size, counter)
-    return correct, report
+def replace_at_layers(
+    handle: ModelHandle, layers: list[int], vectors: torch.Tensor, reports: dict[int, HookReport]
+) -> Intervene:
+    """Variant k writes `vectors[layers[k]]` over block `layers[k]`'s last-token output."""
+
+    @contextmanager
+    def intervene(variant: torch.Tensor) -> Iterator[None]:
+        with ExitStack() as stack:
+            for k, layer in enumerate(layers):
+                rows = variant == k
+                if not bool(rows.any()):
+                    continue
+
+                def edit(last: torch.Tensor, rows: torch.Tensor = rows, layer: int = layer) -> torch.Tensor:
+                    out = last.clone()
+                    out[rows] = vectors[layer].to(last.dtype)
+                    return out
+
+                report = stack.enter_context(edit_last_token(handle.adapter.block(handle.model, layer), edit))
+                stack.callback(_merge, reports, layer, report)
+            yield
+
+    return intervene
+
+
+def _merge(reports: dict[int, HookReport], layer: int, report: HookReport) -> None:
+    total = reports.setdefault(layer, HookReport())
+    total.calls += report.calls
+    total.rows += report.rows
+    total.max_abs_change = max(total.max_abs_change, report.max_abs_change)
 
 
 class TaskVectorMethod:
@@ -115,31 +137,43 @@ class TaskVectorMethod:
         tensors, cache = context.cache.get_or_build("task_vector", key, build)
         vectors = tensors["vectors"]
 
-        bs = settings.batch_size
+        def score(prompts: list[str], targets: list[int], at: list[int] | None, reports: dict[int, HookReport]) -> np.ndarray:
+            intervene = replace_at_layers(handle, at, vectors, reports) if at else None
+            result = score_variants(
+                handle, prompts, targets, len(at) if at else 1, intervene, batch_size=settings.batch_size,
+                max_rows=settings.max_rows, counter=counter, reuse_prefix=settings.reuse_prefix,
+            )
+            return result.correct(targets)
+
         dev_prompts = [zero_shot_prompt(p.input) for p in splits.dev]
         dev_targets = first_target_ids(handle.tokenizer, dev_prompts, [target_text(p) for p in splits.dev])
         test_prompts = [zero_shot_prompt(p.input) for p in splits.test]
         test_targets = first_target_ids(handle.tokenizer, test_prompts, [target_text(p) for p in splits.test])
 
-        dev_curve: list[float] = []
-        changed_min = float("inf")
-        for i, layer in enumerate(layers):
-            correct, report = steered_accuracy(handle, layer, vectors[layer], dev_prompts, dev_targets, bs, counter)
-            if not report.fired_and_changed:
-                raise RuntimeError(f"steering hook on block {layer} did not fire or changed nothing: {report}")
-            changed_min = min(changed_min, report.max_abs_change)
-            dev_curve.append(float(correct.mean()))
-            if context.progress:
-                context.progress("dev sweep over layers", i + 1, len(layers))
+        if context.progress:
+            context.progress(f"dev sweep over {len(layers)} layers", 0, 1)
+        sweep_reports: dict[int, HookReport] = {}
+        dev_correct = score(dev_prompts, dev_targets, layers, sweep_reports)  # (n_dev, n_layers)
+        silent = [l for l in layers if l not in sweep_reports or not sweep_reports[l].fired_and_changed]
+        if silent:
+            raise RuntimeError(f"steering hooks on blocks {silent} did not fire or changed nothing")
+        dev_curve = [float(x) for x in dev_correct.mean(axis=0)]
+        if context.progress:
+            context.progress(f"dev sweep over {len(layers)} layers", 1, 1)
         best = layers[int(np.argmax(dev_curve))]  # argmax returns the first (lowest) layer on ties
 
-        unsteered = first_token_correct(handle, test_prompts, test_targets, bs, counter)
-        unsteered_dev = first_token_correct(handle, dev_prompts, dev_targets, bs, counter)
-        steered, report = steered_accuracy(handle, best, vectors[best], test_prompts, test_targets, bs, counter)
+        unsteered = score(test_prompts, test_targets, None, {})[:, 0]
+        unsteered_dev = score(dev_prompts, dev_targets, None, {})[:, 0]
+        test_reports: dict[int, HookReport] = {}
+        steered = score(test_prompts, test_targets, [best], test_reports)[:, 0]
+        report = test_reports[best]
+        if not report.fired_and_changed:
+            raise RuntimeError(f"steering hook on block {best} did not fire or changed nothing: {report}")
         icl_rng = random.Random(f"task-vector-icl-{splits.seed}")
         icl_test = icl_prompts(splits.demos, splits.test, settings.n_shots, icl_rng)
         icl_targets = first_target_ids(handle.tokenizer, icl_test, [target_text(p) for p in splits.test])
-        ceiling = first_token_correct(handle, icl_test, icl_targets, bs, counter)
+        ceiling = score(icl_test, icl_targets, None, {})[:, 0]
+        changed_min = min(r.max_abs_change for r in sweep_reports.values())
 
         return MethodOutcome(
             unsteered=unsteered,

@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny randomly initialised model with a word-level tokenizer (no download)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest_plugins = ["pytester"]
+
+TINY_WORDS = [f"w{i}" for i in range(60)] + [f"v{i}" for i in range(60)]
+
+
+def tiny_pairs() -> list[dict[str, str]]:
+    """A synthetic word-pair task: w{i} -> v{i} (60 items)."""
+    return [{"input": f"w{i}", "output": f"v{i}"} for i in range(60)]
+
+
+def build_tiny_model(folder: Path, model_type: str = "llama", bos: bool = False) -> Path:
+    """Save a tiny random causal LM and a word-level tokenizer that knows the tiny task's words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "<unk>", "<s>", "Q", "A", ":", *TINY_WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    if bos:
+        from tokenizers import processors
+
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>")
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        model_type, vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+        pad_token_id=0, bos_token_id=2, eos_token_id=1,
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_task_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tinytask") / "pairs.json"
+    path.write_text(json.dumps(tiny_pairs()))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_handle(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    from pytest_steer.models.loader import ModelSpec, load_model
+
+    return load_model(ModelSpec("tiny", "folder", str(tiny_model_dir)), tmp_path_factory.mktemp("cache"))

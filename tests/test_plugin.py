@@ -1,0 +1,186 @@
+"""The plugin end to end through pytester, on a tiny random model (mechanics only)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+CASE_FILE = """
+[defaults]
+n_dev = 10
+n_test = 12
+threshold = {threshold}
+tolerance = 0.0
+
+[methods.task_vector]
+n_prompts = 6
+n_shots = 3
+batch_size = 8
+
+[models.tinya]
+path = "{model}"
+
+[models.tinyb]
+path = "{model}"
+
+[tasks.tinytask]
+path = "{task}"
+
+[tasks.othertask]
+path = "{task}"
+
+[[suite]]
+models = {models}
+methods = ["task_vector"]
+tasks = ["tinytask", "othertask"]
+{extra}
+"""
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester, tiny_model_dir: Path, tiny_task_file: Path):
+    """Write a case file; returns a function running pytest on it in a subprocess."""
+    cache = pytester.path / "cache"
+
+    def write(threshold: float = -1.0, models: str = '["tinya"]', extra: str = "", name: str = "steer_tiny.toml") -> Path:
+        text = CASE_FILE.format(threshold=threshold, model=tiny_model_dir, task=tiny_task_file, models=models, extra=extra)
+        path = pytester.path / name
+        path.write_text(text)
+        return path
+
+    def run(*args: str) -> pytest.RunResult:
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--steer-cache-dir={cache}", *args)
+
+    return write, run
+
+
+def _report(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_ids_markers_and_selection(suite) -> None:
+    write, run = suite
+    write(models='["tinya", "tinyb"]')
+    result = run("--collect-only", "-q", "--strict-markers")
+    result.stdout.fnmatch_lines(["steer_tiny.toml::tinya-task_vector-tinytask", "steer_tiny.toml::tinyb-task_vector-othertask"])
+    assert result.ret == 0
+    result = run("--collect-only", "-q", "--strict-markers", "-m", "task_vector and tinyb")
+    result.stdout.fnmatch_lines(["*2/4 tests collected (2 deselected)*"])
+    result = run("--collect-only", "-q", "-k", "othertask")
+    result.stdout.fnmatch_lines(["*2/4 tests collected (2 deselected)*"])
+    result = run("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.task_vector:*", "@pytest.mark.qwen:*"])
+
+
+def test_missing_baseline_fails_with_the_command_that_creates_it(suite) -> None:
+    write, run = suite
+    write()
+    result = run("-k", "tinytask")
+    result.assert_outcomes(failed=1, deselected=1)
+    result.stdout.fnmatch_lines(["*no baseline for tinya-task_vector-tinytask*", "*pytest 'steer_tiny.toml::tinya-task_vector-tinytask' --steer-update*"])
+
+
+def test_update_then_compare_then_regression(suite, pytester: pytest.Pytester) -> None:
+    write, run = suite
+    write()
+    report = pytester.path / "report.json"
+    result = run("--steer-update", f"--steer-report={report}", "--junitxml=junit.xml")
+    result.assert_outcomes(passed=2)
+    stored = pytester.path / "baselines" / "tinya" / "task_vector" / "tinytask.json"
+    vector = stored.with_suffix(".safetensors")
+    assert stored.is_file() and vector.is_file()
+    data = json.loads(stored.read_text())
+    for key in ("metrics", "curves", "chosen", "counts", "seed", "fingerprint", "versions", "per_item", "settings"):
+        assert key in data
+    assert "status" not in data and "_vectors" not in data
+    assert len(data["curves"]["dev_accuracy"]) == 3
+    assert data["metrics"]["delta_ci"][0] <= data["metrics"]["delta"] <= data["metrics"]["delta_ci"][1]
+    from pytest_steer.store import read_tensors
+
+    tensors, meta = read_tensors(vector)
+    assert tensors["task_vector"].shape == (32,) and meta["layer"] == str(data["chosen"]["layer"])
+    assert meta["fingerprint"] == data["fingerprint"]
+    cases = _report(report)["cases"]
+    assert {c["status"] for c in cases} == {"pass"} and len(cases) == 2
+    junit = (pytester.path / "junit.xml").read_text()
+    assert 'name="steer_steered"' in junit and 'name="steer_delta_ci"' in junit
+
+    result = run()
+    result.assert_outcomes(passed=2)
+
+    data["metrics"]["steered"] = 1.5  # a stored result the model cannot reach
+    stored.write_text(json.dumps(data))
+    result = run()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*regression: steered * is below the stored baseline 1.500*"])
+
+
+def test_threshold_failure_and_expected_failures(suite) -> None:
+    write, run = suite
+    extra = """
+[[case]]
+task = "tinytask"
+expect = "fail"
+reason = "random weights do not steer"
+
+[[case]]
+task = "othertask"
+expect = "fail"
+threshold = -1.0
+"""
+    write(threshold=2.0, extra=extra)
+    result = run("--steer-update", "-rxX")
+    result.assert_outcomes(xfailed=1, xpassed=1)
+    result.stdout.fnmatch_lines(["*random weights do not steer*"])
+    write(threshold=2.0)
+    result = run()
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*below the threshold +2.000*"])
+
+
+def test_a_broken_case_file_does_not_stop_the_others(suite, pytester: pytest.Pytester) -> None:
+    write, run = suite
+    write()
+    (pytester.path / "steer_broken.toml").write_text('[defaults]\nthreshold = "high"\n[[suite]]\nmodels=["x"]\nmethods=["task_vector"]\ntasks=["antonym"]\n')
+    (pytester.path / "steer_syntax.toml").write_text("[[suite]\n")
+    result = run("--steer-update")
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(["*steer_broken.toml*threshold*expected a number*", "*steer_syntax.toml*cannot read case file*"])
+
+
+def test_unused_baselines_are_reported_respecting_selection(suite, pytester: pytest.Pytester) -> None:
+    write, run = suite
+    write()
+    run("--steer-update").assert_outcomes(passed=2)
+    stale = pytester.path / "baselines" / "gone" / "task_vector" / "oldtask.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"metrics": {}}')
+    result = run("-k", "tinytask")
+    result.stdout.fnmatch_lines(["*2 baseline(s) not used by any selected case:*"])
+    result = run()
+    result.stdout.fnmatch_lines(["*1 baseline(s) not used by any selected case:*", "*gone*oldtask.json"])
+
+
+def test_xdist_gives_the_same_numbers_and_writes_baselines_once(suite, pytester: pytest.Pytester) -> None:
+    write, run = suite
+    write(models='["tinya", "tinyb"]')
+    run("--steer-update", "--steer-report=serial.json").assert_outcomes(passed=4)
+    serial_files = {p: p.read_text() for p in sorted((pytester.path / "baselines").rglob("*.json"))}
+    result = run("-n", "2", "--dist", "loadgroup", "--steer-update", "--steer-report=parallel.json")
+    result.assert_outcomes(passed=4)
+    serial = {c["id"]: c for c in _report(pytester.path / "serial.json")["cases"]}
+    parallel = {c["id"]: c for c in _report(pytester.path / "parallel.json")["cases"]}
+    assert serial.keys() == parallel.keys() and len(serial) == 4
+    for cid in serial:
+        for key in ("metrics", "curves", "chosen", "per_item", "fingerprint"):
+            assert serial[cid][key] == parallel[cid][key], (cid, key)
+        assert parallel[cid]["diagnostics"]["worker"].startswith("gw")
+        assert parallel[cid]["diagnostics"]["model_loads_in_process"] == 1
+    workers = {parallel[c]["diagnostics"]["worker"] for c in parallel if c.startswith("tinya")}
+    assert len(workers) == 1  # one xdist_group per model: a model's cases share a worker
+    for path, text in serial_files.items():
+        a, b = json.loads(text), json.loads(path.read_text())
+        assert a["metrics"] == b["metrics"] and a["per_item"] == b["per_item"]
+    assert not list((pytester.path / "baselines").rglob("*.tmp"))

@@ -1,0 +1,430 @@
+"""Tests for pytest_steer.store: atomic writes, safetensors files, the vector cache, baselines."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+import pytest_steer.store as store
+from pytest_steer.store import (
+    BaselineStore,
+    StoreError,
+    VectorCache,
+    atomic_write_bytes,
+    atomic_write_json,
+    cache_key,
+    content_hash,
+    read_tensors,
+    write_tensors,
+)
+
+
+def tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "vectors": torch.randn(4, 16, generator=g),
+        "layers": torch.arange(4, dtype=torch.int64),
+        "half": torch.randn(3, 5, generator=g).to(torch.bfloat16),
+    }
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert set(a) == set(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+        assert torch.equal(a[k], b[k]), k
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def flip_byte_near_end(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def truncate_half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def test_atomic_write_bytes_writes_and_replaces(tmp_path):
+    path = tmp_path / "sub" / "f.bin"
+    atomic_write_bytes(path, b"one")
+    assert path.read_bytes() == b"one"
+    atomic_write_bytes(path, b"two")
+    assert path.read_bytes() == b"two"
+    assert leftovers(path.parent) == []
+
+
+def test_atomic_write_json_content(tmp_path):
+    path = tmp_path / "r.json"
+    atomic_write_json(path, {"b": 1, "a": [1.5, "é"]})
+    assert json.loads(path.read_text(encoding="utf-8")) == {"b": 1, "a": [1.5, "é"]}
+    assert path.read_text(encoding="utf-8").endswith("\n")
+
+
+@pytest.mark.parametrize("victim", ["replace", "fsync"])
+def test_atomic_write_failure_keeps_old_content(tmp_path, monkeypatch, victim):
+    path = tmp_path / "f.json"
+    atomic_write_json(path, {"version": "old"})
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(os, victim, boom)
+    with pytest.raises(OSError, match="disk on fire"):
+        atomic_write_json(path, {"version": "new" * 1000})
+    with pytest.raises(OSError, match="disk on fire"):
+        atomic_write_bytes(path, b"garbage")
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
+
+
+def test_atomic_write_interrupt_cleans_up(tmp_path, monkeypatch):
+    path = tmp_path / "f.bin"
+    atomic_write_bytes(path, b"old")
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(path, b"new")
+    monkeypatch.undo()
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_write_tensors_failure_keeps_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "v.safetensors"
+    write_tensors(path, tensors(), {"n": "1"})
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("no")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        write_tensors(path, {"x": torch.ones(3)}, {})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.safetensors"]
+
+
+# ---------------------------------------------------------------- safetensors files
+
+
+def test_tensor_roundtrip_with_metadata(tmp_path):
+    path = tmp_path / "v.safetensors"
+    src = tensors()
+    write_tensors(path, src, {"model": "m", "layer": 3})
+    got, meta = read_tensors(path)
+    assert_same(got, src)
+    assert meta["model"] == "m"
+    assert meta["layer"] == "3"  # metadata values become strings
+    assert meta["content_sha256"] == content_hash(src)
+    assert leftovers(tmp_path) == []
+
+
+def test_file_is_safetensors_not_pickle(tmp_path):
+    path = tmp_path / "v.safetensors"
+    write_tensors(path, tensors(), {})
+    raw = path.read_bytes()
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    assert raw[8:9] == b"{"
+    header = json.loads(raw[8 : 8 + header_len])
+    assert "__metadata__" in header and "vectors" in header
+    assert not raw.startswith(b"\x80") and not raw.startswith(b"PK")
+
+
+def test_content_hash_sensitive_to_values_names_dtypes():
+    base = {"a": torch.zeros(3)}
+    h = content_hash(base)
+    assert content_hash({"a": torch.zeros(3)}) == h
+    assert content_hash({"a": torch.tensor([0.0, 0.0, 1.0])}) != h
+    assert content_hash({"b": torch.zeros(3)}) != h
+    assert content_hash({"a": torch.zeros(3, dtype=torch.float64)}) != h
+    assert content_hash({"a": torch.zeros(1, 3)}) != h
+
+
+def test_scalar_tensor_roundtrip(tmp_path):
+    path = tmp_path / "s.safetensors"
+    write_tensors(path, {"x": torch.tensor(1.5)}, {})
+    got, _ = read_tensors(path)
+    assert got["x"].item() == 1.5
+
+
+def test_truncated_file_raises(tmp_path):
+    path = tmp_path / "v.safetensors"
+    write_tensors(path, tensors(), {})
+    truncate_half(path)
+    with pytest.raises(StoreError) as info:
+        read_tensors(path)
+    assert str(path) in str(info.value)
+
+
+def test_flipped_byte_raises_corrupt(tmp_path):
+    path = tmp_path / "v.safetensors"
+    write_tensors(path, tensors(), {})
+    flip_byte_near_end(path)
+    with pytest.raises(StoreError, match="corrupt") as info:
+        read_tensors(path)
+    assert str(path) in str(info.value)
+
+
+def test_non_safetensors_file_raises(tmp_path):
+    path = tmp_path / "v.safetensors"
+    path.write_bytes(b"this is definitely not a safetensors file, just some text\n" * 4)
+    with pytest.raises(StoreError) as info:
+        read_tensors(path)
+    assert str(path) in str(info.value)
+
+
+def test_empty_file_raises(tmp_path):
+    path = tmp_path / "v.safetensors"
+    path.write_bytes(b"")
+    with pytest.raises(StoreError):
+        read_tensors(path)
+
+
+def test_missing_file_raises(tmp_path):
+    with pytest.raises(StoreError):
+        read_tensors(tmp_path / "absent.safetensors")
+
+
+def test_file_without_checksum_raises(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "v.safetensors"
+    save_file({"a": torch.ones(2)}, str(path), metadata={"x": "y"})
+    with pytest.raises(StoreError, match="content_sha256"):
+        read_tensors(path)
+
+
+# ---------------------------------------------------------------- cache_key
+
+
+PARTS = {"model": "fp-abc", "settings": {"n_shots": 5, "layers": [1, 2]}, "task": "hash-1", "seed": 0}
+
+
+def test_cache_key_stable():
+    assert cache_key(PARTS) == cache_key(dict(PARTS))
+    assert cache_key(PARTS) == cache_key(dict(reversed(list(PARTS.items()))))
+    assert len(cache_key(PARTS)) == 64
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": "fp-abd"},
+        {"settings": {"n_shots": 4, "layers": [1, 2]}},
+        {"settings": {"n_shots": 5, "layers": [1, 3]}},
+        {"task": "hash-2"},
+        {"seed": 1},
+        {"extra": "x"},
+    ],
+)
+def test_cache_key_changes_with_any_part(change):
+    assert cache_key({**PARTS, **change}) != cache_key(PARTS)
+
+
+def test_cache_key_includes_plugin_version(monkeypatch):
+    before = cache_key(PARTS)
+    monkeypatch.setattr(store, "__version__", "999.0.0")
+    assert cache_key(PARTS) != before
+    monkeypatch.undo()
+    assert cache_key(PARTS) == before
+
+
+# ---------------------------------------------------------------- VectorCache
+
+
+class Builder:
+    def __init__(self, value: float = 1.0) -> None:
+        self.calls = 0
+        self.value = value
+
+    def __call__(self) -> dict[str, torch.Tensor]:
+        self.calls += 1
+        return {"v": torch.full((2, 8), self.value), "idx": torch.arange(3)}
+
+
+def test_cache_miss_then_hit(tmp_path):
+    cache = VectorCache(tmp_path)
+    build = Builder()
+    first, out1 = cache.get_or_build("tv", PARTS, build)
+    assert build.calls == 1
+    assert out1.hit is False and out1.rebuilt_corrupt is False
+    assert out1.path == cache.path("tv", cache_key(PARTS))
+    assert out1.path.is_file()
+
+    second, out2 = cache.get_or_build("tv", PARTS, build)
+    assert build.calls == 1  # not called again
+    assert out2.hit is True and out2.rebuilt_corrupt is False
+    assert out2.path == out1.path
+    assert_same(first, second)
+
+    _, meta = read_tensors(out1.path)
+    assert meta["cache_key"] == cache_key(PARTS)
+    assert meta["namespace"] == "tv"
+
+
+def test_cache_file_is_safetensors(tmp_path):
+    _, out = VectorCache(tmp_path).get_or_build("tv", PARTS, Builder())
+    raw = out.path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert 0 < n < len(raw)
+    assert raw[8:9] == b"{"
+    assert out.path.suffix == ".safetensors"
+
+
+@pytest.mark.parametrize("damage", [truncate_half, flip_byte_near_end])
+def test_cache_rebuilds_damaged_file(tmp_path, damage):
+    cache = VectorCache(tmp_path)
+    build = Builder()
+    original, out = cache.get_or_build("tv", PARTS, build)
+    damage(out.path)
+    with pytest.raises(StoreError):
+        read_tensors(out.path)
+
+    again, out2 = cache.get_or_build("tv", PARTS, build)
+    assert build.calls == 2
+    assert out2.hit is False and out2.rebuilt_corrupt is True
+    assert_same(original, again)
+    good, _ = read_tensors(out2.path)  # valid again
+    assert_same(good, original)
+
+    third, out3 = cache.get_or_build("tv", PARTS, build)
+    assert build.calls == 2 and out3.hit is True and out3.rebuilt_corrupt is False
+
+
+def test_cache_different_parts_separate_files(tmp_path):
+    cache = VectorCache(tmp_path)
+    a_build, b_build = Builder(1.0), Builder(2.0)
+    a, out_a = cache.get_or_build("tv", PARTS, a_build)
+    b, out_b = cache.get_or_build("tv", {**PARTS, "seed": 1}, b_build)
+    assert out_a.path != out_b.path
+    assert out_a.path.is_file() and out_b.path.is_file()
+    assert not torch.equal(a["v"], b["v"])
+    assert a_build.calls == 1 and b_build.calls == 1
+    # Each is still a hit for its own parts.
+    again, out = cache.get_or_build("tv", PARTS, Builder(9.0))
+    assert out.hit and torch.equal(again["v"], a["v"])
+
+
+def test_cache_namespaces_are_separate(tmp_path):
+    cache = VectorCache(tmp_path)
+    _, out_a = cache.get_or_build("ns1", PARTS, Builder(1.0))
+    b, out_b = cache.get_or_build("ns2", PARTS, Builder(2.0))
+    assert out_a.path.parent != out_b.path.parent
+    assert out_b.hit is False and torch.equal(b["v"], torch.full((2, 8), 2.0))
+
+
+def test_cache_ignores_file_with_wrong_key(tmp_path):
+    cache = VectorCache(tmp_path)
+    path = cache.path("tv", cache_key(PARTS))
+    write_tensors(path, {"v": torch.zeros(1)}, {"cache_key": "something-else"})
+    build = Builder()
+    got, out = cache.get_or_build("tv", PARTS, build)
+    assert build.calls == 1 and out.hit is False
+    assert torch.equal(got["v"], torch.ones(2, 8))
+
+
+def test_cache_moves_tensors_to_cpu_and_detaches(tmp_path):
+    w = torch.ones(3, requires_grad=True)
+    got, _ = VectorCache(tmp_path).get_or_build("tv", PARTS, lambda: {"v": w * 2})
+    assert not got["v"].requires_grad and got["v"].device.type == "cpu"
+
+
+# ---------------------------------------------------------------- BaselineStore
+
+
+RECORD = {"metrics": {"steered": 0.8, "unsteered": 0.2, "delta": 0.6}, "best_layer": 7, "case": "x"}
+
+
+def test_baseline_roundtrip_with_vector(tmp_path):
+    bs = BaselineStore(tmp_path)
+    vec = {"vector": torch.randn(16)}
+    written = bs.write("smollm2-135m", "task_vector", "antonym", RECORD, vec, {"layer": "7"})
+    jpath = tmp_path / "smollm2-135m" / "task_vector" / "antonym.json"
+    vpath = tmp_path / "smollm2-135m" / "task_vector" / "antonym.safetensors"
+    assert written == [vpath, jpath]
+    assert bs.json_path("smollm2-135m", "task_vector", "antonym") == jpath
+    assert bs.vector_path("smollm2-135m", "task_vector", "antonym") == vpath
+    assert bs.load("smollm2-135m", "task_vector", "antonym") == RECORD
+    got, meta = read_tensors(vpath)
+    assert_same(got, vec)
+    assert meta["layer"] == "7"
+    assert leftovers(jpath.parent) == []
+
+
+def test_baseline_without_vector(tmp_path):
+    bs = BaselineStore(tmp_path)
+    written = bs.write("m", "task_vector", "t", RECORD)
+    assert written == [bs.json_path("m", "task_vector", "t")]
+    assert not bs.vector_path("m", "task_vector", "t").exists()
+    assert bs.load("m", "task_vector", "t") == RECORD
+
+
+def test_baseline_overwrite(tmp_path):
+    bs = BaselineStore(tmp_path)
+    bs.write("m", "tv", "t", RECORD)
+    new = {"metrics": {"steered": 0.9}}
+    bs.write("m", "tv", "t", new)
+    assert bs.load("m", "tv", "t") == new
+
+
+def test_baseline_missing_returns_none(tmp_path):
+    assert BaselineStore(tmp_path).load("m", "tv", "t") is None
+    assert BaselineStore(tmp_path / "nonexistent").load("m", "tv", "t") is None
+
+
+def test_baseline_invalid_json(tmp_path):
+    bs = BaselineStore(tmp_path)
+    path = bs.json_path("m", "tv", "t")
+    path.parent.mkdir(parents=True)
+    path.write_text('{"metrics": {"steered": 0.', encoding="utf-8")
+    with pytest.raises(StoreError) as info:
+        bs.load("m", "tv", "t")
+    assert str(path) in str(info.value)
+    assert "--steer-update" in str(info.value)
+
+
+@pytest.mark.parametrize("content", ['{"best_layer": 3}', '{"metrics": 0.5}', "[1, 2]", '"text"'])
+def test_baseline_without_metrics(tmp_path, content):
+    bs = BaselineStore(tmp_path)
+    path = bs.json_path("m", "tv", "t")
+    path.parent.mkdir(parents=True)
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(StoreError) as info:
+        bs.load("m", "tv", "t")
+    assert str(path) in str(info.value)
+    assert "metrics" in str(info.value)
+    assert "--steer-update" in str(info.value)
+
+
+def test_all_ids(tmp_path):
+    bs = BaselineStore(tmp_path)
+    assert bs.all_ids() == set()
+    assert BaselineStore(tmp_path / "nope").all_ids() == set()
+    bs.write("smollm2-135m", "task_vector", "antonym", RECORD, {"v": torch.ones(2)})
+    bs.write("smollm2-135m", "task_vector", "capitalize", RECORD)
+    bs.write("qwen2.5-coder-0.5b", "task_vector", "country-capital", RECORD)
+    assert bs.all_ids() == {
+        ("smollm2-135m", "task_vector", "antonym"),
+        ("smollm2-135m", "task_vector", "capitalize"),
+        ("qwen2.5-coder-0.5b", "task_vector", "country-capital"),
+    }
