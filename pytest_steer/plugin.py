@@ -5,8 +5,10 @@ Every hook is thin: the work is done by `cases`, `session`, `store` and `report`
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +163,7 @@ class CaseItem(pytest.Item):
 
     def runtest(self) -> None:
         session = self.config.stash[SESSION_KEY]
-        record = session.run_case(self.case)
+        record = copy.deepcopy(session.result(self.case))
         record["diagnostics"]["worker"] = os.environ.get("PYTEST_XDIST_WORKER", "main")
         record["diagnostics"]["model_loads_in_process"] = session.load_counts.get(self.case.model.name, 0)
         self.steer_record = record
@@ -224,6 +226,33 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         record["message"] = str(call.excinfo.value)
     record["_error"] = error
     report.steer_record = json.dumps(record)  # survives xdist serialisation
+
+
+@pytest.fixture
+def steer_case(request: pytest.FixtureRequest) -> Callable[..., dict[str, Any]]:
+    """Run (or reuse, within this process) one case and return its result record.
+
+        def test_qwen_keeps_its_layer(steer_case):
+            result = steer_case("steering_cases/steer_task_vectors.toml", "qwen2.5-coder-0.5b-task_vector-present-past")
+            assert result["chosen"]["layer"] in range(12, 20)
+
+    The path is relative to the rootdir. The record holds metrics (with the paired
+    bootstrap interval), the dev curve, chosen settings, per-item outcomes and diagnostics.
+    """
+    session = request.config.stash[SESSION_KEY]
+
+    def run(case_file: str | Path, case_id: str) -> dict[str, Any]:
+        path = Path(case_file)
+        path = path if path.is_absolute() else request.config.rootpath / path
+        cases = {c.id: c for c in load_case_file(path)}
+        if case_id not in cases:
+            raise LookupError(f"{path}: no case {case_id!r} (cases: {', '.join(sorted(cases))})")
+        case = cases[case_id]
+        if isinstance(case, BrokenCase):
+            raise CaseError(case.message)
+        return public_record(copy.deepcopy(session.result(case)))
+
+    return run
 
 
 class _ResultSink:

@@ -68,6 +68,7 @@ class SteerSession:
     progress: Progress | None = None
     _models: OrderedDict[ModelSpec, ModelHandle] = field(default_factory=OrderedDict)
     load_counts: dict[str, int] = field(default_factory=dict)
+    _results: dict[Case, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def baselines(self) -> BaselineStore:
@@ -93,6 +94,12 @@ class SteerSession:
             min_recovery=self.options.min_recovery if o.min_recovery is None else o.min_recovery,
             gate=o.gate,
         )
+
+    def result(self, case: Case) -> dict[str, Any]:
+        """The case's record, computed once per process (the suite and user tests share it)."""
+        if case not in self._results:
+            self._results[case] = self.run_case(case)
+        return self._results[case]
 
     def run_case(self, case: Case) -> dict[str, Any]:
         """Run one case end to end and return its record (JSON-serialisable, vectors separate)."""
