@@ -27,6 +27,14 @@ class HookReport:
         return self.calls > 0 and self.max_abs_change > 0.0
 
 
+def merge_report(reports: dict[int, HookReport], key: int, report: HookReport) -> None:
+    """Accumulate `report` into `reports[key]` (several batches hook the same module)."""
+    total = reports.setdefault(key, HookReport())
+    total.calls += report.calls
+    total.rows += report.rows
+    total.max_abs_change = max(total.max_abs_change, report.max_abs_change)
+
+
 def _hidden(output: object) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output  # type: ignore[index,return-value]
 
@@ -71,6 +79,49 @@ def capture_last_token(modules: Sequence[torch.nn.Module]) -> Iterator[list[list
                 captured[i].append(_hidden(output)[:, -1, :].detach().float().clone())
 
             handles.append(module.register_forward_hook(hook))
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def edit_last_token_input(
+    module: torch.nn.Module, edit: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[HookReport]:
+    """Replace the module's first input at position -1 by `edit(last)` (a forward pre-hook)."""
+    report = HookReport()
+
+    def hook(_mod: torch.nn.Module, args: tuple[object, ...]) -> tuple[object, ...]:
+        x = args[0]
+        assert isinstance(x, torch.Tensor)
+        last = x[:, -1, :]
+        new_last = edit(last).to(x.dtype)
+        edited = x.clone()
+        edited[:, -1, :] = new_last
+        report.calls += 1
+        report.rows += x.shape[0]
+        report.max_abs_change = max(report.max_abs_change, float((new_last - last).abs().max()))
+        return (edited, *args[1:])
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield report
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def capture_last_token_input(modules: Sequence[torch.nn.Module]) -> Iterator[list[list[torch.Tensor]]]:
+    """Collect each module's first input at position -1, one list of (batch, width) chunks per module."""
+    captured: list[list[torch.Tensor]] = [[] for _ in modules]
+    handles = []
+    try:
+        for i, module in enumerate(modules):
+            def hook(_mod: torch.nn.Module, args: tuple[object, ...], i: int = i) -> None:
+                captured[i].append(args[0][:, -1, :].detach().float().clone())  # type: ignore[index]
+
+            handles.append(module.register_forward_pre_hook(hook))
         yield captured
     finally:
         for handle in handles:

@@ -102,7 +102,6 @@ def score_variants(
     top1 = torch.empty(n, n_variants, dtype=torch.long)
     logp = torch.empty(n, n_variants, dtype=torch.float32)
     targets_all = torch.tensor(list(target_ids), dtype=torch.long)
-    per_chunk = max(1, max_rows // n_variants)
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             batch = encode(handle.tokenizer, prompts[start : start + batch_size])
@@ -117,10 +116,11 @@ def score_variants(
                 if counter is not None:
                     counter.add(mask[:, :-1])
             b = ids.shape[0]
-            for sub in range(0, b, per_chunk):
-                local = torch.arange(sub, min(b, sub + per_chunk))
-                rows = local.repeat_interleave(n_variants)
-                variant = torch.arange(n_variants).repeat(len(local))
+            all_rows = torch.arange(b).repeat_interleave(n_variants)
+            all_variants = torch.arange(n_variants).repeat(b)
+            for sub in range(0, len(all_rows), max_rows):
+                rows = all_rows[sub : sub + max_rows]
+                variant = all_variants[sub : sub + max_rows]
                 hooks = intervene(variant) if intervene is not None else nullcontext()
                 if reuse_prefix:
                     row_cache = copy.deepcopy(cache)
@@ -136,8 +136,8 @@ def score_variants(
                 if counter is not None:
                     counter.add(cost)
                 t, lp = _reduce(out.logits[:, -1, :], targets_all[start + rows])
-                top1[start + local] = t.view(len(local), n_variants)
-                logp[start + local] = lp.view(len(local), n_variants)
+                top1[start + rows, variant] = t
+                logp[start + rows, variant] = lp
     return VariantScores(top1=top1, target_logprob=logp)
 
 

@@ -17,11 +17,12 @@ import numpy as np
 import torch
 
 from pytest_steer.methods.base import MethodOutcome, RunContext
-from pytest_steer.methods.hooks import HookReport, capture_last_token, edit_last_token
-from pytest_steer.methods.scoring import Intervene, TokenCounter, encode, first_target_ids, score_variants
+from pytest_steer.methods.hooks import HookReport, capture_last_token, edit_last_token, merge_report
+from pytest_steer.methods.scoring import Intervene, TokenCounter, encode
+from pytest_steer.methods.word_tasks import PromptSet, ScoringSettings, icl_prompts, score, unsteered_baselines
 from pytest_steer.models.loader import ModelHandle
 from pytest_steer.settings import SettingsError, settings_dict
-from pytest_steer.tasks import Pair, Splits, Task, few_shot_prompt, target_text, zero_shot_prompt
+from pytest_steer.tasks import Pair, Splits, Task
 
 
 @dataclass(frozen=True)
@@ -39,15 +40,6 @@ class TaskVectorSettings:
         for name in ("n_prompts", "n_shots", "batch_size", "max_rows"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{where}.{name}: must be at least 1")
-
-
-def icl_prompts(demos: tuple[Pair, ...], queries: tuple[Pair, ...], n_shots: int, rng: random.Random) -> list[str]:
-    """One few-shot prompt per query, demonstrations drawn from the pool (never the query)."""
-    prompts = []
-    for query in queries:
-        pool = [d for d in demos if d.input != query.input]
-        prompts.append(few_shot_prompt(rng.sample(pool, n_shots), query.input))
-    return prompts
 
 
 def extract_task_vectors(
@@ -89,17 +81,10 @@ def replace_at_layers(
                     return out
 
                 report = stack.enter_context(edit_last_token(handle.adapter.block(handle.model, layer), edit))
-                stack.callback(_merge, reports, layer, report)
+                stack.callback(merge_report, reports, layer, report)
             yield
 
     return intervene
-
-
-def _merge(reports: dict[int, HookReport], layer: int, report: HookReport) -> None:
-    total = reports.setdefault(layer, HookReport())
-    total.calls += report.calls
-    total.rows += report.rows
-    total.max_abs_change = max(total.max_abs_change, report.max_abs_change)
 
 
 class TaskVectorMethod:
@@ -137,23 +122,14 @@ class TaskVectorMethod:
         tensors, cache = context.cache.get_or_build("task_vector", key, build)
         vectors = tensors["vectors"]
 
-        def score(prompts: list[str], targets: list[int], at: list[int] | None, reports: dict[int, HookReport]) -> np.ndarray:
-            intervene = replace_at_layers(handle, at, vectors, reports) if at else None
-            result = score_variants(
-                handle, prompts, targets, len(at) if at else 1, intervene, batch_size=settings.batch_size,
-                max_rows=settings.max_rows, counter=counter, reuse_prefix=settings.reuse_prefix,
-            )
-            return result.correct(targets)
-
-        dev_prompts = [zero_shot_prompt(p.input) for p in splits.dev]
-        dev_targets = first_target_ids(handle.tokenizer, dev_prompts, [target_text(p) for p in splits.dev])
-        test_prompts = [zero_shot_prompt(p.input) for p in splits.test]
-        test_targets = first_target_ids(handle.tokenizer, test_prompts, [target_text(p) for p in splits.test])
+        scoring = ScoringSettings(settings.batch_size, settings.max_rows, settings.reuse_prefix)
+        dev = PromptSet.zero_shot(handle, splits.dev)
+        test = PromptSet.zero_shot(handle, splits.test)
 
         if context.progress:
             context.progress(f"dev sweep over {len(layers)} layers", 0, 1)
         sweep_reports: dict[int, HookReport] = {}
-        dev_correct = score(dev_prompts, dev_targets, layers, sweep_reports)  # (n_dev, n_layers)
+        dev_correct = score(handle, dev, len(layers), replace_at_layers(handle, layers, vectors, sweep_reports), scoring, counter)
         silent = [l for l in layers if l not in sweep_reports or not sweep_reports[l].fired_and_changed]
         if silent:
             raise RuntimeError(f"steering hooks on blocks {silent} did not fire or changed nothing")
@@ -162,29 +138,24 @@ class TaskVectorMethod:
             context.progress(f"dev sweep over {len(layers)} layers", 1, 1)
         best = layers[int(np.argmax(dev_curve))]  # argmax returns the first (lowest) layer on ties
 
-        unsteered = score(test_prompts, test_targets, None, {})[:, 0]
-        unsteered_dev = score(dev_prompts, dev_targets, None, {})[:, 0]
+        base = unsteered_baselines(handle, splits, dev, test, settings.n_shots, scoring, counter)
         test_reports: dict[int, HookReport] = {}
-        steered = score(test_prompts, test_targets, [best], test_reports)[:, 0]
+        steered = score(handle, test, 1, replace_at_layers(handle, [best], vectors, test_reports), scoring, counter)[:, 0]
         report = test_reports[best]
         if not report.fired_and_changed:
             raise RuntimeError(f"steering hook on block {best} did not fire or changed nothing: {report}")
-        icl_rng = random.Random(f"task-vector-icl-{splits.seed}")
-        icl_test = icl_prompts(splits.demos, splits.test, settings.n_shots, icl_rng)
-        icl_targets = first_target_ids(handle.tokenizer, icl_test, [target_text(p) for p in splits.test])
-        ceiling = score(icl_test, icl_targets, None, {})[:, 0]
         changed_min = min(r.max_abs_change for r in sweep_reports.values())
 
         return MethodOutcome(
-            unsteered=unsteered,
+            unsteered=base.unsteered_test,
             steered=steered,
-            ceiling=ceiling,
+            ceiling=base.icl_test,
             chosen={"layer": best, "relative_depth": round(best / n_layers, 3)},
             curves={"dev_layers": layers, "dev_accuracy": dev_curve},
             vectors={"task_vector": vectors[best]},
             vector_metadata={"layer": str(best), "position": "last", "intervention": "replace block output"},
             diagnostics={
-                "unsteered_dev": float(unsteered_dev.mean()),
+                "unsteered_dev": float(base.unsteered_dev.mean()),
                 "hook": {"calls": report.calls, "rows": report.rows, "max_abs_change": report.max_abs_change,
                          "min_change_over_sweep": changed_min},
                 "forward_tokens": counter.tokens,

@@ -163,6 +163,7 @@ def load_model(spec: ModelSpec, cache_dir: Path, progress: Progress | None = Non
             f"Could not load {tried} with cache {cache_dir}: {type(exc).__name__}: {exc}.{hint}"
         ) from exc
     model.eval()
+    model.requires_grad_(False)  # evaluation only; attribution patching asks for input gradients
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,0 +1,179 @@
+"""Function-vector mechanics on tiny random models: head splitting, CIE patching, vector, hooks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pytest_steer.methods.base import RunContext
+from pytest_steer.methods.function_vector import (
+    FunctionVectorMethod, FunctionVectorSettings, GridPoint, add_at_layers, attribution_cie, exact_cie,
+    function_vector, head_outputs, mean_head_activations, patch_heads, shuffled_prompts,
+)
+from pytest_steer.methods.hooks import capture_last_token, capture_last_token_input
+from pytest_steer.methods.scoring import TokenCounter, encode
+from pytest_steer.methods.word_tasks import PromptSet
+from pytest_steer.models.adapter import resolve_adapter
+from pytest_steer.models.loader import ModelHandle, ModelSpec
+from pytest_steer.store import VectorCache
+from pytest_steer.tasks import Pair, Task, split_task
+
+from .conftest import tiny_pairs
+
+PAIRS = tuple(Pair(p["input"], p["output"]) for p in tiny_pairs())
+SMALL = FunctionVectorSettings(n_mean_prompts=4, n_cie_prompts=3, n_shots=3, icl_shots=3, heads=(1, 2, 100),
+                               strengths=(1.0, 8.0), batch_size=4, max_rows=64)
+
+ARCHS = {
+    "llama": {"num_key_value_heads": 2},
+    "gemma3_text": {"head_dim": 16, "num_key_value_heads": 1},  # 4 heads x 16 = 64 != hidden 32
+    "gpt2": {},  # Conv1D projection with a bias
+    "gpt_neox": {},  # dense projection with a bias
+}
+
+
+def _handle(model_type: str, tokenizer) -> ModelHandle:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(
+        model_type, vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, max_position_embeddings=256, pad_token_id=0, **ARCHS[model_type],
+    )
+    model = AutoModelForCausalLM.from_config(config).eval().requires_grad_(False)
+    return ModelHandle(ModelSpec(model_type, "folder", "memory"), model, tokenizer, resolve_adapter(model), "fp-" + model_type)
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def handle(request, tiny_handle) -> ModelHandle:
+    return _handle(request.param, tiny_handle.tokenizer)
+
+
+def test_mean_activations_split_heads_with_head_dim_from_config(handle: ModelHandle) -> None:
+    a = handle.adapter
+    counter = TokenCounter()
+    means = mean_head_activations(handle, PAIRS[:20], SMALL, 0, counter)
+    assert means.shape == (a.num_layers, a.num_heads, a.head_dim)
+    assert counter.tokens > 0
+    if handle.model.config.model_type == "gemma3_text":
+        assert a.num_heads * a.head_dim == 64 != a.hidden_size
+
+
+def test_mean_activation_is_the_projection_input_at_the_last_token(tiny_handle) -> None:
+    a = tiny_handle.adapter
+    settings = FunctionVectorSettings(n_mean_prompts=1, n_shots=2)
+    means = mean_head_activations(tiny_handle, PAIRS[:10], settings, 5, TokenCounter())
+    import random
+
+    from pytest_steer.methods.function_vector import _few_shot_queries
+    from pytest_steer.tasks import few_shot_prompt
+
+    shots, queries = _few_shot_queries(PAIRS[:10], 1, 2, random.Random("fv-mean-5"))
+    modules = [a.attn_out(tiny_handle.model, l) for l in range(a.num_layers)]
+    with capture_last_token_input(modules) as captured, torch.inference_mode():
+        tiny_handle.model(**encode(tiny_handle.tokenizer, [few_shot_prompt(shots[0], queries[0].input)]))
+    for layer in range(a.num_layers):
+        assert torch.allclose(means[layer].reshape(-1), captured[layer][0][0], atol=1e-6)
+
+
+def _own_activation_means(handle: ModelHandle, data: PromptSet) -> torch.Tensor:
+    a = handle.adapter
+    modules = [a.attn_out(handle.model, l) for l in range(a.num_layers)]
+    with capture_last_token_input(modules) as captured, torch.inference_mode():
+        handle.model(**encode(handle.tokenizer, data.prompts[:1]))
+    return torch.stack([c[0][0] for c in captured]).reshape(a.num_layers, a.num_heads, a.head_dim)
+
+
+def test_patching_a_head_with_its_own_activation_changes_nothing(handle: ModelHandle) -> None:
+    data = shuffled_prompts(handle, PAIRS[:20], SMALL, 0)
+    one = PromptSet(data.prompts[:1], data.targets[:1])
+    means = _own_activation_means(handle, one)
+    cie = exact_cie(handle, means, one, SMALL, TokenCounter())
+    assert cie.shape == (handle.adapter.num_layers, handle.adapter.num_heads)
+    assert torch.allclose(cie, torch.zeros_like(cie), atol=1e-6)
+    approx = attribution_cie(handle, means, one, TokenCounter())
+    assert torch.allclose(approx, torch.zeros_like(approx), atol=1e-7)
+
+
+def test_exact_cie_prefix_cache_matches_full_prompts(handle: ModelHandle) -> None:
+    data = shuffled_prompts(handle, PAIRS[:20], SMALL, 0)
+    means = mean_head_activations(handle, PAIRS[:20], SMALL, 0, TokenCounter()) * 3.0
+    fast = exact_cie(handle, means, data, SMALL, TokenCounter())
+    slow = exact_cie(handle, means, data, FunctionVectorSettings(**{**SMALL.__dict__, "reuse_prefix": False}), TokenCounter())
+    assert torch.allclose(fast, slow, atol=1e-5)
+    assert fast.abs().max() > 0  # a patch far from the activation does change p(target)
+
+
+def test_a_patch_at_block_l_leaves_blocks_below_untouched(tiny_handle) -> None:
+    a = tiny_handle.adapter
+    means = torch.randn(a.num_layers, a.num_heads, a.head_dim) * 5
+    blocks = a.blocks(tiny_handle.model)
+    batch = encode(tiny_handle.tokenizer, ["Q: w1\nA:", "Q: w2\nA:"])
+    reports: dict = {}
+    with torch.inference_mode():
+        with capture_last_token(blocks) as clean:
+            tiny_handle.model(**batch)
+        variant = torch.tensor([1 * a.num_heads + 2, 1 * a.num_heads + 0])  # layer 1, heads 2 and 0
+        with patch_heads(tiny_handle, means, reports)(variant), capture_last_token(blocks) as patched:
+            tiny_handle.model(**batch)
+    assert torch.equal(clean[0][0], patched[0][0])
+    assert not torch.allclose(clean[1][0], patched[1][0])
+    assert reports[1].fired_and_changed and set(reports) == {1}
+
+
+def test_head_outputs_are_the_projection_of_each_slice_without_bias(handle: ModelHandle) -> None:
+    a = handle.adapter
+    means = torch.randn(a.num_layers, a.num_heads, a.head_dim)
+    outputs = head_outputs(handle, means)
+    assert outputs.shape == (a.num_layers, a.num_heads, a.hidden_size)
+    for layer in range(a.num_layers):
+        proj = a.attn_out(handle.model, layer)
+        with torch.inference_mode():
+            whole = proj(means[layer].reshape(1, -1)) - proj(torch.zeros(1, a.num_heads * a.head_dim))
+        # the heads' outputs add up to the projection of all heads (linearity, bias counted zero times)
+        assert torch.allclose(outputs[layer].sum(dim=0), whole[0], atol=1e-5)
+
+
+def test_function_vector_sums_the_top_heads_by_cie() -> None:
+    outputs = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+    cie = torch.tensor([[0.1, 0.5, -0.2], [0.5, 0.0, 0.3]])
+    vector, heads = function_vector(outputs, cie, 3)
+    assert heads == [(0, 1), (1, 0), (1, 2)]  # ties broken by lower layer first
+    assert torch.equal(vector, outputs[0, 1] + outputs[1, 0] + outputs[1, 2])
+
+
+def test_adding_the_vector_fires_only_at_its_layer(tiny_handle) -> None:
+    blocks = tiny_handle.adapter.blocks(tiny_handle.model)
+    grid = [GridPoint(2, 1, 4.0), GridPoint(0, 1, 1.0)]
+    vectors = {1: torch.ones(32)}
+    reports: dict = {}
+    batch = encode(tiny_handle.tokenizer, ["Q: w1\nA:"])
+    with torch.inference_mode():
+        with capture_last_token(blocks) as clean:
+            tiny_handle.model(**batch)
+        with add_at_layers(tiny_handle, grid, vectors, reports)(torch.tensor([0])), capture_last_token(blocks) as steered:
+            tiny_handle.model(**batch)
+    assert set(reports) == {2} and reports[2].fired_and_changed
+    assert torch.equal(clean[1][0], steered[1][0])
+    assert torch.allclose(steered[2][0], clean[2][0] + 4.0)
+
+
+def test_function_vector_run_on_tiny_model(tiny_handle, tmp_path: Path) -> None:
+    task = Task("tiny", PAIRS, "memory")
+    splits = split_task(task, n_dev=8, n_test=10, seed=2)
+    context = RunContext(cache=VectorCache(tmp_path), seed=2)
+    first = FunctionVectorMethod().run(tiny_handle, task, splits, SMALL, context)
+    a = tiny_handle.adapter
+    assert first.chosen["heads"] in (1, 2, a.num_layers * a.num_heads)  # 100 is capped at L x H
+    assert first.chosen["strength"] in SMALL.strengths
+    assert len(first.curves["dev_accuracy"]) == a.num_layers
+    assert first.diagnostics["grid_size"] == a.num_layers * 3 * 2
+    assert first.diagnostics["cache"]["hit"] is False and first.diagnostics["hook"]["calls"] > 0
+    assert first.vectors["cie"].shape == (a.num_layers, a.num_heads)
+    assert len(first.diagnostics["top_heads"]) == first.chosen["heads"]
+    second = FunctionVectorMethod().run(tiny_handle, task, splits, SMALL, context)
+    assert second.diagnostics["cache"]["hit"] is True
+    assert np.array_equal(first.steered, second.steered) and first.chosen == second.chosen
