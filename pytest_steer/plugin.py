@@ -95,12 +95,22 @@ def _uses_xdist(config: pytest.Config) -> bool:
     return _is_worker(config) or bool(getattr(config.option, "numprocesses", None))
 
 
+def _share_cores_between_workers() -> None:
+    """Give each xdist worker its share of the cores: N workers x all-core torch threads thrash."""
+    import torch
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(workers, 1)))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "steer: a pytest-steer case (model x method x task)")
     for method in METHODS:
         config.addinivalue_line("markers", f"{method}: pytest-steer cases of the {method} method")
     for family in FAMILIES:
         config.addinivalue_line("markers", f"{family}: pytest-steer cases on a {family} model")
+    if _is_worker(config):
+        _share_cores_between_workers()
     options = resolve_options(config)
     capman = config.pluginmanager.getplugin("capturemanager")
     show_bars = not _uses_xdist(config) and config.getoption("verbose") >= 0
