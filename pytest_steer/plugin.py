@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,7 @@ def pytest_configure(config: pytest.Config) -> None:
         _share_cores_between_workers()
     options = resolve_options(config)
     capman = config.pluginmanager.getplugin("capturemanager")
-    show_bars = not _uses_xdist(config) and config.getoption("verbose") >= 0
+    show_bars = not _uses_xdist(config) and config.getoption("verbose") >= 0 and sys.stderr.isatty()
     config.stash[SESSION_KEY] = SteerSession(options, ProgressBars(capman) if show_bars else None)
     config.stash[STATE_KEY] = {"records": [], "selected": set(), "written": [], "collected_any": False}
     if not _is_worker(config):
