@@ -297,9 +297,12 @@ class FunctionVectorMethod:
         tensors, cache = context.cache.get_or_build("function_vector", key, build)
         means, cie = tensors["mean_activations"], tensors["cie"]
         outputs = head_outputs(handle, means)
-        vectors, head_lists = {}, {}
-        for n in n_values:
-            vectors[n], head_lists[n] = function_vector(outputs, cie, n)
+        head_lists = {n: function_vector(outputs, cie, n)[1] for n in n_values}
+        fv_tensors, _ = context.cache.get_or_build(
+            "function_vector", {**key, "kind": "function_vector/vectors", "heads": n_values},
+            lambda: {f"fv_{n}": function_vector(outputs, cie, n)[0] for n in n_values},
+        )
+        vectors = {n: fv_tensors[f"fv_{n}"] for n in n_values}
 
         scoring = ScoringSettings(settings.batch_size, settings.max_rows, settings.reuse_prefix)
         dev = PromptSet.zero_shot(handle, splits.dev)
