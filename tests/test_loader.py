@@ -1,0 +1,60 @@
+"""Model sources, loading errors and the fingerprint, on the tiny saved model (no download)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pytest_steer.models.loader import ModelLoadError, ModelSpec, fingerprint, load_model
+
+
+def test_folder_model_loads_left_padded_with_adapter_and_fingerprint(tiny_model_dir: Path, tmp_path: Path) -> None:
+    handle = load_model(ModelSpec("tiny", "folder", str(tiny_model_dir)), tmp_path)
+    assert handle.tokenizer.padding_side == "left" and handle.tokenizer.pad_token_id is not None
+    assert handle.adapter.source == "registry" and handle.info["adapter"]["num_layers"] == 3
+    assert not any(p.requires_grad for p in handle.model.parameters())
+    again = load_model(ModelSpec("tiny", "folder", str(tiny_model_dir)), tmp_path)
+    assert again.fingerprint == handle.fingerprint  # stable across loads
+
+
+def test_fingerprint_changes_with_a_weight_or_the_config(tiny_model_dir: Path, tmp_path: Path) -> None:
+    handle = load_model(ModelSpec("tiny", "folder", str(tiny_model_dir)), tmp_path)
+    before = fingerprint(handle.model)
+    with torch.no_grad():
+        handle.model.model.layers[1].mlp.down_proj.weight.view(-1)[0] += 1.0  # the first element is always sampled
+    assert fingerprint(handle.model) != before
+    handle.model.config.rope_theta = 1234.0
+    assert fingerprint(handle.model) != before
+
+
+def test_missing_folder_gives_one_paragraph_saying_what_was_tried(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError) as info:
+        load_model(ModelSpec("ghost", "folder", str(tmp_path / "nope")), tmp_path / "cache")
+    message = str(info.value)
+    assert "ghost" in message and "folder" in message and "nope" in message and "\n" not in message
+
+
+def test_unreachable_hub_id_explains_the_offline_alternative(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
+    with pytest.raises(ModelLoadError) as info:
+        load_model(ModelSpec("remote", "hub", "no-such-org/no-such-model", revision="main"), tmp_path / "cache")
+    message = str(info.value)
+    assert "no-such-org/no-such-model" in message and "revision main" in message and "local folder" in message
+
+
+def test_missing_gguf_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(ModelSpec("g", "gguf", str(tmp_path / "model.gguf")), tmp_path / "cache")
+
+
+def test_a_copied_folder_has_the_same_fingerprint(tiny_model_dir: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "copy"))
+    a = load_model(ModelSpec("a", "folder", str(tiny_model_dir)), tmp_path / "c1")
+    b = load_model(ModelSpec("b", "folder", str(copy)), tmp_path / "c2")
+    assert a.fingerprint == b.fingerprint  # identity is the weights and config, not the name or path
