@@ -29,7 +29,7 @@ from pytest_steer.methods.hooks import (
     HookReport, capture_last_token, capture_last_token_input, edit_last_token, edit_last_token_input, merge_report,
 )
 from pytest_steer.methods.scoring import Intervene, TokenCounter, encode, score_variants
-from pytest_steer.methods.word_tasks import PromptSet, ScoringSettings, icl_prompts, score, unsteered_baselines
+from pytest_steer.methods.word_tasks import PromptSet, ScoringSettings, score, unsteered_baselines
 from pytest_steer.models.loader import ModelHandle
 from pytest_steer.settings import SettingsError, settings_dict
 from pytest_steer.tasks import Pair, Splits, Task, few_shot_prompt
