@@ -51,7 +51,7 @@ def build_table(records: Sequence[dict[str, Any]]) -> Table:
 def render_table(records: Sequence[dict[str, Any]], width: int, markup: bool) -> str:
     """The table as text, coloured only when the terminal supports it."""
     buffer = io.StringIO()
-    console = Console(file=buffer, width=max(width, 120), force_terminal=markup, no_color=not markup, highlight=False)
+    console = Console(file=buffer, width=max(width, 160), force_terminal=markup, no_color=not markup, highlight=False)
     console.print(build_table(records))
     return buffer.getvalue()
 
