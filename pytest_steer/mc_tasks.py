@@ -41,6 +41,16 @@ def _answers(values: list[str], where: str, field: str, minimum: int) -> tuple[s
     return answers
 
 
+def _json_list(path: Path, what: str) -> list[object]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TaskError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(data, list):
+        raise TaskError(f"{path}: expected a JSON list of {what}")
+    return data
+
+
 def _question(q: str, best: str, correct: list[str], incorrect: list[str], where: str) -> MCQuestion:
     good = [best] + [c for c in correct if c.strip() and c.strip() != best]
     return MCQuestion(q, _answers(good, where, "correct answers", 1), _answers(incorrect, where, "incorrect answers", 1))
@@ -64,13 +74,7 @@ def load_mc_questions(path: Path) -> list[MCQuestion]:
                 out.append(_question(_text(row["Question"], where, "Question"), _text(row["Best Answer"], where, "Best Answer"),
                                      row["Correct Answers"].split(";"), row["Incorrect Answers"].split(";"), where))
     else:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise TaskError(f"{path}: not valid JSON: {exc}") from exc
-        if not isinstance(data, list):
-            raise TaskError(f"{path}: expected a JSON list of questions")
-        for i, item in enumerate(data):
+        for i, item in enumerate(_json_list(path, "questions")):
             where = f"{path}: item {i}"
             if not isinstance(item, dict):
                 raise TaskError(f"{where}: expected an object")
@@ -102,13 +106,7 @@ def load_completions(path: Path) -> list[Completion]:
                 wrong = tuple(_text(row[f"contradiction_{k}"], where, f"contradiction_{k}") for k in range(3))
                 out.append(Completion(_text(row["full_prefix"], where, "full_prefix"), _text(row["completion"], where, "completion"), wrong))
     else:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise TaskError(f"{path}: not valid JSON: {exc}") from exc
-        if not isinstance(data, list):
-            raise TaskError(f"{path}: expected a JSON list of passages")
-        for i, item in enumerate(data):
+        for i, item in enumerate(_json_list(path, "passages")):
             where = f"{path}: item {i}"
             if not isinstance(item, dict) or not isinstance(item.get("contradictions"), list) or not item["contradictions"]:
                 raise TaskError(f"{where}: expected an object with a non-empty list 'contradictions'")

@@ -26,7 +26,7 @@ import torch
 
 from pytest_steer.methods.base import MethodOutcome, RunContext
 from pytest_steer.methods.hooks import (
-    HookReport, capture_last_token, capture_last_token_input, edit_last_token, edit_last_token_input, merge_report,
+    HookReport, capture_last_token, capture_last_token_input, edit_last_token_input, edits_at_blocks,
 )
 from pytest_steer.methods.scoring import Intervene, TokenCounter, encode, score_variants
 from pytest_steer.methods.word_tasks import PromptSet, ScoringSettings, score, unsteered_baselines
@@ -232,25 +232,13 @@ def add_at_layers(
 ) -> Intervene:
     """Variant k adds strength_k * FV(n_k) to block layer_k's output at the last token."""
     additions = torch.stack([p.strength * vectors[p.n_heads] for p in grid])
+    def add(last: torch.Tensor, _layer: int, rows: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
+        delta = torch.zeros_like(last)
+        delta[rows] = additions[variant[rows]].to(last.dtype)
+        return last + delta
+
     layer_of = torch.tensor([p.layer for p in grid])
-
-    @contextmanager
-    def intervene(variant: torch.Tensor) -> Iterator[None]:
-        row_layer = layer_of[variant]
-        with ExitStack() as stack:
-            for layer in torch.unique(row_layer).tolist():
-                rows = row_layer == layer
-                delta = torch.zeros(len(variant), additions.shape[1])
-                delta[rows] = additions[variant[rows]]
-
-                def edit(last: torch.Tensor, delta: torch.Tensor = delta) -> torch.Tensor:
-                    return last + delta.to(last.dtype)
-
-                report = stack.enter_context(edit_last_token(handle.adapter.block(handle.model, layer), edit))
-                stack.callback(merge_report, reports, layer, report)
-            yield
-
-    return intervene
+    return edits_at_blocks(lambda l: handle.adapter.block(handle.model, l), layer_of, add, reports)
 
 
 class FunctionVectorMethod:

@@ -8,7 +8,7 @@ so a steering run that silently did nothing is caught.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +43,18 @@ def _rebuild(output: object, hidden: torch.Tensor) -> object:
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden  # type: ignore[index]
 
 
+def _edit_last(x: torch.Tensor, edit: Callable[[torch.Tensor], torch.Tensor], report: HookReport) -> torch.Tensor:
+    """A copy of `x` (batch, seq, width) with position -1 replaced by `edit(last)`; updates `report`."""
+    last = x[:, -1, :]
+    new_last = edit(last).to(x.dtype)
+    edited = x.clone()
+    edited[:, -1, :] = new_last
+    report.calls += 1
+    report.rows += x.shape[0]
+    report.max_abs_change = max(report.max_abs_change, float((new_last - last).abs().max()))
+    return edited
+
+
 @contextmanager
 def edit_last_token(
     module: torch.nn.Module, edit: Callable[[torch.Tensor], torch.Tensor]
@@ -51,15 +63,7 @@ def edit_last_token(
     report = HookReport()
 
     def hook(_mod: torch.nn.Module, _inputs: object, output: object) -> object:
-        hidden = _hidden(output)
-        last = hidden[:, -1, :]
-        new_last = edit(last).to(hidden.dtype)
-        edited = hidden.clone()
-        edited[:, -1, :] = new_last
-        report.calls += 1
-        report.rows += hidden.shape[0]
-        report.max_abs_change = max(report.max_abs_change, float((new_last - last).abs().max()))
-        return _rebuild(output, edited)
+        return _rebuild(output, _edit_last(_hidden(output), edit, report))
 
     handle = module.register_forward_hook(hook)
     try:
@@ -95,14 +99,7 @@ def edit_last_token_input(
     def hook(_mod: torch.nn.Module, args: tuple[object, ...]) -> tuple[object, ...]:
         x = args[0]
         assert isinstance(x, torch.Tensor)
-        last = x[:, -1, :]
-        new_last = edit(last).to(x.dtype)
-        edited = x.clone()
-        edited[:, -1, :] = new_last
-        report.calls += 1
-        report.rows += x.shape[0]
-        report.max_abs_change = max(report.max_abs_change, float((new_last - last).abs().max()))
-        return (edited, *args[1:])
+        return (_edit_last(x, edit, report), *args[1:])
 
     handle = module.register_forward_pre_hook(hook)
     try:
@@ -126,3 +123,30 @@ def capture_last_token_input(modules: Sequence[torch.nn.Module]) -> Iterator[lis
     finally:
         for handle in handles:
             handle.remove()
+
+
+# edit_rows(last, layer, rows, variant) -> new last: `rows` marks the rows steered at `layer`.
+RowEdit = Callable[[torch.Tensor, int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def edits_at_blocks(
+    block: Callable[[int], torch.nn.Module], layer_of_variant: torch.Tensor, edit_rows: RowEdit,
+    reports: dict[int, HookReport],
+) -> Callable[[torch.Tensor], AbstractContextManager[None]]:
+    """Build per-batch hooks: each row's variant picks the block whose last-token output it edits."""
+
+    @contextmanager
+    def intervene(variant: torch.Tensor) -> Iterator[None]:
+        row_layer = layer_of_variant[variant]
+        with ExitStack() as stack:
+            for layer in torch.unique(row_layer).tolist():
+                rows = row_layer == layer
+
+                def edit(last: torch.Tensor, layer: int = layer, rows: torch.Tensor = rows) -> torch.Tensor:
+                    return edit_rows(last, layer, rows, variant)
+
+                report = stack.enter_context(edit_last_token(block(layer), edit))
+                stack.callback(merge_report, reports, layer, report)
+            yield
+
+    return intervene

@@ -9,15 +9,13 @@ wins ties) after searching every layer, and test accuracy is reported there.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from pytest_steer.methods.base import MethodOutcome, RunContext
-from pytest_steer.methods.hooks import HookReport, capture_last_token, edit_last_token, merge_report
+from pytest_steer.methods.hooks import HookReport, capture_last_token, edits_at_blocks
 from pytest_steer.methods.scoring import Intervene, TokenCounter, encode
 from pytest_steer.methods.word_tasks import PromptSet, ScoringSettings, icl_prompts, score, unsteered_baselines
 from pytest_steer.models.loader import ModelHandle
@@ -67,24 +65,12 @@ def replace_at_layers(
 ) -> Intervene:
     """Variant k writes `vectors[layers[k]]` over block `layers[k]`'s last-token output."""
 
-    @contextmanager
-    def intervene(variant: torch.Tensor) -> Iterator[None]:
-        with ExitStack() as stack:
-            for k, layer in enumerate(layers):
-                rows = variant == k
-                if not bool(rows.any()):
-                    continue
+    def replace(last: torch.Tensor, layer: int, rows: torch.Tensor, _variant: torch.Tensor) -> torch.Tensor:
+        out = last.clone()
+        out[rows] = vectors[layer].to(last.dtype)
+        return out
 
-                def edit(last: torch.Tensor, rows: torch.Tensor = rows, layer: int = layer) -> torch.Tensor:
-                    out = last.clone()
-                    out[rows] = vectors[layer].to(last.dtype)
-                    return out
-
-                report = stack.enter_context(edit_last_token(handle.adapter.block(handle.model, layer), edit))
-                stack.callback(merge_report, reports, layer, report)
-            yield
-
-    return intervene
+    return edits_at_blocks(lambda l: handle.adapter.block(handle.model, l), torch.tensor(layers), replace, reports)
 
 
 class TaskVectorMethod:
