@@ -6,8 +6,12 @@ A case file (`steer_*.toml`) holds:
     [methods.<method>]         # method settings for every case of the file
     [models.<name>]            # custom model sources: path / hub (+revision) / gguf
     [tasks.<name>]             # custom task files: path (relative to the case file)
-    [[suite]]                  # models, methods and tasks to expand
-    [[case]]                   # overrides for the cases that match model/method/task
+    [[suite]]                  # models, methods and tasks to expand; optional variant + settings
+    [[case]]                   # overrides for the cases that match model/method/task/variant
+
+A suite with `variant = "lower"` and `settings = {...}` runs its combinations again under
+those method settings; the variant joins the case id (`model-method-task-lower`) and the
+baseline name, so several settings of one method can be gated side by side.
 
 Errors name the file, the case and the field; a broken case becomes an item that
 fails with that message, so the other cases still run.
@@ -67,10 +71,16 @@ class Case:
     options: CaseOptions
     settings: Any
     source: Path
+    variant: str = ""
+
+    @property
+    def slot(self) -> str:
+        """The task part of the id and of the baseline name: the task, plus the variant if any."""
+        return task_slot(self.task, self.variant)
 
     @property
     def id(self) -> str:
-        return case_id(self.model.name, self.method, self.task)
+        return case_id(self.model.name, self.method, self.slot)
 
 
 @dataclass(frozen=True)
@@ -85,8 +95,12 @@ class BrokenCase:
     task: str = ""
 
 
-def case_id(model: str, method: str, task: str) -> str:
-    return f"{model}-{method}-{task}"
+def task_slot(task: str, variant: str) -> str:
+    return f"{task}-{variant}" if variant else task
+
+
+def case_id(model: str, method: str, slot: str) -> str:
+    return f"{model}-{method}-{slot}"
 
 
 def marker_name(text: str) -> str:
@@ -208,54 +222,80 @@ def _expand(data: Mapping[str, Any], path: Path) -> list[Case | BrokenCase]:
     if not suites:
         raise CaseFileError(f"{path}: no [[suite]] table: nothing to run")
 
-    combos: list[tuple[str, str, str, str]] = []
+    combos: list[Combo] = []
     for i, suite in enumerate(suites):
         where = f"{path}: suite[{i}]"
         suite = _table(suite, where)
-        extra = sorted(set(suite) - {"models", "methods", "tasks"})
+        extra = sorted(set(suite) - {"models", "methods", "tasks", "variant", "settings"})
         if extra:
-            raise CaseFileError(f"{where}: unknown field '{extra[0]}' (expected models, methods, tasks)")
+            raise CaseFileError(f"{where}: unknown field '{extra[0]}' (expected models, methods, tasks, variant, settings)")
         for key in ("models", "methods", "tasks"):
             if key not in suite:
                 raise CaseFileError(f"{where}: missing field '{key}'")
+        variant = suite.get("variant", "")
+        if not isinstance(variant, str) or (variant and not _NAME.match(variant)):
+            raise CaseFileError(f"{where}.variant: expected a name of letters, digits, '.', '_' and '-', got {variant!r}")
+        settings = _table(suite.get("settings", {}), f"{where}.settings")
+        if settings and not variant:
+            raise CaseFileError(f"{where}.settings: a suite with its own settings needs a 'variant' name to tell its cases apart")
         for model in _names(suite["models"], f"{where}.models"):
             for method in _names(suite["methods"], f"{where}.methods"):
                 for task in _names(suite["tasks"], f"{where}.tasks"):
-                    combos.append((model, method, task, where))
+                    combos.append(Combo(model, method, task, variant, settings, where))
 
     for j, override in enumerate(overrides):
         where = f"{path}: case[{j}]"
         override = _table(override, where)
-        if not any(k in override for k in ("model", "method", "task")):
-            raise CaseFileError(f"{where}: give at least one of model, method, task to say which cases it changes")
-        if not any(_matches(override, m, me, t) for m, me, t, _ in combos):
+        if not any(k in override for k in _SELECTORS):
+            raise CaseFileError(f"{where}: give at least one of model, method, task, variant to say which cases it changes")
+        if not any(_matches(override, c) for c in combos):
             raise CaseFileError(f"{where}: matches no case of this file ({_selector(override)})")
 
     cases: list[Case | BrokenCase] = []
-    seen: set[str] = set()
-    for model, method, task, where in combos:
-        cid = case_id(model, method, task)
-        if cid in seen:
+    seen: dict[str, Combo] = {}
+    for combo in combos:
+        cid = case_id(combo.model, combo.method, task_slot(combo.task, combo.variant))
+        if cid in seen:  # overlapping suites expand a case once, unless they disagree on its settings
+            if seen[cid].settings != combo.settings:
+                raise CaseFileError(
+                    f"{combo.where}: case {cid} is also defined by {seen[cid].where} with other settings; "
+                    "give one of the suites a different variant"
+                )
             continue
-        seen.add(cid)
-        cases.append(_build_case(model, method, task, where, cid, path, base, defaults, method_defaults, models, tasks, overrides))
+        seen[cid] = combo
+        cases.append(_build_case(combo, cid, path, base, defaults, method_defaults, models, tasks, overrides))
     return cases
 
 
-def _matches(override: Mapping[str, Any], model: str, method: str, task: str) -> bool:
-    return all(override.get(k, v) == v for k, v in (("model", model), ("method", method), ("task", task)))
+_SELECTORS = ("model", "method", "task", "variant")
+
+
+@dataclass(frozen=True)
+class Combo:
+    """One expanded (model, method, task, variant) of a [[suite]] table."""
+
+    model: str
+    method: str
+    task: str
+    variant: str
+    settings: Mapping[str, Any]
+    where: str
+
+
+def _matches(override: Mapping[str, Any], combo: Combo) -> bool:
+    return all(override.get(k, getattr(combo, k)) == getattr(combo, k) for k in _SELECTORS)
 
 
 def _selector(override: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={override[k]!r}" for k in ("model", "method", "task") if k in override)
+    return ", ".join(f"{k}={override[k]!r}" for k in _SELECTORS if k in override)
 
 
 def _build_case(
-    model: str, method: str, task: str, where: str, cid: str, path: Path, base: Path,
-    defaults: Mapping[str, Any], method_defaults: Mapping[str, Any], models: Mapping[str, Any],
-    tasks: Mapping[str, Any], overrides: list[Any],
+    combo: Combo, cid: str, path: Path, base: Path, defaults: Mapping[str, Any], method_defaults: Mapping[str, Any],
+    models: Mapping[str, Any], tasks: Mapping[str, Any], overrides: list[Any],
 ) -> Case | BrokenCase:
-    here = f"{where} case {cid}"
+    model, method, task = combo.model, combo.method, combo.task
+    here = f"{combo.where} case {cid}"
     try:
         for label, name in (("model", model), ("task", task)):
             if not _NAME.match(name):
@@ -266,11 +306,12 @@ def _build_case(
         task_path = _task_path(task, tasks, base, here)
         options = dict(defaults)
         settings = dict(_table(method_defaults.get(method, {}), f"{path}: [methods.{method}]"))
+        settings.update(combo.settings)
         option_where = f"{path}: [defaults]"
         for j, override in enumerate(overrides):
-            if _matches(override, model, method, task):
+            if _matches(override, combo):
                 for key, value in override.items():
-                    if key in ("model", "method", "task"):
+                    if key in _SELECTORS:
                         continue
                     if key == "settings":
                         settings.update(_table(value, f"{path}: case[{j}].settings"))
@@ -279,7 +320,7 @@ def _build_case(
                 option_where = f"{path}: case[{j}] (for {cid})"
         case_options = build_settings(CaseOptions, options, option_where)
         method_settings = build_settings(METHODS[method].settings_type, settings, f"{path}: settings of {cid}")
-        return Case(spec, method, task, task_path, case_options, method_settings, path)
+        return Case(spec, method, task, task_path, case_options, method_settings, path, combo.variant)
     except (CaseFileError, SettingsError) as exc:
         return BrokenCase(cid, str(exc), path, model, method, task)
 

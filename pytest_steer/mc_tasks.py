@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pytest_steer.tasks import TaskError
 
@@ -115,3 +118,48 @@ def load_completions(path: Path) -> list[Completion]:
     if not out:
         raise TaskError(f"{path}: no passages")
     return out
+
+
+@dataclass(frozen=True)
+class DolaTask:
+    """A DoLa task: multiple-choice questions (`kind` "mc") or completion passages ("completion")."""
+
+    name: str
+    kind: Literal["mc", "completion"]
+    items: tuple[MCQuestion, ...] | tuple[Completion, ...]
+    source: str
+
+    def data_hash(self) -> str:
+        payload = json.dumps([dataclasses.astuple(item) for item in self.items], ensure_ascii=False)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+_MC_KEYS = ("question", "Question")
+_COMPLETION_KEYS = ("prefix", "full_prefix")
+
+
+def _layout(path: Path) -> Literal["mc", "completion"]:
+    if not path.is_file():
+        raise TaskError(f"{path}: file does not exist")
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            keys = set(next(csv.reader(handle), []))
+    else:
+        data = _json_list(path, "questions or passages")
+        keys = set(data[0]) if data and isinstance(data[0], dict) else set()
+    if keys & set(_MC_KEYS):
+        return "mc"
+    if keys & set(_COMPLETION_KEYS):
+        return "completion"
+    raise TaskError(
+        f"{path}: not a DoLa task: expected multiple-choice items (question, best_answer, correct_answers, "
+        "incorrect_answers; or the TruthfulQA CSV columns) or completion passages (prefix, completion, "
+        "contradictions; or the FACTOR CSV columns)"
+    )
+
+
+def load_dola_task(name: str, path: Path) -> DolaTask:
+    """Load either layout, telling them apart by their fields."""
+    kind = _layout(path)
+    items = tuple(load_mc_questions(path)) if kind == "mc" else tuple(load_completions(path))
+    return DolaTask(name, kind, items, str(path))

@@ -149,6 +149,7 @@ class CaseFile(pytest.File):
                 (marker_name(case.method), f"the {case.method} method"),
                 (marker_name(case.model.name), f"model {case.model.name}"),
                 (marker_name(case.task), f"task {case.task}"),
+                *([(marker_name(case.variant), f"variant {case.variant}")] if case.variant else []),
             ):
                 _register_marker(config, name, what)
                 item.add_marker(name)

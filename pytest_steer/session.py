@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pytest_steer import __version__
-from pytest_steer.cases import Case
+from pytest_steer.cases import Case, task_slot
 from pytest_steer.methods import METHODS
 from pytest_steer.methods.base import Progress, RunContext
 from pytest_steer.models.loader import ModelHandle, ModelSpec, load_model
 from pytest_steer.settings import settings_dict
 from pytest_steer.store import BaselineStore, VectorCache
-from pytest_steer.tasks import load_task, split_task
 from pytest_steer.verdict import Gate, Verdict, judge, metrics_from_outcomes
 
 
@@ -104,26 +104,34 @@ class SteerSession:
     def run_case(self, case: Case) -> dict[str, Any]:
         """Run one case end to end and return its record (JSON-serialisable, vectors separate)."""
         started = time.perf_counter()
-        task = load_task(case.task, case.task_path)
-        splits = split_task(task, case.options.n_dev, case.options.n_test, case.options.seed)
+        method = METHODS[case.method]
+        o = case.options
+        task = method.prepare(case.task, case.task_path, o.n_dev, o.n_test, o.seed)
         handle = self.model(case.model)
         loaded = time.perf_counter()
-        context = RunContext(cache=VectorCache(self.options.cache_dir / "vectors"), seed=case.options.seed, progress=self.progress)
-        torch.manual_seed(case.options.seed)
-        outcome = METHODS[case.method].run(handle, task, splits, case.settings, context)
-        metrics = metrics_from_outcomes(outcome.unsteered, outcome.steered, outcome.ceiling, case.options.seed)
+        context = RunContext(cache=VectorCache(self.options.cache_dir / "vectors"), seed=o.seed, progress=self.progress)
+        torch.manual_seed(o.seed)
+        outcome = method.run(handle, task.data, task.splits, case.settings, context)
+        metrics = metrics_from_outcomes(outcome.unsteered, outcome.steered, outcome.ceiling, o.seed)
+        if outcome.metric != "accuracy":
+            metrics["metric"] = outcome.metric
+        if outcome.secondary:
+            metrics["secondary"] = {
+                name: metrics_from_outcomes(base, steered, None, o.seed) for name, (base, steered) in outcome.secondary.items()
+            }
         gate = self.gate(case)
         record: dict[str, Any] = {
             "id": case.id,
             "model": case.model.name,
             "method": case.method,
             "task": case.task,
+            **({"variant": case.variant} if case.variant else {}),
             "metrics": metrics,
             "chosen": outcome.chosen,
             "curves": outcome.curves,
-            "counts": {"demos": len(splits.demos), "dev": len(splits.dev), "test": len(splits.test)},
-            "seed": case.options.seed,
-            "task_data": {"source": task.source, "sha256": task.data_hash(), "items": len(task.pairs)},
+            "counts": task.counts,
+            "seed": o.seed,
+            "task_data": {"source": task.source, "sha256": task.sha256, "items": task.items},
             "fingerprint": handle.fingerprint,
             "model_source": case.model.describe(),
             "adapter": handle.adapter.describe(),
@@ -133,9 +141,11 @@ class SteerSession:
             "versions": versions(),
             "per_item": {
                 "items": outcome.test_items,
-                "unsteered": outcome.unsteered.astype(int).tolist(),
-                "steered": outcome.steered.astype(int).tolist(),
-                "icl": None if outcome.ceiling is None else outcome.ceiling.astype(int).tolist(),
+                "unsteered": per_item_values(outcome.unsteered),
+                "steered": per_item_values(outcome.steered),
+                "icl": None if outcome.ceiling is None else per_item_values(outcome.ceiling),
+                **{f"{name}_{side}": per_item_values(values) for name, pair in outcome.secondary.items()
+                   for side, values in zip(("unsteered", "steered"), pair)},
             },
             "diagnostics": outcome.diagnostics,
             "timing_s": {"model": round(loaded - started, 2), "method": round(time.perf_counter() - loaded, 2)},
@@ -148,9 +158,9 @@ class SteerSession:
 
     def verdict(self, case: Case, record: dict[str, Any], nodeid: str) -> Verdict:
         """Judge a record against its gate and stored baseline; BaselineMissing if there is none."""
-        stored = self.baselines.load(case.model.name, case.method, case.task)
+        stored = self.baselines.load(case.model.name, case.method, case.slot)
         if stored is None and not self.options.update:
-            path = self.baselines.json_path(case.model.name, case.method, case.task)
+            path = self.baselines.json_path(case.model.name, case.method, case.slot)
             raise BaselineMissing(
                 f"no baseline for {case.id} at {path}. Create it with:\n"
                 f"    pytest '{nodeid}' --steer-update"
@@ -182,7 +192,14 @@ def write_baseline(store: BaselineStore, record: dict[str, Any]) -> list[Path]:
         "task_sha256": record["task_data"]["sha256"],
         "plugin_version": __version__,
     }
-    return store.write(record["model"], record["method"], record["task"], clean, vectors, meta)
+    return store.write(record["model"], record["method"], task_slot(record["task"], record.get("variant", "")), clean, vectors, meta)
+
+
+def per_item_values(values: np.ndarray) -> list[int] | list[float]:
+    """0/1 outcomes as ints (as the word-task baselines store them), graded ones as rounded floats."""
+    if np.isin(values, (0, 1)).all():
+        return values.astype(int).tolist()
+    return [round(float(v), 6) for v in values]
 
 
 def public_record(record: dict[str, Any]) -> dict[str, Any]:

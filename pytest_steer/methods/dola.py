@@ -1,7 +1,6 @@
 """DoLa (Chuang et al. 2024) scoring of candidate continuations, as the reliability study ran it.
 
-Scoring only (not yet a suite method): for one prompt and its candidate answers, the
-baseline score is the sum of final-layer log-probs of the answer tokens; the DoLa score
+For one prompt and its candidate answers, the baseline score is the sum of final-layer log-probs of the answer tokens; the DoLa score
 contrasts the mature (last) layer with the premature layer of largest Jensen-Shannon
 divergence among the bucket's candidates, per answer position. The prompt is encoded
 once; the answers run as one batch on its cache; layer logits are computed only for the
@@ -10,24 +9,47 @@ bucket's layers and only at answer positions.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
 from pytest_steer.methods.scoring import _cache_kwarg
 from pytest_steer.models.loader import ModelHandle
+from pytest_steer.settings import SettingsError
 
 BUCKETS = {"lower": (0.0, 0.5), "upper": (0.5, 1.0), "full": (0.0, 1.0),
            "q1": (0.0, 0.25), "q2": (0.25, 0.5), "q3": (0.5, 0.75), "q4": (0.75, 1.0)}
 
 
+# Unnormalised residuals of some models (Gemma 3) give near one-hot layer distributions whose
+# JSDs all sit at log 2; the choice between them is then decided by float rounding.
+NEAR_TIE = 1e-4
+LOGIT_ROWS = 256  # layer-logit rows per unembedding matmul: 256 x 262k floats is 268 MB
+
+
 @dataclass(frozen=True)
 class DolaSettings:
+    """DoLa's knobs; `metric` None means MC1 for multiple-choice tasks, accuracy for completions."""
+
     bucket: str | tuple[int, ...] = "lower"
     post_softmax: bool = True
     alpha: float = 0.1
     premature_norm: bool = False  # the paper's choice: no norm on premature layers
+    metric: Literal["mc1", "mc2", "mc3", "accuracy"] | None = None
+
+    def validate(self, where: str) -> None:
+        if isinstance(self.bucket, str) and self.bucket not in BUCKETS:
+            raise SettingsError(f"{where}.bucket: expected one of {', '.join(BUCKETS)} or a list of layers, got {self.bucket!r}")
+        if not isinstance(self.bucket, str) and (not self.bucket or min(self.bucket) < 0):
+            raise SettingsError(f"{where}.bucket: a list of layers must be non-empty and hold layer indices >= 0")
+        if not 0 < self.alpha <= 1:
+            raise SettingsError(f"{where}.alpha: must be in (0, 1], got {self.alpha}")
+
+    def bucket_name(self) -> str:
+        return self.bucket if isinstance(self.bucket, str) else "layers " + ",".join(map(str, self.bucket))
 
 
 @dataclass
@@ -37,6 +59,8 @@ class AnswerScores:
     baseline: list[float]
     dola: list[float]
     premature: list[list[int]]
+    forward_tokens: int = 0
+    near_ties: int = 0  # positions whose best and second-best JSD differ by less than NEAR_TIE
 
 
 def candidate_layers(bucket: str | tuple[int, ...], num_layers: int) -> list[int]:
@@ -89,13 +113,38 @@ def _answer_ids(tokenizer: object, prompt: str, answers: list[str]) -> tuple[lis
     return fulls, starts
 
 
-def score_answers(handle: ModelHandle, prompt: str, answers: list[str], settings: DolaSettings) -> AnswerScores:
-    """Baseline and DoLa scores of each answer as a continuation of `prompt`."""
+@dataclass
+class PromptCache:
+    """Keys and values of a text that starts many prompts (DoLa's instruction and demonstrations)."""
+
+    ids: list[int]
+    cache: Any
+
+
+def encode_context(handle: ModelHandle, text: str) -> PromptCache:
+    """Encode `text` once so that every prompt starting with its tokens skips it."""
+    ids = handle.tokenizer(text)["input_ids"]  # type: ignore[operator]
+    with torch.inference_mode():
+        out = handle.model(input_ids=torch.tensor([ids]), use_cache=True, logits_to_keep=1)
+    return PromptCache(ids, getattr(out, "cache", None) or out.past_key_values)
+
+
+def score_answers(
+    handle: ModelHandle, prompt: str, answers: list[str], settings: DolaSettings, context: PromptCache | None = None
+) -> AnswerScores:
+    """Baseline and DoLa scores of each answer as a continuation of `prompt`.
+
+    With `context`, the prompt's leading tokens that equal `context.ids` come from its cache
+    (same numbers up to float rounding); otherwise the whole prompt is encoded here.
+    """
     a = handle.adapter
     model = handle.model
     fulls, starts = _answer_ids(handle.tokenizer, prompt, answers)
     shared = min(starts)  # tokens every answer shares with the prompt: encoded once
-    prefix = torch.tensor([fulls[0][:shared]])
+    skip = 0
+    if context is not None and len(context.ids) < shared and fulls[0][: len(context.ids)] == context.ids:
+        skip = len(context.ids)
+    prefix = torch.tensor([fulls[0][skip:shared]])
     layers = candidate_layers(settings.bucket, a.num_layers)
     unembed = a.unembedding(model)
     norm = a.final_norm(model) if settings.premature_norm else None
@@ -106,7 +155,11 @@ def score_answers(handle: ModelHandle, prompt: str, answers: list[str], settings
     rest_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rests])
     n = len(answers)
     with torch.inference_mode():
-        first = model(input_ids=prefix, use_cache=True, output_hidden_states=True, logits_to_keep=1)
+        reuse = {_cache_kwarg(model): copy.deepcopy(context.cache)} if skip else {}
+        first = model(
+            input_ids=prefix, position_ids=torch.arange(skip, shared).unsqueeze(0), attention_mask=torch.ones(1, shared, dtype=torch.long),
+            use_cache=True, output_hidden_states=True, logits_to_keep=1, **reuse,
+        )
         cache = getattr(first, "cache", None) or first.past_key_values
         cache.batch_repeat_interleave(n)
         second = model(
@@ -114,33 +167,42 @@ def score_answers(handle: ModelHandle, prompt: str, answers: list[str], settings
             position_ids=(shared + torch.arange(width)).unsqueeze(0).expand(n, -1), use_cache=True,
             output_hidden_states=True, **{_cache_kwarg(model): cache},
         )
-        baseline, dola, premature = [], [], []
-        for i, full in enumerate(fulls):
-            # hidden index k predicts the token at absolute position shared + k (k = 0 is the prefix's last token)
-            ks = torch.arange(starts[i] - shared, len(full) - shared)
-            targets = torch.tensor(full[starts[i] :])
+        # every scored position of every answer; hidden index k predicts the token at absolute
+        # position shared + k (k = 0 is the prefix's last token)
+        owner = torch.tensor([i for i, f in enumerate(fulls) for _ in range(starts[i], len(f))])
+        ks = torch.cat([torch.arange(starts[i] - shared, len(f) - shared) for i, f in enumerate(fulls)])
+        targets = torch.tensor([t for i, f in enumerate(fulls) for t in f[starts[i] :]])
 
-            def states(j: int, ks: torch.Tensor = ks, i: int = i) -> torch.Tensor:
-                seq = torch.cat([first.hidden_states[j][0, -1:], second.hidden_states[j][i]], dim=0)
-                return seq[ks]
+        def at_positions(last: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+            return torch.cat([last.expand(n, -1, -1), rest], dim=1)[owner, ks]
 
-            mature = torch.cat([first.logits[0, -1:], second.logits[i]], dim=0)[ks].float()
-            stack = []
-            for j in layers:
-                h = states(j)
-                if norm is not None:
-                    h = norm(h)
-                stack.append((h @ unembed.T).float())
-            premature_logits = torch.stack(stack)  # (C, T, V)
-            divergence = jsd(mature.unsqueeze(0), premature_logits)  # (C, T)
+        mature_all = at_positions(first.logits[:, -1:], second.logits).float()  # (P, V)
+        states = torch.stack([at_positions(first.hidden_states[j][:, -1:], second.hidden_states[j]) for j in layers])
+        if norm is not None:
+            states = norm(states)
+        base_tok, dola_tok, choices = [], [], []
+        near_ties = 0
+        # layer logits for many positions per matmul: the unembedding (up to 262k x hidden) is read once per chunk
+        step = max(1, LOGIT_ROWS // len(layers))
+        for lo in range(0, len(targets), step):
+            mature = mature_all[lo : lo + step]
+            premature_logits = (states[:, lo : lo + step] @ unembed.T).float()  # (C, p, V)
+            divergence = jsd(mature.unsqueeze(0), premature_logits)  # (C, p)
             choice = divergence.argmax(dim=0)  # first candidate wins ties
-            chosen = premature_logits[choice, torch.arange(len(ks))]
-            f = contrast(mature, chosen, settings)
-            rows = torch.arange(len(ks))
-            baseline.append(float(torch.log_softmax(mature, dim=-1)[rows, targets].sum()))
-            dola.append(float(f[rows, targets].sum()))
-            premature.append([layers[c] for c in choice.tolist()])
-    return AnswerScores(baseline, dola, premature)
+            if len(layers) > 1:
+                top2 = divergence.topk(2, dim=0).values
+                near_ties += int(((top2[0] - top2[1]) < NEAR_TIE).sum())
+            rows = torch.arange(len(mature))
+            f = contrast(mature, premature_logits[choice, rows], settings)
+            tgt = targets[lo : lo + step]
+            base_tok.append(torch.log_softmax(mature, dim=-1)[rows, tgt])
+            dola_tok.append(f[rows, tgt])
+            choices.append(choice)
+        baseline = torch.zeros(n).index_add_(0, owner, torch.cat(base_tok)).tolist()
+        dola = torch.zeros(n).index_add_(0, owner, torch.cat(dola_tok)).tolist()
+        picked = [layers[c] for c in torch.cat(choices).tolist()]
+        premature = [[picked[p] for p in range(len(picked)) if owner[p] == i] for i in range(n)]
+    return AnswerScores(baseline, dola, premature, forward_tokens=shared - skip + n * width, near_ties=near_ties)
 
 
 @dataclass(frozen=True)

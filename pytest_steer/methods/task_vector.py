@@ -17,7 +17,7 @@ import torch
 from pytest_steer.methods.base import MethodOutcome, RunContext
 from pytest_steer.methods.hooks import HookReport, capture_last_token, edits_at_blocks
 from pytest_steer.methods.scoring import Intervene, TokenCounter, encode
-from pytest_steer.methods.word_tasks import PromptSet, ScoringSettings, icl_prompts, score, unsteered_baselines
+from pytest_steer.methods.word_tasks import prepare_word_task, PromptSet, ScoringSettings, icl_prompts, score, unsteered_baselines
 from pytest_steer.models.loader import ModelHandle
 from pytest_steer.settings import SettingsError, settings_dict
 from pytest_steer.tasks import Pair, Splits, Task
@@ -78,6 +78,7 @@ class TaskVectorMethod:
 
     name = "task_vector"
     settings_type = TaskVectorSettings
+    prepare = staticmethod(prepare_word_task)
 
     def run(
         self, handle: ModelHandle, task: Task, splits: Splits, settings: TaskVectorSettings, context: RunContext

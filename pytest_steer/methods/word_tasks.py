@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from pytest_steer.methods.base import TaskInput
 from pytest_steer.methods.scoring import Intervene, TokenCounter, first_target_ids, score_variants
 from pytest_steer.models.loader import ModelHandle
-from pytest_steer.tasks import Pair, Splits, few_shot_prompt, target_text, zero_shot_prompt
+from pytest_steer.tasks import Pair, Splits, few_shot_prompt, load_task, split_task, target_text, zero_shot_prompt
+
+
+def prepare_word_task(name: str, path: Path, n_dev: int, n_test: int, seed: int) -> TaskInput:
+    """Load a word-pair task and cut it into demonstrations, dev and test."""
+    task = load_task(name, path)
+    splits = split_task(task, n_dev, n_test, seed)
+    counts = {"demos": len(splits.demos), "dev": len(splits.dev), "test": len(splits.test)}
+    return TaskInput(task, splits, task.source, task.data_hash(), len(task.pairs), counts)
 
 
 @dataclass(frozen=True)
