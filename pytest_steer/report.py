@@ -25,7 +25,7 @@ def _delta(metrics: dict[str, Any]) -> str:
 
 
 def build_table(records: Sequence[dict[str, Any]]) -> Table:
-    """One row per case, grouped by model and task so methods sit side by side."""
+    """One row per steering-vector case, grouped by model and task so methods sit side by side."""
     table = Table(title="pytest-steer results (test split)", show_lines=False)
     for head in ("model", "task", "method"):
         table.add_column(head)
@@ -33,9 +33,8 @@ def build_table(records: Sequence[dict[str, Any]]) -> Table:
         table.add_column(head, justify="right")
     table.add_column("chosen")
     table.add_column("verdict")
-    for record in sorted(records, key=lambda r: (r["model"], r["task"], r["method"])):
-        status = record["status"]
-        verdict = f"[{_STYLE.get(status, '')}]{status}[/]"
+    for record in sorted(records, key=lambda r: (r["model"], r["task"], r["method"], r.get("variant", ""))):
+        verdict = _verdict(record)
         metrics = record.get("metrics")
         if not metrics:
             table.add_row(record["model"], record["task"], record["method"], "-", "-", "-", "-", "-", verdict)
@@ -48,11 +47,57 @@ def build_table(records: Sequence[dict[str, Any]]) -> Table:
     return table
 
 
+def _verdict(record: dict[str, Any]) -> str:
+    status = record["status"]
+    return f"[{_STYLE.get(status, '')}]{status}[/]"
+
+
+def _metric(metrics: dict[str, Any], name: str) -> dict[str, Any] | None:
+    if metrics.get("metric", "accuracy") == name:
+        return metrics
+    return metrics.get("secondary", {}).get(name)
+
+
+def _pair(metrics: dict[str, Any], name: str) -> str:
+    m = _metric(metrics, name)
+    return "-" if m is None else f"{m['unsteered']:.2f}>{m['steered']:.2f}"
+
+
+def build_dola_table(records: Sequence[dict[str, Any]]) -> Table:
+    """One row per DoLa case: baseline>DoLa for every metric, the gated one with its interval."""
+    table = Table(title="pytest-steer DoLa results (baseline>DoLa, test split)", show_lines=False)
+    for head in ("model", "task", "bucket"):
+        table.add_column(head)
+    for head in ("n", "MC1/acc", "MC2", "MC3", "gated delta [95% CI]"):
+        table.add_column(head, justify="right")
+    table.add_column("top layer")
+    table.add_column("verdict")
+    for record in sorted(records, key=lambda r: (r["model"], r["task"], r.get("variant", ""))):
+        metrics = record.get("metrics")
+        chosen = record.get("chosen", {})
+        bucket = chosen.get("bucket") or record.get("variant", "-")
+        if not metrics:
+            table.add_row(record["model"], record["task"], bucket, *["-"] * 6, _verdict(record))
+            continue
+        first = "accuracy" if _metric(metrics, "mc1") is None else "mc1"
+        top = f"{chosen['top_premature_layer']} ({chosen['top_share']:.0%})" if "top_premature_layer" in chosen else "-"
+        table.add_row(
+            record["model"], record["task"], bucket, str(metrics["n_test"]), _pair(metrics, first), _pair(metrics, "mc2"),
+            _pair(metrics, "mc3"), f"{metrics.get('metric', 'accuracy')} {_delta(metrics)}", top, _verdict(record),
+        )
+    return table
+
+
 def render_table(records: Sequence[dict[str, Any]], width: int, markup: bool) -> str:
-    """The table as text, coloured only when the terminal supports it."""
+    """The tables as text (steering vectors, then DoLa), coloured only when the terminal supports it."""
     buffer = io.StringIO()
     console = Console(file=buffer, width=max(width, 160), force_terminal=markup, no_color=not markup, highlight=False)
-    console.print(build_table(records))
+    vectors = [r for r in records if r["method"] != "dola"]
+    dola = [r for r in records if r["method"] == "dola"]
+    if vectors:
+        console.print(build_table(vectors))
+    if dola:
+        console.print(build_dola_table(dola))
     return buffer.getvalue()
 
 

@@ -264,9 +264,9 @@ def test_wrong_type_in_defaults(tmp_path):
 
 
 def test_unknown_method_table(tmp_path):
-    path = write(tmp_path, "[methods.dola]\nalpha = 1\n" + SUITE)
+    path = write(tmp_path, "[methods.steer_caa]\nalpha = 1\n" + SUITE)
     broken = load_single_broken(path)
-    assert str(path) in broken.message and "dola" in broken.message and "unknown method" in broken.message
+    assert str(path) in broken.message and "steer_caa" in broken.message and "unknown method" in broken.message
 
 
 def test_case_selector_matching_nothing(tmp_path):
@@ -311,10 +311,10 @@ def test_unknown_model_lists_aliases(tmp_path):
 
 
 def test_unknown_method_in_suite(tmp_path):
-    path = write(tmp_path, '[[suite]]\nmodels = ["smollm2-135m"]\nmethods = ["dola"]\ntasks = ["antonym"]\n')
+    path = write(tmp_path, '[[suite]]\nmodels = ["smollm2-135m"]\nmethods = ["caa"]\ntasks = ["antonym"]\n')
     (broken,) = _broken_all(path)
-    assert "unknown method 'dola'" in broken.message and "task_vector" in broken.message
-    assert broken.method == "dola"
+    assert "unknown method 'caa'" in broken.message and "task_vector" in broken.message and "dola" in broken.message
+    assert broken.method == "caa"
 
 
 def test_unknown_task(tmp_path):
@@ -417,3 +417,71 @@ def test_marker_name(text, expected):
 )
 def test_model_family(name, family):
     assert model_family(name) == family
+
+
+# ---------------------------------------------------------------- variants
+
+VARIANTS = """
+[methods.dola]
+alpha = 0.2
+
+[[suite]]
+models = ["smollm2-135m"]
+methods = ["dola"]
+tasks = ["truthful-mc", "fact-completion"]
+variant = "lower"
+settings = { bucket = "lower" }
+
+[[suite]]
+models = ["smollm2-135m"]
+methods = ["dola"]
+tasks = ["truthful-mc"]
+variant = "upper"
+settings = { bucket = "upper", post_softmax = false }
+"""
+
+
+def test_variants_join_the_id_and_carry_their_settings(tmp_path):
+    cases = by_id(load_ok(write(tmp_path, VARIANTS)))
+    assert set(cases) == {
+        "smollm2-135m-dola-truthful-mc-lower", "smollm2-135m-dola-fact-completion-lower", "smollm2-135m-dola-truthful-mc-upper",
+    }
+    lower, upper = cases["smollm2-135m-dola-truthful-mc-lower"], cases["smollm2-135m-dola-truthful-mc-upper"]
+    assert (lower.variant, lower.slot, lower.task) == ("lower", "truthful-mc-lower", "truthful-mc")
+    assert (lower.settings.bucket, lower.settings.alpha, lower.settings.post_softmax) == ("lower", 0.2, True)
+    assert (upper.settings.bucket, upper.settings.alpha, upper.settings.post_softmax) == ("upper", 0.2, False)
+
+
+def test_case_override_can_select_a_variant(tmp_path):
+    text = VARIANTS + '\n[[case]]\nvariant = "upper"\nthreshold = 0.25\nsettings = { alpha = 0.5 }\n'
+    cases = by_id(load_ok(write(tmp_path, text)))
+    upper = cases["smollm2-135m-dola-truthful-mc-upper"]
+    assert upper.options.threshold == 0.25 and upper.settings.alpha == 0.5
+    assert all(c.options.threshold is None for cid, c in cases.items() if cid.endswith("-lower"))
+
+
+def test_suite_settings_without_variant_rejected(tmp_path):
+    text = '[[suite]]\nmodels = ["smollm2-135m"]\nmethods = ["dola"]\ntasks = ["truthful-mc"]\nsettings = { bucket = "upper" }\n'
+    broken = load_single_broken(write(tmp_path, text))
+    assert "suite[0].settings" in broken.message and "variant" in broken.message
+
+
+def test_two_suites_disagreeing_on_one_case_rejected(tmp_path):
+    text = VARIANTS.replace('variant = "upper"', 'variant = "lower"')
+    broken = load_single_broken(write(tmp_path, text))
+    assert "smollm2-135m-dola-truthful-mc-lower" in broken.message and "suite[0]" in broken.message
+    assert "suite[1]" in broken.message
+
+
+def test_bad_variant_name_and_bad_variant_setting(tmp_path):
+    broken = load_single_broken(write(tmp_path, VARIANTS.replace('variant = "upper"', 'variant = "up per"')))
+    assert "suite[1].variant" in broken.message and "'up per'" in broken.message
+    items = load_case_file(write(tmp_path, VARIANTS.replace('bucket = "upper"', 'bucket = "middle"')))
+    bad = [i for i in items if isinstance(i, BrokenCase)]
+    assert [b.id for b in bad] == ["smollm2-135m-dola-truthful-mc-upper"]
+    assert "bucket" in bad[0].message and "'middle'" in bad[0].message and "lower" in bad[0].message
+    assert len(items) == 3  # the other cases still build
+
+
+def test_case_id_of_a_variant():
+    assert case_id("m", "dola", "truthful-mc-lower") == "m-dola-truthful-mc-lower"

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from pytest_steer.methods.dola import (
-    DolaSettings, candidate_layers, completion_correct, contrast, jsd, mc_metrics, score_answers,
+    DolaSettings,
+    candidate_layers,
+    completion_correct,
+    contrast,
+    jsd,
+    mc_metrics,
+    score_answers,
 )
 from pytest_steer.methods.scoring import encode
 
@@ -104,3 +111,138 @@ def test_mc_metrics_on_hand_made_scores() -> None:
 def test_completion_counts_ties_as_correct() -> None:
     assert completion_correct(-1.0, [-1.0, -2.0, -3.0]) == 1.0
     assert completion_correct(-1.5, [-1.0, -2.0, -3.0]) == 0.0
+
+
+# ---------------------------------------------------------------- the suite method
+
+
+def test_context_cache_gives_the_same_scores(tiny_handle) -> None:
+    from pytest_steer.methods.dola import encode_context
+
+    settings = DolaSettings(bucket=(0, 1, 2))
+    plain = score_answers(tiny_handle, "w7 w8 w9 " + PROMPT, ANSWERS, settings)
+    cached = score_answers(tiny_handle, "w7 w8 w9 " + PROMPT, ANSWERS, settings, encode_context(tiny_handle, "w7 w8 w9"))
+    assert cached.forward_tokens == plain.forward_tokens - 3
+    assert cached.premature == plain.premature
+    assert cached.baseline == pytest.approx(plain.baseline, abs=1e-4)
+    assert cached.dola == pytest.approx(plain.dola, abs=1e-4)
+    # a context that the prompt does not start with is ignored, not misused
+    other = score_answers(tiny_handle, PROMPT, ANSWERS, settings, encode_context(tiny_handle, "w30 w31"))
+    assert other.forward_tokens == score_answers(tiny_handle, PROMPT, ANSWERS, settings).forward_tokens
+
+
+def _write(path, items) -> Path:
+    import json
+
+    path.write_text(json.dumps(items))
+    return path
+
+
+@pytest.fixture
+def mc_file(tmp_path):
+    items = [
+        {"question": f"w{i} w{i + 1}", "best_answer": f"v{i}", "correct_answers": [f"v{i}", f"v{i} v{i + 1}"],
+         "incorrect_answers": [f"w{i + 2}", f"v{i + 3} w{i}"]}
+        for i in range(12)
+    ]
+    return _write(tmp_path / "mc.json", items)
+
+
+@pytest.fixture
+def completion_file(tmp_path):
+    items = [{"prefix": f"w{i} w{i + 1} w{i + 2}", "completion": f"v{i}", "contradictions": [f"v{i + 1}", f"v{i + 2} v{i}", f"w{i}"]}
+             for i in range(10)]
+    return _write(tmp_path / "completion.json", items)
+
+
+def _run(handle, path, n_test, settings, tmp_path):
+    from pytest_steer.methods.base import RunContext
+    from pytest_steer.methods.dola_method import DolaMethod
+    from pytest_steer.store import VectorCache
+
+    method = DolaMethod()
+    task = method.prepare("t", path, 0, n_test, seed=3)
+    return task, method.run(handle, task.data, task.splits, settings, RunContext(VectorCache(tmp_path / "v"), 3))
+
+
+def test_method_on_multiple_choice_questions(tiny_handle, mc_file, tmp_path) -> None:
+    from pytest_steer.mc_tasks import load_mc_questions
+    from pytest_steer.methods.dola_method import mc_answer, mc_prompt
+
+    settings = DolaSettings(bucket=(0, 1))
+    task, outcome = _run(tiny_handle, mc_file, 8, settings, tmp_path)
+    assert list(task.splits) == sorted(task.splits) and len(set(task.splits)) == 8
+    assert task.counts == {"test": 8} and task.items == 12
+    assert outcome.metric == "mc1" and set(outcome.secondary) == {"mc2", "mc3"}
+    assert outcome.ceiling is None and outcome.vectors == {}
+    questions = load_mc_questions(mc_file)
+    # every per-question outcome is the metric of that question's scores
+    for row, index in enumerate(task.splits):
+        q = questions[index]
+        scores = score_answers(tiny_handle, mc_prompt(q.question), [mc_answer(a) for a in q.correct + q.incorrect], settings)
+        base = mc_metrics(scores.baseline[:2], scores.baseline[2:])
+        dola = mc_metrics(scores.dola[:2], scores.dola[2:])
+        assert outcome.unsteered[row] == base.mc1 and outcome.steered[row] == dola.mc1
+        assert outcome.secondary["mc2"][0][row] == pytest.approx(base.mc2, abs=1e-4)
+        assert outcome.secondary["mc2"][1][row] == pytest.approx(dola.mc2, abs=1e-4)
+        assert outcome.secondary["mc3"][1][row] == dola.mc3
+    histogram = outcome.diagnostics["premature_histogram"]
+    assert set(histogram) == {"0", "1"} and sum(histogram.values()) == outcome.diagnostics["scored_tokens"] > 0
+    assert sum(outcome.curves["premature_share"]) == pytest.approx(1.0, abs=1e-3)
+    assert outcome.chosen["top_premature_layer"] in (0, 1)
+    assert outcome.test_items == [questions[i].question for i in task.splits]
+
+
+def test_method_on_completions_uses_accuracy_with_ties(tiny_handle, completion_file, tmp_path) -> None:
+    task, outcome = _run(tiny_handle, completion_file, 10, DolaSettings(bucket="lower"), tmp_path)
+    assert outcome.metric == "accuracy" and outcome.secondary == {}
+    assert set(outcome.unsteered.tolist()) <= {0.0, 1.0} and set(outcome.steered.tolist()) <= {0.0, 1.0}
+    assert list(task.splits) == list(range(10))
+
+
+def test_metric_must_fit_the_task_kind(tiny_handle, mc_file, completion_file, tmp_path) -> None:
+    from pytest_steer.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="metric 'mc2' does not apply to a completion task"):
+        _run(tiny_handle, completion_file, 4, DolaSettings(metric="mc2"), tmp_path)
+    with pytest.raises(SettingsError, match="metric 'accuracy' does not apply to a mc task"):
+        _run(tiny_handle, mc_file, 4, DolaSettings(metric="accuracy"), tmp_path)
+    _, outcome = _run(tiny_handle, mc_file, 4, DolaSettings(metric="mc2", bucket=(1,)), tmp_path)
+    assert outcome.metric == "mc2" and set(outcome.secondary) == {"mc1", "mc3"}
+    with pytest.raises(SettingsError, match="bucket"):
+        _run(tiny_handle, mc_file, 4, DolaSettings(bucket=(0, 7)), tmp_path)  # the tiny model has 3 layers
+
+
+def test_prepare_rejects_more_items_than_the_file_has(mc_file) -> None:
+    from pytest_steer.methods.dola_method import DolaMethod
+    from pytest_steer.tasks import TaskError
+
+    with pytest.raises(TaskError, match="has 12 items but n_test = 13") as info:
+        DolaMethod().prepare("t", mc_file, 0, 13, 0)
+    assert str(mc_file) in str(info.value)
+    a, b = DolaMethod().prepare("t", mc_file, 0, 6, 0), DolaMethod().prepare("t", mc_file, 0, 6, 1)
+    assert a.splits == DolaMethod().prepare("t", mc_file, 0, 6, 0).splits and a.splits != b.splits
+
+
+def test_settings_validation() -> None:
+    from pytest_steer.settings import SettingsError, build_settings
+
+    assert build_settings(DolaSettings, {"bucket": [2, 4]}, "w").bucket == (2, 4)
+    for bad, field in (({"bucket": "middle"}, "bucket"), ({"bucket": []}, "bucket"), ({"alpha": 0.0}, "alpha"),
+                       ({"alpha": 1.5}, "alpha"), ({"metric": "mc4"}, "metric")):
+        with pytest.raises(SettingsError, match=f"w.{field}"):
+            build_settings(DolaSettings, bad, "w")
+
+
+def test_prompts_follow_the_protocol() -> None:
+    from pytest_steer.methods.dola_method import (
+        DEMONSTRATIONS,
+        completion_text,
+        mc_answer,
+        mc_prompt,
+    )
+
+    prompt = mc_prompt("Is it so?")
+    assert prompt.endswith("\n\nQ: Is it so?\nA:") and prompt.count("Q: ") == len(DEMONSTRATIONS) + 1 == 7
+    assert mc_answer("Yes") == " Yes." and mc_answer(" No. ") == " No."
+    assert completion_text("The sky is ", "blue.") == ("The sky is", " blue.")

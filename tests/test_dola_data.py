@@ -35,3 +35,11 @@ def test_fact_completion_is_well_formed() -> None:
         assert len(item["contradictions"]) == 3 and len(set(item["contradictions"])) == 3
         assert item["completion"] not in item["contradictions"]
         assert all(_clean(t) for t in [item["prefix"], item["completion"], *item["contradictions"]])
+
+
+def test_demonstrations_are_not_test_questions() -> None:
+    from pytest_steer.methods.dola_method import DEMONSTRATIONS
+
+    items = json.loads((TASKS / "truthful-mc.json").read_text(encoding="utf-8"))
+    asked = {i["question"].lower() for i in items}
+    assert not asked & {q.lower() for q, _ in DEMONSTRATIONS}

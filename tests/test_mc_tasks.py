@@ -54,3 +54,20 @@ def test_errors_name_the_file_row_and_field(tmp_path: Path) -> None:
     js.write_text('[{"question": "q", "best_answer": "a", "correct_answers": "a", "incorrect_answers": []}]')
     with pytest.raises(TaskError, match=r"q\.json: item 0: field 'correct_answers' must be a list"):
         load_mc_questions(js)
+
+
+def test_dola_task_layout_is_detected_from_the_fields(tmp_path: Path) -> None:
+    from pytest_steer.mc_tasks import load_dola_task
+
+    mc = load_dola_task("truthful-mc", TASKS / "truthful-mc.json")
+    completion = load_dola_task("fact-completion", TASKS / "fact-completion.json")
+    assert (mc.kind, completion.kind) == ("mc", "completion")
+    assert mc.data_hash() != completion.data_hash() and len(mc.data_hash()) == 64
+    csv_path = tmp_path / "factor.csv"
+    csv_path.write_text("full_prefix,completion,contradiction_0,contradiction_1,contradiction_2\nThe sky is,blue.,green.,red.,brown.\n")
+    assert load_dola_task("factor", csv_path).kind == "completion"
+    words = tmp_path / "pairs.json"
+    words.write_text('[{"input": "hot", "output": "cold"}]')
+    with pytest.raises(TaskError, match="not a DoLa task") as info:
+        load_dola_task("pairs", words)
+    assert str(words) in str(info.value) and "question" in str(info.value) and "prefix" in str(info.value)

@@ -184,3 +184,63 @@ def test_xdist_gives_the_same_numbers_and_writes_baselines_once(suite, pytester:
         a, b = json.loads(text), json.loads(path.read_text())
         assert a["metrics"] == b["metrics"] and a["per_item"] == b["per_item"]
     assert not list((pytester.path / "baselines").rglob("*.tmp"))
+
+
+DOLA_FILE = """
+[defaults]
+threshold = -1.0
+n_test = 6
+
+[models.tiny]
+path = "{model}"
+
+[tasks.quiz]
+path = "{quiz}"
+
+[[suite]]
+models = ["tiny"]
+methods = ["dola"]
+tasks = ["quiz"]
+variant = "lower"
+settings = {{ bucket = "lower" }}
+
+[[suite]]
+models = ["tiny"]
+methods = ["dola"]
+tasks = ["quiz"]
+variant = "upper"
+settings = {{ bucket = "upper" }}
+"""
+
+
+def test_dola_cases_run_store_their_baselines_by_variant_and_report(suite, pytester: pytest.Pytester, tiny_model_dir: Path) -> None:
+    _, run = suite
+    quiz = pytester.path / "quiz.json"
+    quiz.write_text(json.dumps([
+        {"question": f"w{i}", "best_answer": f"v{i}", "correct_answers": [f"v{i}", f"v{i + 1} v{i}"],
+         "incorrect_answers": [f"w{i + 1}", f"v{i + 2}"]} for i in range(8)
+    ]))
+    (pytester.path / "steer_dola.toml").write_text(DOLA_FILE.format(model=tiny_model_dir, quiz=quiz))
+    result = run("--collect-only", "-q", "--strict-markers", "-m", "dola and upper")
+    result.stdout.fnmatch_lines(["steer_dola.toml::tiny-dola-quiz-upper", "*1/2 tests collected (1 deselected)*"])
+    report = pytester.path / "report.json"
+    result = run("--steer-update", f"--steer-report={report}")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*DoLa results*", "*tiny*quiz*lower*6*>*mc1*pass*", "*tiny*quiz*upper*6*>*mc1*pass*"])
+    folder = pytester.path / "baselines" / "tiny" / "dola"
+    assert sorted(p.name for p in folder.iterdir()) == ["quiz-lower.json", "quiz-upper.json"]  # no vector file
+    stored = json.loads((folder / "quiz-upper.json").read_text())
+    assert stored["variant"] == "upper" and stored["settings"]["bucket"] == "upper"
+    assert set(stored["metrics"]["secondary"]) == {"mc2", "mc3"} and stored["metrics"]["metric"] == "mc1"
+    assert len(stored["per_item"]["mc2_steered"]) == 6 and stored["diagnostics"]["premature_histogram"] == {"1": stored["diagnostics"]["scored_tokens"]}
+    cases = {c["id"]: c for c in _report(report)["cases"]}
+    assert cases["tiny-dola-quiz-lower"]["metrics"]["unsteered"] == cases["tiny-dola-quiz-upper"]["metrics"]["unsteered"]
+
+    result = run()  # compared with the stored baselines, nothing unused
+    result.assert_outcomes(passed=2)
+    assert "not used by any selected case" not in result.stdout.str()
+    stored["metrics"]["steered"] = 1.5
+    (folder / "quiz-upper.json").write_text(json.dumps(stored))
+    result = run()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*tiny-dola-quiz-upper*regression*"])

@@ -17,7 +17,12 @@ import numpy as np
 from pytest_steer.mc_tasks import Completion, DolaTask, MCQuestion, load_dola_task
 from pytest_steer.methods.base import MethodOutcome, RunContext, TaskInput
 from pytest_steer.methods.dola import (
-    DolaSettings, candidate_layers, completion_correct, encode_context, mc_metrics, score_answers,
+    DolaSettings,
+    candidate_layers,
+    completion_correct,
+    encode_context,
+    mc_metrics,
+    score_answers,
 )
 from pytest_steer.models.loader import ModelHandle
 from pytest_steer.settings import SettingsError

@@ -26,10 +26,20 @@ import torch
 
 from pytest_steer.methods.base import MethodOutcome, RunContext
 from pytest_steer.methods.hooks import (
-    HookReport, capture_last_token, capture_last_token_input, edit_last_token_input, edits_at_blocks,
+    HookReport,
+    capture_last_token,
+    capture_last_token_input,
+    edit_last_token_input,
+    edits_at_blocks,
 )
 from pytest_steer.methods.scoring import Intervene, TokenCounter, encode, score_variants
-from pytest_steer.methods.word_tasks import prepare_word_task, PromptSet, ScoringSettings, score, unsteered_baselines
+from pytest_steer.methods.word_tasks import (
+    PromptSet,
+    ScoringSettings,
+    prepare_word_task,
+    score,
+    unsteered_baselines,
+)
 from pytest_steer.models.loader import ModelHandle
 from pytest_steer.settings import SettingsError, settings_dict
 from pytest_steer.tasks import Pair, Splits, Task, few_shot_prompt

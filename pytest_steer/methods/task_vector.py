@@ -17,7 +17,14 @@ import torch
 from pytest_steer.methods.base import MethodOutcome, RunContext
 from pytest_steer.methods.hooks import HookReport, capture_last_token, edits_at_blocks
 from pytest_steer.methods.scoring import Intervene, TokenCounter, encode
-from pytest_steer.methods.word_tasks import prepare_word_task, PromptSet, ScoringSettings, icl_prompts, score, unsteered_baselines
+from pytest_steer.methods.word_tasks import (
+    PromptSet,
+    ScoringSettings,
+    icl_prompts,
+    prepare_word_task,
+    score,
+    unsteered_baselines,
+)
 from pytest_steer.models.loader import ModelHandle
 from pytest_steer.settings import SettingsError, settings_dict
 from pytest_steer.tasks import Pair, Splits, Task

@@ -9,9 +9,22 @@ from pathlib import Path
 import numpy as np
 
 from pytest_steer.methods.base import TaskInput
-from pytest_steer.methods.scoring import Intervene, TokenCounter, first_target_ids, score_variants
+from pytest_steer.methods.scoring import (
+    Intervene,
+    TokenCounter,
+    first_target_ids,
+    score_variants,
+)
 from pytest_steer.models.loader import ModelHandle
-from pytest_steer.tasks import Pair, Splits, few_shot_prompt, load_task, split_task, target_text, zero_shot_prompt
+from pytest_steer.tasks import (
+    Pair,
+    Splits,
+    few_shot_prompt,
+    load_task,
+    split_task,
+    target_text,
+    zero_shot_prompt,
+)
 
 
 def prepare_word_task(name: str, path: Path, n_dev: int, n_test: int, seed: int) -> TaskInput:
