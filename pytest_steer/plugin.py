@@ -20,7 +20,7 @@ from pytest_steer.methods import METHODS
 from pytest_steer.progress import ProgressBars
 from pytest_steer.report import counts, render_table, write_json_report
 from pytest_steer.session import (
-    BaselineMissing, SteerFailure, SteerOptions, SteerSession, public_record, write_baseline,
+    BaselineMissing, SteerFailure, SteerOptions, SteerRegression, SteerSession, public_record, write_baseline,
 )
 from pytest_steer.store import BaselineStore
 
@@ -188,10 +188,14 @@ class CaseItem(pytest.Item):
         self.user_properties.append(("steer_fingerprint", record["fingerprint"]))
         verdict = session.verdict(self.case, record, self.nodeid)
         if not verdict.passed:
-            raise SteerFailure(f"{self.case.id}: " + "; ".join(verdict.reasons))
+            message = f"{self.case.id}: " + "; ".join(verdict.reasons)
+            if verdict.baseline == "regressed" and self.case.options.expect == "fail":
+                # the declared expectation covers missing the gate, not dropping below the baseline
+                raise SteerRegression(message)
+            raise SteerFailure(message)
 
     def repr_failure(self, excinfo, style=None):  # type: ignore[no-untyped-def,override]
-        if isinstance(excinfo.value, (SteerFailure, BaselineMissing)):
+        if isinstance(excinfo.value, (SteerFailure, SteerRegression, BaselineMissing)):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style=style)
 
@@ -233,7 +237,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         case = item.case if isinstance(item, CaseItem) else item.broken
         model = case.model.name if isinstance(case, Case) else case.model
         record = {"id": case.id, "model": model, "method": case.method, "task": case.task}
-    error = call.excinfo is not None and not isinstance(call.excinfo.value, SteerFailure)
+    error = call.excinfo is not None and not isinstance(call.excinfo.value, (SteerFailure, SteerRegression))
     if error:
         record["message"] = str(call.excinfo.value)
     record["_error"] = error

@@ -66,7 +66,7 @@ def _pair(metrics: dict[str, Any], name: str) -> str:
 def build_dola_table(records: Sequence[dict[str, Any]]) -> Table:
     """One row per DoLa case: baseline>DoLa for every metric, the gated one with its interval."""
     table = Table(title="pytest-steer DoLa results (baseline>DoLa, test split)", show_lines=False)
-    for head in ("model", "task", "bucket"):
+    for head in ("model", "task", "variant"):
         table.add_column(head)
     for head in ("n", "MC1/acc", "MC2", "MC3", "gated delta [95% CI]"):
         table.add_column(head, justify="right")
@@ -75,7 +75,7 @@ def build_dola_table(records: Sequence[dict[str, Any]]) -> Table:
     for record in sorted(records, key=lambda r: (r["model"], r["task"], r.get("variant", ""))):
         metrics = record.get("metrics")
         chosen = record.get("chosen", {})
-        bucket = chosen.get("bucket") or record.get("variant", "-")
+        bucket = record.get("variant") or chosen.get("bucket", "-")
         if not metrics:
             table.add_row(record["model"], record["task"], bucket, *["-"] * 6, _verdict(record))
             continue

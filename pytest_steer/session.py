@@ -33,6 +33,10 @@ class SteerFailure(AssertionError):
     """The case ran and did not meet its gate."""
 
 
+class SteerRegression(AssertionError):
+    """The case fell below its stored baseline: a failure even where failing the gate is expected."""
+
+
 @dataclass(frozen=True)
 class SteerOptions:
     """Options resolved from the command line (which wins) and ini."""
@@ -175,7 +179,9 @@ class SteerSession:
         return verdict
 
 
-BASELINE_DROP = ("status", "timing_s", "baseline", "_vectors", "_vector_metadata")
+# Run-specific fields, and the gate and expectation: those live in the case file alone, so a
+# baseline never disagrees with the case file about them.
+BASELINE_DROP = ("status", "timing_s", "baseline", "_vectors", "_vector_metadata", "gate", "expect")
 
 
 def write_baseline(store: BaselineStore, record: dict[str, Any]) -> list[Path]:

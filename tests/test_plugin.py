@@ -140,6 +140,22 @@ threshold = -1.0
     result.stdout.fnmatch_lines(["*below the threshold +2.000*"])
 
 
+def test_a_regression_fails_even_where_the_gate_is_expected_to_fail(suite, pytester: pytest.Pytester) -> None:
+    write, run = suite
+    write(threshold=2.0, extra='\n[[case]]\nmethod = "task_vector"\nexpect = "fail"\nreason = "declared"\n')
+    run("--steer-update").assert_outcomes(xfailed=2)
+    stored = pytester.path / "baselines" / "tinya" / "task_vector" / "tinytask.json"
+    data = json.loads(stored.read_text())
+    assert "expect" not in data and "gate" not in data  # they live in the case file only
+    data["metrics"]["steered"] = 1.5
+    stored.write_text(json.dumps(data))
+    result = run("--steer-report=r.json")
+    result.assert_outcomes(failed=1, xfailed=1)
+    result.stdout.fnmatch_lines(["*tinya-task_vector-tinytask*regression: steered * is below the stored baseline 1.500*"])
+    statuses = {c["id"]: c["status"] for c in _report(pytester.path / "r.json")["cases"]}
+    assert statuses == {"tinya-task_vector-tinytask": "fail", "tinya-task_vector-othertask": "xfail"}
+
+
 def test_a_broken_case_file_does_not_stop_the_others(suite, pytester: pytest.Pytester) -> None:
     write, run = suite
     write()

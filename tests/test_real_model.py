@@ -35,3 +35,34 @@ def test_smollm2_task_vector_steers_present_past_as_committed(steer_case) -> Non
     for key in ("unsteered", "steered", "icl"):
         # identical on this machine kind; allow one item of slack for other BLAS builds
         assert abs(metrics[key] - stored["metrics"][key]) <= 1 / n + 1e-9, key
+
+
+DOLA_FILE = ROOT / "steering_cases" / "steer_dola.toml"
+
+
+def test_committed_dola_baselines_share_the_unsteered_scores_across_buckets() -> None:
+    """The baseline score does not depend on the bucket: both variants of a case must agree on it."""
+    folders = sorted((ROOT / "baselines").glob("*/dola"))
+    assert len(folders) == 3
+    for folder in folders:
+        for task in ("truthful-mc", "fact-completion"):
+            lower, upper = (json.loads((folder / f"{task}-{b}.json").read_text()) for b in ("lower", "upper"))
+            assert lower["per_item"]["items"] == upper["per_item"]["items"]
+            assert lower["per_item"]["unsteered"] == upper["per_item"]["unsteered"], (folder, task)
+            assert lower["settings"]["bucket"] == "lower" and upper["settings"]["bucket"] == "upper"
+            histogram = {int(k): v for k, v in upper["diagnostics"]["premature_histogram"].items()}
+            layers = upper["diagnostics"]["num_layers"]
+            assert min(histogram) >= layers // 2 and max(histogram) < layers  # the upper half only
+
+
+def test_smollm2_dola_on_fact_completion_reproduces_its_baseline(steer_case) -> None:
+    result = steer_case(DOLA_FILE, "smollm2-135m-dola-fact-completion-lower")
+    stored = json.loads((ROOT / "baselines" / "smollm2-135m" / "dola" / "fact-completion-lower.json").read_text())
+    metrics = result["metrics"]
+    assert metrics["n_test"] == 105 and "metric" not in metrics  # accuracy, every passage
+    assert result["fingerprint"] == stored["fingerprint"]
+    assert result["curves"]["premature_layers"] == list(range(0, 16, 2))  # lower half of 30 layers
+    assert sum(result["diagnostics"]["premature_histogram"].values()) == result["diagnostics"]["scored_tokens"] > 105
+    for key in ("unsteered", "steered"):
+        # identical on this machine kind; allow one item of slack for other BLAS builds
+        assert abs(metrics[key] - stored["metrics"][key]) <= 1 / metrics["n_test"] + 1e-9, key
