@@ -40,19 +40,22 @@ def test_smollm2_task_vector_steers_present_past_as_committed(steer_case) -> Non
 DOLA_FILE = ROOT / "steering_cases" / "steer_dola.toml"
 
 
-def test_committed_dola_baselines_share_the_unsteered_scores_across_buckets() -> None:
-    """The baseline score does not depend on the bucket: both variants of a case must agree on it."""
+def test_committed_dola_baselines_share_the_unsteered_scores_across_variants() -> None:
+    """The baseline score depends on neither the bucket nor the norm: every variant of a case agrees on it."""
     folders = sorted((ROOT / "baselines").glob("*/dola"))
     assert len(folders) == 3
     for folder in folders:
         for task in ("truthful-mc", "fact-completion"):
-            lower, upper = (json.loads((folder / f"{task}-{b}.json").read_text()) for b in ("lower", "upper"))
-            assert lower["per_item"]["items"] == upper["per_item"]["items"]
-            assert lower["per_item"]["unsteered"] == upper["per_item"]["unsteered"], (folder, task)
-            assert lower["settings"]["bucket"] == "lower" and upper["settings"]["bucket"] == "upper"
-            histogram = {int(k): v for k, v in upper["diagnostics"]["premature_histogram"].items()}
-            layers = upper["diagnostics"]["num_layers"]
-            assert min(histogram) >= layers // 2 and max(histogram) < layers  # the upper half only
+            runs = {v: json.loads((folder / f"{task}-{v}.json").read_text()) for v in ("lower", "upper", "upper-normed")}
+            for variant, record in runs.items():
+                assert record["per_item"]["items"] == runs["lower"]["per_item"]["items"]
+                assert record["per_item"]["unsteered"] == runs["lower"]["per_item"]["unsteered"], (folder, task, variant)
+                assert record["settings"]["bucket"] == variant.split("-")[0]
+                assert record["settings"]["premature_norm"] is variant.endswith("normed")
+                histogram = {int(k): v for k, v in record["diagnostics"]["premature_histogram"].items()}
+                layers = record["diagnostics"]["num_layers"]
+                low, high = (0, layers // 2) if variant == "lower" else (layers // 2, layers - 1)
+                assert low <= min(histogram) and max(histogram) <= high, (folder, task, variant)
 
 
 def test_smollm2_dola_on_fact_completion_reproduces_its_baseline(steer_case) -> None:

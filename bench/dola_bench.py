@@ -1,0 +1,73 @@
+"""Benchmark of DoLa scoring on truthful-mc questions: what sharing the prompt saves.
+
+Times, on one model, bucket and set of questions, three ways of scoring every answer:
+  per-answer   the prompt encoded again for each answer (one call per answer)
+  shared       the prompt encoded once, all answers as one batch on its cache
+  context      as shared, with the instruction and demonstrations encoded once per run
+and prints forward tokens, seconds per question and the largest score difference.
+
+    .venv/bin/python bench/dola_bench.py --model qwen2.5-coder-0.5b --bucket lower --questions 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from pytest_steer.mc_tasks import load_mc_questions
+from pytest_steer.methods.dola import AnswerScores, DolaSettings, encode_context, score_answers
+from pytest_steer.methods.dola_method import mc_answer, mc_context, mc_prompt
+from pytest_steer.models.loader import ModelSpec, load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--bucket", default="lower")
+    parser.add_argument("--questions", type=int, default=10)
+    parser.add_argument("--cache-dir", default=os.environ.get("PYTEST_STEER_CACHE_DIR", str(Path.home() / ".cache" / "pytest-steer")))
+    args = parser.parse_args()
+
+    handle = load_model(ModelSpec(args.model, "packaged", args.model), Path(args.cache_dir))
+    settings = DolaSettings(bucket=args.bucket)
+    questions = load_mc_questions(ROOT / "steering_cases" / "tasks" / "truthful-mc.json")[: args.questions]
+    work = [(mc_prompt(q.question), [mc_answer(a) for a in q.correct + q.incorrect]) for q in questions]
+    print(f"{args.model}, bucket {args.bucket}, {len(work)} questions, {sum(len(a) for _, a in work)} answers, "
+          f"torch threads {torch.get_num_threads()}")
+
+    def per_answer(prompt: str, answers: list[str]) -> AnswerScores:
+        parts = [score_answers(handle, prompt, [a], settings) for a in answers]
+        return AnswerScores([p.baseline[0] for p in parts], [p.dola[0] for p in parts], [p.premature[0] for p in parts],
+                            sum(p.forward_tokens for p in parts))
+
+    context = encode_context(handle, mc_context())
+    ways = {
+        "per-answer": per_answer,
+        "shared": lambda p, a: score_answers(handle, p, a, settings),
+        "context": lambda p, a: score_answers(handle, p, a, settings, context),
+    }
+    results: dict[str, list[AnswerScores]] = {}
+    for name, run in ways.items():
+        started = time.perf_counter()
+        results[name] = [run(prompt, answers) for prompt, answers in work]
+        seconds = time.perf_counter() - started
+        tokens = sum(r.forward_tokens for r in results[name]) + (len(context.ids) if name == "context" else 0)
+        print(f"  {name:<11} {seconds / len(work):6.2f} s/question   forward tokens {tokens:7,d}")
+    for name in ("shared", "context"):
+        worst = max(
+            abs(x - y)
+            for ref, got in zip(results["per-answer"], results[name])
+            for x, y in zip(ref.baseline + ref.dola, got.baseline + got.dola)
+        )
+        same = sum(r.premature == g.premature for r, g in zip(results["per-answer"], results[name]))
+        print(f"  {name} vs per-answer: largest score difference {worst:.2e}, same premature layers on {same}/{len(work)} questions")
+
+
+if __name__ == "__main__":
+    main()
