@@ -37,14 +37,19 @@ def build_table(records: Sequence[dict[str, Any]]) -> Table:
         verdict = _verdict(record)
         metrics = record.get("metrics")
         if not metrics:
-            table.add_row(record["model"], record["task"], record["method"], "-", "-", "-", "-", "-", verdict)
+            table.add_row(record["model"], record["task"], _method(record), "-", "-", "-", "-", "-", verdict)
             continue
         chosen = ", ".join(f"{k}={v}" for k, v in record.get("chosen", {}).items() if k != "relative_depth")
         table.add_row(
-            record["model"], record["task"], record["method"], _pct(metrics["unsteered"]), _pct(metrics["steered"]),
+            record["model"], record["task"], _method(record), _pct(metrics["unsteered"]), _pct(metrics["steered"]),
             _pct(metrics.get("icl")), _delta(metrics), chosen, verdict,
         )
     return table
+
+
+def _method(record: dict[str, Any]) -> str:
+    variant = record.get("variant")
+    return f"{record['method']} ({variant})" if variant else record["method"]
 
 
 def _verdict(record: dict[str, Any]) -> str:
