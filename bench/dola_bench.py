@@ -4,7 +4,9 @@ Times, on one model, bucket and set of questions, three ways of scoring every an
   per-answer   the prompt encoded again for each answer (one call per answer)
   shared       the prompt encoded once, all answers as one batch on its cache
   context      as shared, with the instruction and demonstrations encoded once per run
-and prints forward tokens, seconds per question and the largest score difference.
+and prints forward tokens, seconds per question, DoLa MC1 and the largest score difference.
+The three ways compute the same numbers up to float rounding, so differences in MC1 or in
+the chosen premature layers measure how much rounding alone moves DoLa on this model.
 
     .venv/bin/python bench/dola_bench.py --model qwen2.5-coder-0.5b --bucket lower --questions 10
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 
 from pytest_steer.mc_tasks import load_mc_questions
-from pytest_steer.methods.dola import AnswerScores, DolaSettings, encode_context, score_answers
+from pytest_steer.methods.dola import AnswerScores, DolaSettings, encode_context, mc_metrics, score_answers
 from pytest_steer.methods.dola_method import mc_answer, mc_context, mc_prompt
 from pytest_steer.models.loader import ModelSpec, load_model
 
@@ -38,6 +40,7 @@ def main() -> None:
     settings = DolaSettings(bucket=args.bucket)
     questions = load_mc_questions(ROOT / "steering_cases" / "tasks" / "truthful-mc.json")[: args.questions]
     work = [(mc_prompt(q.question), [mc_answer(a) for a in q.correct + q.incorrect]) for q in questions]
+    n_true = [len(q.correct) for q in questions]
     print(f"{args.model}, bucket {args.bucket}, {len(work)} questions, {sum(len(a) for _, a in work)} answers, "
           f"torch threads {torch.get_num_threads()}")
 
@@ -58,7 +61,8 @@ def main() -> None:
         results[name] = [run(prompt, answers) for prompt, answers in work]
         seconds = time.perf_counter() - started
         tokens = sum(r.forward_tokens for r in results[name]) + (len(context.ids) if name == "context" else 0)
-        print(f"  {name:<11} {seconds / len(work):6.2f} s/question   forward tokens {tokens:7,d}")
+        mc1 = sum(mc_metrics(r.dola[:k], r.dola[k:]).mc1 for r, k in zip(results[name], n_true)) / len(work)
+        print(f"  {name:<11} {seconds / len(work):6.2f} s/question   forward tokens {tokens:7,d}   DoLa MC1 {mc1:.3f}")
     for name in ("shared", "context"):
         worst = max(
             abs(x - y)

@@ -200,8 +200,9 @@ def score_answers(
             choices.append(choice)
         baseline = torch.zeros(n).index_add_(0, owner, torch.cat(base_tok)).tolist()
         dola = torch.zeros(n).index_add_(0, owner, torch.cat(dola_tok)).tolist()
-        picked = [layers[c] for c in torch.cat(choices).tolist()]
-        premature = [[picked[p] for p in range(len(picked)) if owner[p] == i] for i in range(n)]
+        premature: list[list[int]] = [[] for _ in range(n)]
+        for i, c in zip(owner.tolist(), torch.cat(choices).tolist()):
+            premature[i].append(layers[c])
     return AnswerScores(baseline, dola, premature, forward_tokens=shared - skip + n * width, near_ties=near_ties)
 
 
