@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -54,6 +55,23 @@ def _json_list(path: Path, what: str) -> list[object]:
     return data
 
 
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise TaskError(f"{path}: file does not exist")
+    return path
+
+
+def _csv_rows(path: Path, needed: set[str]) -> Iterator[tuple[str, dict[str, str]]]:
+    """Each data row with its location (`<path>: row N`, N counting the header as row 1)."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = needed - set(reader.fieldnames or [])
+        if missing:
+            raise TaskError(f"{path}: missing CSV column(s) {', '.join(sorted(missing))}")
+        for i, row in enumerate(reader, start=2):
+            yield f"{path}: row {i}", row
+
+
 def _question(q: str, best: str, correct: list[str], incorrect: list[str], where: str) -> MCQuestion:
     good = [best] + [c for c in correct if c.strip() and c.strip() != best]
     return MCQuestion(q, _answers(good, where, "correct answers", 1), _answers(incorrect, where, "incorrect answers", 1))
@@ -62,20 +80,11 @@ def _question(q: str, best: str, correct: list[str], incorrect: list[str], where
 def load_mc_questions(path: Path) -> list[MCQuestion]:
     """Our JSON list ({question, best_answer, correct_answers, incorrect_answers}) or a TruthfulQA CSV
     (`Question`, `Best Answer`, `Correct Answers`, `Incorrect Answers`, answers separated by ';')."""
-    if not path.is_file():
-        raise TaskError(f"{path}: file does not exist")
     out: list[MCQuestion] = []
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            needed = {"Question", "Best Answer", "Correct Answers", "Incorrect Answers"}
-            missing = needed - set(reader.fieldnames or [])
-            if missing:
-                raise TaskError(f"{path}: missing CSV column(s) {', '.join(sorted(missing))}")
-            for i, row in enumerate(reader, start=2):
-                where = f"{path}: row {i}"
-                out.append(_question(_text(row["Question"], where, "Question"), _text(row["Best Answer"], where, "Best Answer"),
-                                     row["Correct Answers"].split(";"), row["Incorrect Answers"].split(";"), where))
+    if _existing(path).suffix.lower() == ".csv":
+        for where, row in _csv_rows(path, {"Question", "Best Answer", "Correct Answers", "Incorrect Answers"}):
+            out.append(_question(_text(row["Question"], where, "Question"), _text(row["Best Answer"], where, "Best Answer"),
+                                 row["Correct Answers"].split(";"), row["Incorrect Answers"].split(";"), where))
     else:
         for i, item in enumerate(_json_list(path, "questions")):
             where = f"{path}: item {i}"
@@ -94,20 +103,11 @@ def load_mc_questions(path: Path) -> list[MCQuestion]:
 def load_completions(path: Path) -> list[Completion]:
     """Our JSON list ({prefix, completion, contradictions}) or a FACTOR CSV
     (`full_prefix`, `completion`, `contradiction_0`..`contradiction_2`)."""
-    if not path.is_file():
-        raise TaskError(f"{path}: file does not exist")
     out: list[Completion] = []
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            needed = {"full_prefix", "completion", "contradiction_0", "contradiction_1", "contradiction_2"}
-            missing = needed - set(reader.fieldnames or [])
-            if missing:
-                raise TaskError(f"{path}: missing CSV column(s) {', '.join(sorted(missing))}")
-            for i, row in enumerate(reader, start=2):
-                where = f"{path}: row {i}"
-                wrong = tuple(_text(row[f"contradiction_{k}"], where, f"contradiction_{k}") for k in range(3))
-                out.append(Completion(_text(row["full_prefix"], where, "full_prefix"), _text(row["completion"], where, "completion"), wrong))
+    if _existing(path).suffix.lower() == ".csv":
+        for where, row in _csv_rows(path, {"full_prefix", "completion", "contradiction_0", "contradiction_1", "contradiction_2"}):
+            wrong = tuple(_text(row[f"contradiction_{k}"], where, f"contradiction_{k}") for k in range(3))
+            out.append(Completion(_text(row["full_prefix"], where, "full_prefix"), _text(row["completion"], where, "completion"), wrong))
     else:
         for i, item in enumerate(_json_list(path, "passages")):
             where = f"{path}: item {i}"
@@ -139,9 +139,7 @@ _COMPLETION_KEYS = ("prefix", "full_prefix")
 
 
 def _layout(path: Path) -> Literal["mc", "completion"]:
-    if not path.is_file():
-        raise TaskError(f"{path}: file does not exist")
-    if path.suffix.lower() == ".csv":
+    if _existing(path).suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8") as handle:
             keys = set(next(csv.reader(handle), []))
     else:

@@ -296,10 +296,11 @@ class FunctionVectorMethod:
         tensors, cache = context.cache.get_or_build("function_vector", key, build)
         means, cie = tensors["mean_activations"], tensors["cie"]
         outputs = head_outputs(handle, means)
-        head_lists = {n: function_vector(outputs, cie, n)[1] for n in n_values}
+        built = {n: function_vector(outputs, cie, n) for n in n_values}
+        head_lists = {n: heads for n, (_, heads) in built.items()}
         fv_tensors, _ = context.cache.get_or_build(
             "function_vector", {**key, "kind": "function_vector/vectors", "heads": n_values},
-            lambda: {f"fv_{n}": function_vector(outputs, cie, n)[0] for n in n_values},
+            lambda: {f"fv_{n}": vector for n, (vector, _) in built.items()},
         )
         vectors = {n: fv_tensors[f"fv_{n}"] for n in n_values}
 
