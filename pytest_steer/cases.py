@@ -22,17 +22,15 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_steer.methods import METHODS
-from pytest_steer.models.adapter import AdapterError, ArchitectureOverride
-from pytest_steer.models.loader import ModelSpec
+from pytest_steer.methods import methods
 from pytest_steer.models.packaged import PACKAGED_MODELS
+from pytest_steer.models.spec import AdapterError, ArchitectureOverride, ModelSpec
 from pytest_steer.settings import SettingsError, build_settings
-
-BUILTIN_TASKS_DIR = Path(__file__).resolve().parent.parent / "steering_cases" / "tasks"
+from pytest_steer.tasks import BUILTIN_DIR
 
 
 class CaseFileError(Exception):
@@ -182,7 +180,7 @@ def _task_path(name: str, tasks: Mapping[str, Any], base: Path, where: str) -> P
             raise CaseFileError(f"{where}: [tasks.{name}]: expected exactly one field 'path' (a JSON file)")
         path = Path(entry["path"]).expanduser()
         return path if path.is_absolute() else (base / path).resolve()
-    for folder in (base / "tasks", BUILTIN_TASKS_DIR):
+    for folder in (base / "tasks", BUILTIN_DIR):
         candidate = folder / f"{name}.json"
         if candidate.is_file():
             return candidate
@@ -211,8 +209,8 @@ def _expand(data: Mapping[str, Any], path: Path) -> list[Case | BrokenCase]:
     build_settings(CaseOptions, defaults, f"{path}: [defaults]")
     method_defaults = _table(data.get("methods", {}), f"{path}: [methods]")
     for name in method_defaults:
-        if name not in METHODS:
-            raise CaseFileError(f"{path}: [methods.{name}]: unknown method (known: {', '.join(METHODS)})")
+        if name not in methods():
+            raise CaseFileError(f"{path}: [methods.{name}]: unknown method (known: {', '.join(methods())})")
     models = _table(data.get("models", {}), f"{path}: [models]")
     tasks = _table(data.get("tasks", {}), f"{path}: [tasks]")
     suites = data.get("suite", [])
@@ -300,8 +298,8 @@ def _build_case(
         for label, name in (("model", model), ("task", task)):
             if not _NAME.match(name):
                 raise CaseFileError(f"{here}: {label} name {name!r} may hold only letters, digits, '.', '_' and '-'")
-        if method not in METHODS:
-            raise CaseFileError(f"{here}: unknown method {method!r} (known: {', '.join(METHODS)})")
+        if method not in methods():
+            raise CaseFileError(f"{here}: unknown method {method!r} (known: {', '.join(methods())})")
         spec = _model_spec(model, models, base, here)
         task_path = _task_path(task, tasks, base, here)
         options = dict(defaults)
@@ -319,11 +317,7 @@ def _build_case(
                         options[key] = value
                 option_where = f"{path}: case[{j}] (for {cid})"
         case_options = build_settings(CaseOptions, options, option_where)
-        method_settings = build_settings(METHODS[method].settings_type, settings, f"{path}: settings of {cid}")
+        method_settings = build_settings(methods()[method].settings_type, settings, f"{path}: settings of {cid}")
         return Case(spec, method, task, task_path, case_options, method_settings, path, combo.variant)
     except (CaseFileError, SettingsError) as exc:
         return BrokenCase(cid, str(exc), path, model, method, task)
-
-
-def with_options(case: Case, **changes: Any) -> Case:
-    return replace(case, options=replace(case.options, **changes))

@@ -1,104 +1,129 @@
-"""End-of-run summary: the rich table for the terminal and the JSON report file."""
+"""What a run reports per case (`CaseReport`), the terminal tables and the JSON report file."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from pytest_steer.store import atomic_write_json
+from pytest_steer.files import atomic_write_json
+from pytest_steer.record import CaseResult, Metrics
+from pytest_steer.verdict import Verdict
 
 _STYLE = {"pass": "green", "xpass": "yellow", "fail": "red", "xfail": "dim", "error": "bold red"}
+
+
+@dataclass(frozen=True)
+class CaseReport:
+    """One case as the run saw it: its identity, outcome status, result and verdict (either may be missing)."""
+
+    id: str
+    model: str
+    method: str
+    task: str
+    variant: str
+    status: str  # pass, fail, xfail, xpass, error
+    result: CaseResult | None = None
+    verdict: Verdict | None = None
+    message: str = ""
+    worker: str = "main"
+    model_loads: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        verdict = None if self.verdict is None else {**asdict(self.verdict), "reasons": list(self.verdict.reasons)}
+        return {
+            "id": self.id, "model": self.model, "method": self.method, "task": self.task, "variant": self.variant,
+            "status": self.status, "message": self.message, "worker": self.worker, "model_loads": self.model_loads,
+            "verdict": verdict, "result": None if self.result is None else self.result.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CaseReport:
+        v = data.get("verdict")
+        verdict = None if v is None else Verdict(**{**v, "reasons": tuple(v["reasons"])})
+        result = None if data.get("result") is None else CaseResult.from_baseline(data["result"])
+        return cls(data["id"], data["model"], data["method"], data["task"], data["variant"], data["status"], result,
+                   verdict, data.get("message", ""), data.get("worker", "main"), data.get("model_loads", 0))
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _delta(metrics: dict[str, Any]) -> str:
-    low, high = metrics["delta_ci"]
-    return f"{metrics['delta']:+.2f} [{low:+.2f}, {high:+.2f}]"
+def _delta(m: Metrics) -> str:
+    low, high = m.delta_ci
+    return f"{m.delta:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
-def build_table(records: Sequence[dict[str, Any]]) -> Table:
+def _verdict(report: CaseReport) -> str:
+    return f"[{_STYLE.get(report.status, '')}]{report.status}[/]"
+
+
+def _method(report: CaseReport) -> str:
+    return f"{report.method} ({report.variant})" if report.variant else report.method
+
+
+def build_table(reports: Sequence[CaseReport]) -> Table:
     """One row per steering-vector case, grouped by model and task so methods sit side by side."""
     table = Table(title="pytest-steer results (test split)", show_lines=False)
     for head in ("model", "task", "method"):
         table.add_column(head)
-    for head in ("base", "steer", "ICL", "delta [95% CI]"):
+    for head in ("unsteered", "steered", "5-shot", "delta [95% CI]"):
         table.add_column(head, justify="right")
     table.add_column("chosen")
     table.add_column("verdict")
-    for record in sorted(records, key=lambda r: (r["model"], r["task"], r["method"], r.get("variant", ""))):
-        verdict = _verdict(record)
-        metrics = record.get("metrics")
-        if not metrics:
-            table.add_row(record["model"], record["task"], _method(record), "-", "-", "-", "-", "-", verdict)
+    for r in sorted(reports, key=lambda r: (r.model, r.task, r.method, r.variant)):
+        if r.result is None:
+            table.add_row(r.model, r.task, _method(r), "-", "-", "-", "-", "-", _verdict(r))
             continue
-        chosen = ", ".join(f"{k}={v}" for k, v in record.get("chosen", {}).items() if k != "relative_depth")
-        table.add_row(
-            record["model"], record["task"], _method(record), _pct(metrics["unsteered"]), _pct(metrics["steered"]),
-            _pct(metrics.get("icl")), _delta(metrics), chosen, verdict,
-        )
+        m = r.result.metrics
+        chosen = ", ".join(f"{k}={v}" for k, v in r.result.chosen.items() if k != "relative_depth")
+        table.add_row(r.model, r.task, _method(r), _pct(m.unsteered), _pct(m.steered), _pct(m.icl), _delta(m), chosen,
+                      _verdict(r))
     return table
 
 
-def _method(record: dict[str, Any]) -> str:
-    variant = record.get("variant")
-    return f"{record['method']} ({variant})" if variant else record["method"]
+def _pair(m: Metrics, name: str) -> str:
+    if m.metric == name:
+        return f"{m.unsteered:.2f}>{m.steered:.2f}"
+    other = m.secondary.get(name)
+    return "-" if other is None else f"{other.unsteered:.2f}>{other.steered:.2f}"
 
 
-def _verdict(record: dict[str, Any]) -> str:
-    status = record["status"]
-    return f"[{_STYLE.get(status, '')}]{status}[/]"
-
-
-def _metric(metrics: dict[str, Any], name: str) -> dict[str, Any] | None:
-    if metrics.get("metric", "accuracy") == name:
-        return metrics
-    return metrics.get("secondary", {}).get(name)
-
-
-def _pair(metrics: dict[str, Any], name: str) -> str:
-    m = _metric(metrics, name)
-    return "-" if m is None else f"{m['unsteered']:.2f}>{m['steered']:.2f}"
-
-
-def build_dola_table(records: Sequence[dict[str, Any]]) -> Table:
-    """One row per DoLa case: baseline>DoLa for every metric, the gated one with its interval."""
-    table = Table(title="pytest-steer DoLa results (baseline>DoLa, test split)", show_lines=False)
+def build_dola_table(reports: Sequence[CaseReport]) -> Table:
+    """One row per DoLa case: unsteered>DoLa for every metric, the gated one with its interval."""
+    table = Table(title="pytest-steer DoLa results (unsteered>DoLa, test split)", show_lines=False)
     for head in ("model", "task", "variant"):
         table.add_column(head)
     for head in ("n", "MC1/acc", "MC2", "MC3", "gated delta [95% CI]"):
         table.add_column(head, justify="right")
     table.add_column("top layer")
     table.add_column("verdict")
-    for record in sorted(records, key=lambda r: (r["model"], r["task"], r.get("variant", ""))):
-        metrics = record.get("metrics")
-        chosen = record.get("chosen", {})
-        bucket = record.get("variant") or chosen.get("bucket", "-")
-        if not metrics:
-            table.add_row(record["model"], record["task"], bucket, *["-"] * 6, _verdict(record))
+    for r in sorted(reports, key=lambda r: (r.model, r.task, r.variant)):
+        if r.result is None:
+            table.add_row(r.model, r.task, r.variant or "-", *["-"] * 6, _verdict(r))
             continue
-        first = "accuracy" if _metric(metrics, "mc1") is None else "mc1"
+        m, chosen = r.result.metrics, r.result.chosen
+        first = "mc1" if m.metric.startswith("mc") else "accuracy"
         top = f"{chosen['top_premature_layer']} ({chosen['top_share']:.0%})" if "top_premature_layer" in chosen else "-"
         table.add_row(
-            record["model"], record["task"], bucket, str(metrics["n_test"]), _pair(metrics, first), _pair(metrics, "mc2"),
-            _pair(metrics, "mc3"), f"{metrics.get('metric', 'accuracy')} {_delta(metrics)}", top, _verdict(record),
+            r.model, r.task, r.variant or str(chosen.get("bucket", "-")), str(m.n_test), _pair(m, first), _pair(m, "mc2"),
+            _pair(m, "mc3"), f"{m.metric} {_delta(m)}", top, _verdict(r),
         )
     return table
 
 
-def render_table(records: Sequence[dict[str, Any]], width: int, markup: bool) -> str:
+def render_table(reports: Sequence[CaseReport], width: int, markup: bool) -> str:
     """The tables as text (steering vectors, then DoLa), coloured only when the terminal supports it."""
     buffer = io.StringIO()
     console = Console(file=buffer, width=max(width, 160), force_terminal=markup, no_color=not markup, highlight=False)
-    vectors = [r for r in records if r["method"] != "dola"]
-    dola = [r for r in records if r["method"] == "dola"]
+    vectors = [r for r in reports if r.method != "dola"]
+    dola = [r for r in reports if r.method == "dola"]
     if vectors:
         console.print(build_table(vectors))
     if dola:
@@ -106,13 +131,13 @@ def render_table(records: Sequence[dict[str, Any]], width: int, markup: bool) ->
     return buffer.getvalue()
 
 
-def counts(records: Sequence[dict[str, Any]]) -> dict[str, int]:
+def counts(reports: Sequence[CaseReport]) -> dict[str, int]:
     out: dict[str, int] = {}
-    for record in records:
-        out[record["status"]] = out.get(record["status"], 0) + 1
+    for r in reports:
+        out[r.status] = out.get(r.status, 0) + 1
     return out
 
 
-def write_json_report(path: Path, records: Sequence[dict[str, Any]], extra: dict[str, Any]) -> None:
-    """The same content as the table, with the full records, atomically."""
-    atomic_write_json(path, {**extra, "counts": counts(records), "cases": list(records)})
+def write_json_report(path: Path, reports: Sequence[CaseReport], extra: dict[str, Any]) -> None:
+    """The same content as the tables, with the full results, atomically."""
+    atomic_write_json(path, {**extra, "counts": counts(reports), "cases": [r.to_json() for r in reports]})

@@ -1,27 +1,30 @@
-"""The per-process steering session: resolves options, keeps models loaded, runs and judges cases.
+"""The per-process steering session: keeps a model loaded, runs cases and judges them.
 
-pytest hooks stay thin and delegate here; this module knows nothing of pytest items.
+pytest hooks stay thin and delegate here; this module knows nothing of pytest items. It
+imports torch, so the plugin imports it only when a case runs or a steering fixture is used.
 """
 
 from __future__ import annotations
 
 import platform
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from pytest_steer import __version__
-from pytest_steer.cases import Case, task_slot
-from pytest_steer.methods import METHODS
-from pytest_steer.methods.base import Progress, RunContext
-from pytest_steer.models.loader import ModelHandle, ModelSpec, load_model
+from pytest_steer.baselines import BaselineStore
+from pytest_steer.cases import Case
+from pytest_steer.options import SteerOptions
+from pytest_steer.methods import load_method
+from pytest_steer.methods.base import MethodOutcome, Progress, RunContext
+from pytest_steer.models.loader import ModelHandle, load_model
+from pytest_steer.models.spec import ModelSpec
+from pytest_steer.record import CaseResult, Outcomes, Provenance, TaskData
 from pytest_steer.settings import settings_dict
-from pytest_steer.store import BaselineStore, VectorCache
+from pytest_steer.store import VectorCache, cache_key, write_tensors
+from pytest_steer.tasks import load_task
 from pytest_steer.verdict import Gate, Verdict, judge, metrics_from_outcomes
 
 
@@ -29,66 +32,87 @@ class BaselineMissing(Exception):
     """No stored baseline for a case; the message holds the command that creates it."""
 
 
-class SteerFailure(AssertionError):
-    """The case ran and did not meet its gate."""
-
-
-class SteerRegression(AssertionError):
-    """The case fell below its stored baseline: a failure even where failing the gate is expected."""
-
-
-@dataclass(frozen=True)
-class SteerOptions:
-    """Options resolved from the command line (which wins) and ini."""
-
-    cache_dir: Path
-    baseline_dir: Path
-    update: bool
-    threshold: float
-    tolerance: float
-    min_recovery: float | None
-    report_path: Path | None
-    max_models: int = 1
-
-
 def versions() -> dict[str, str]:
-    import numpy
     import transformers
 
     return {
         "pytest_steer": __version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "numpy": numpy.__version__,
+        "numpy": np.__version__,
         "python": platform.python_version(),
     }
 
 
 @dataclass
 class SteerSession:
-    """Runs cases in this process; models stay loaded while consecutive cases use them."""
+    """Runs cases in this process; the model stays loaded while consecutive cases use it."""
 
     options: SteerOptions
     progress: Progress | None = None
-    _models: OrderedDict[ModelSpec, ModelHandle] = field(default_factory=OrderedDict)
     load_counts: dict[str, int] = field(default_factory=dict)
-    _results: dict[Case, dict[str, Any]] = field(default_factory=dict)
+    _loaded: tuple[ModelSpec, ModelHandle] | None = None
+    _results: dict[Case, CaseResult] = field(default_factory=dict)
 
     @property
     def baselines(self) -> BaselineStore:
         return BaselineStore(self.options.baseline_dir)
 
     def model(self, spec: ModelSpec) -> ModelHandle:
-        """The loaded model for `spec`, loading it (and evicting the oldest) if needed."""
-        if spec in self._models:
-            self._models.move_to_end(spec)
-            return self._models[spec]
-        while len(self._models) >= self.options.max_models:
-            self._models.popitem(last=False)
+        """The loaded model for `spec`; loading another model releases the previous one first."""
+        if self._loaded is not None and self._loaded[0] == spec:
+            return self._loaded[1]
+        self._loaded = None
         handle = load_model(spec, self.options.cache_dir, self.progress)
-        self._models[spec] = handle
+        self._loaded = (spec, handle)
         self.load_counts[spec.name] = self.load_counts.get(spec.name, 0) + 1
         return handle
+
+    def result(self, case: Case) -> CaseResult:
+        """The case's result, computed once per process (the suite and user tests share it)."""
+        if case not in self._results:
+            self._results[case] = self.run_case(case)
+        return self._results[case]
+
+    def run_case(self, case: Case) -> CaseResult:
+        """Run one case end to end: task, model, method, then the typed result."""
+        started = time.perf_counter()
+        method = load_method(case.method)
+        o = case.options
+        task = load_task(case.task, case.task_path)
+        splits, counts = method.prepare(task, o.n_dev, o.n_test, o.seed)
+        handle = self.model(case.model)
+        loaded = time.perf_counter()
+        context = RunContext(cache=VectorCache(self.options.cache_dir / "vectors"), seed=o.seed, progress=self.progress)
+        torch.manual_seed(o.seed)
+        outcome = method.run(handle, task, splits, case.settings, context)
+        provenance = Provenance(
+            fingerprint=handle.fingerprint, model_source=case.model.describe(), adapter=handle.adapter.describe(),
+            versions=versions(), task_data=TaskData(task.source, task.data_hash(), len(task.items)), seed=o.seed,
+            counts=counts, settings=settings_dict(case.settings),
+        )
+        return CaseResult(
+            id=case.id, model=case.model.name, method=case.method, task=case.task, variant=case.variant,
+            metrics=metrics_from_outcomes(outcome.unsteered, outcome.steered, outcome.icl, o.seed, outcome.metric,
+                                          outcome.secondary),
+            chosen=outcome.chosen, curves=outcome.curves, outcomes=_outcomes(outcome), provenance=provenance,
+            diagnostics=outcome.diagnostics,
+            timing_s={"model": round(loaded - started, 2), "method": round(time.perf_counter() - loaded, 2)},
+            vector_file=self._stage_vectors(case, provenance, outcome),
+        )
+
+    def _stage_vectors(self, case: Case, provenance: Provenance, outcome: MethodOutcome) -> str | None:
+        """Write the accepted vector once, from the tensor, where `--steer-update` copies it from."""
+        if not outcome.vectors:
+            return None
+        meta = {
+            **outcome.vector_metadata, "case": case.id, "fingerprint": provenance.fingerprint, "method": case.method,
+            "task_sha256": provenance.task_data.sha256, "plugin_version": __version__,
+        }
+        key = cache_key({"meta": meta, "settings": provenance.settings, "seed": provenance.seed})
+        path = self.options.cache_dir / "accepted" / case.method / f"{key}.safetensors"
+        write_tensors(path, outcome.vectors, meta)
+        return str(path)
 
     def gate(self, case: Case) -> Gate:
         o = case.options
@@ -99,69 +123,8 @@ class SteerSession:
             gate=o.gate,
         )
 
-    def result(self, case: Case) -> dict[str, Any]:
-        """The case's record, computed once per process (the suite and user tests share it)."""
-        if case not in self._results:
-            self._results[case] = self.run_case(case)
-        return self._results[case]
-
-    def run_case(self, case: Case) -> dict[str, Any]:
-        """Run one case end to end and return its record (JSON-serialisable, vectors separate)."""
-        started = time.perf_counter()
-        method = METHODS[case.method]
-        o = case.options
-        task = method.prepare(case.task, case.task_path, o.n_dev, o.n_test, o.seed)
-        handle = self.model(case.model)
-        loaded = time.perf_counter()
-        context = RunContext(cache=VectorCache(self.options.cache_dir / "vectors"), seed=o.seed, progress=self.progress)
-        torch.manual_seed(o.seed)
-        outcome = method.run(handle, task.data, task.splits, case.settings, context)
-        metrics = metrics_from_outcomes(outcome.unsteered, outcome.steered, outcome.ceiling, o.seed)
-        if outcome.metric != "accuracy":
-            metrics["metric"] = outcome.metric
-        if outcome.secondary:
-            metrics["secondary"] = {
-                name: metrics_from_outcomes(base, steered, None, o.seed) for name, (base, steered) in outcome.secondary.items()
-            }
-        gate = self.gate(case)
-        record: dict[str, Any] = {
-            "id": case.id,
-            "model": case.model.name,
-            "method": case.method,
-            "task": case.task,
-            **({"variant": case.variant} if case.variant else {}),
-            "metrics": metrics,
-            "chosen": outcome.chosen,
-            "curves": outcome.curves,
-            "counts": task.counts,
-            "seed": o.seed,
-            "task_data": {"source": task.source, "sha256": task.sha256, "items": task.items},
-            "fingerprint": handle.fingerprint,
-            "model_source": case.model.describe(),
-            "adapter": handle.adapter.describe(),
-            "settings": settings_dict(case.settings),
-            "gate": {"threshold": gate.threshold, "tolerance": gate.tolerance, "min_recovery": gate.min_recovery, "gate": gate.gate},
-            "expect": case.options.expect,
-            "versions": versions(),
-            "per_item": {
-                "items": outcome.test_items,
-                "unsteered": per_item_values(outcome.unsteered),
-                "steered": per_item_values(outcome.steered),
-                "icl": None if outcome.ceiling is None else per_item_values(outcome.ceiling),
-                **{f"{name}_{side}": per_item_values(values) for name, pair in outcome.secondary.items()
-                   for side, values in zip(("unsteered", "steered"), pair)},
-            },
-            "diagnostics": outcome.diagnostics,
-            "timing_s": {"model": round(loaded - started, 2), "method": round(time.perf_counter() - loaded, 2)},
-            "_vectors": {
-                name: {"shape": list(t.shape), "data": t.reshape(-1).tolist()} for name, t in outcome.vectors.items()
-            },
-            "_vector_metadata": outcome.vector_metadata,
-        }
-        return record
-
-    def verdict(self, case: Case, record: dict[str, Any], nodeid: str) -> Verdict:
-        """Judge a record against its gate and stored baseline; BaselineMissing if there is none."""
+    def verdict(self, case: Case, result: CaseResult, nodeid: str) -> Verdict:
+        """Judge a result against its gate and stored baseline; BaselineMissing if there is none."""
         stored = self.baselines.load(case.model.name, case.method, case.slot)
         if stored is None and not self.options.update:
             path = self.baselines.json_path(case.model.name, case.method, case.slot)
@@ -169,44 +132,19 @@ class SteerSession:
                 f"no baseline for {case.id} at {path}. Create it with:\n"
                 f"    pytest '{nodeid}' --steer-update"
             )
-        verdict = judge(record["metrics"], self.gate(case), stored, self.options.update)
-        record["baseline"] = {
-            "status": verdict.baseline,
-            "stored_steered": None if stored is None else stored["metrics"].get("steered"),
-            "stored_fingerprint": None if stored is None else stored.get("fingerprint"),
-            "model_changed": stored is not None and stored.get("fingerprint") != record["fingerprint"],
-        }
-        return verdict
+        return judge(result.metrics, self.gate(case), stored, result.provenance.fingerprint, self.options.update)
 
 
-# Run-specific fields, and the gate and expectation: those live in the case file alone, so a
-# baseline never disagrees with the case file about them.
-BASELINE_DROP = ("status", "timing_s", "baseline", "_vectors", "_vector_metadata", "gate", "expect")
+def _outcomes(outcome: MethodOutcome) -> Outcomes:
+    return Outcomes(
+        items=tuple(outcome.test_items), unsteered=per_item_values(outcome.unsteered),
+        steered=per_item_values(outcome.steered), icl=None if outcome.icl is None else per_item_values(outcome.icl),
+        secondary={n: (per_item_values(u), per_item_values(s)) for n, (u, s) in outcome.secondary.items()},
+    )
 
 
-def write_baseline(store: BaselineStore, record: dict[str, Any]) -> list[Path]:
-    """Store a record (minus run-specific fields) and its vector(s) as the accepted baseline."""
-    vectors = {
-        name: torch.tensor(v["data"], dtype=torch.float32).reshape(v["shape"]) for name, v in record.get("_vectors", {}).items()
-    }
-    clean = {k: v for k, v in record.items() if k not in BASELINE_DROP}
-    meta = {
-        **record.get("_vector_metadata", {}),
-        "case": record["id"],
-        "fingerprint": record["fingerprint"],
-        "method": record["method"],
-        "task_sha256": record["task_data"]["sha256"],
-        "plugin_version": __version__,
-    }
-    return store.write(record["model"], record["method"], task_slot(record["task"], record.get("variant", "")), clean, vectors, meta)
-
-
-def per_item_values(values: np.ndarray) -> list[int] | list[float]:
+def per_item_values(values: np.ndarray) -> tuple[float, ...]:
     """0/1 outcomes as ints (as the word-task baselines store them), graded ones as rounded floats."""
     if np.isin(values, (0, 1)).all():
-        return values.astype(int).tolist()
-    return [round(float(v), 6) for v in values]
-
-
-def public_record(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if not k.startswith("_")}
+        return tuple(values.astype(int).tolist())
+    return tuple(round(float(v), 6) for v in values)

@@ -1,4 +1,4 @@
-"""Files on disk: atomic writes, the safetensors vector cache and the baseline store."""
+"""Tensors on disk: checksummed safetensors files and the vector cache."""
 
 from __future__ import annotations
 
@@ -17,33 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pytest_steer import __version__
-
-
-class StoreError(Exception):
-    """A stored file is unreadable; the message names the file and what was expected."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it.
-
-    A crash or interrupt leaves either the old file or the new one, never half of one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    atomic_write_bytes(path, text.encode("utf-8"))
+from pytest_steer.files import StoreError
 
 
 def content_hash(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -144,57 +118,3 @@ class VectorCache:
             metadata = {"cache_key": key, "namespace": namespace, "parts": json.dumps(parts, sort_keys=True, default=str)}
             write_tensors(path, tensors, metadata)
             return tensors, CacheOutcome(path, hit=False, rebuilt_corrupt=rebuilt)
-
-
-class BaselineStore:
-    """One JSON (and an optional vector file) per case: `<root>/<model>/<method>/<task>.json`."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-
-    def json_path(self, model: str, method: str, task: str) -> Path:
-        return self.root / model / method / f"{task}.json"
-
-    def vector_path(self, model: str, method: str, task: str) -> Path:
-        return self.root / model / method / f"{task}.safetensors"
-
-    def load(self, model: str, method: str, task: str) -> dict[str, Any] | None:
-        """The stored record, None if there is none; StoreError if it cannot be read."""
-        path = self.json_path(model, method, task)
-        if not path.exists():
-            return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StoreError(f"{path}: baseline is not valid JSON ({exc}); refresh it with --steer-update") from exc
-        if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
-            raise StoreError(f"{path}: baseline has no 'metrics' object; refresh it with --steer-update")
-        return data
-
-    def write(
-        self,
-        model: str,
-        method: str,
-        task: str,
-        record: Mapping[str, Any],
-        tensors: Mapping[str, torch.Tensor] | None = None,
-        tensor_metadata: Mapping[str, str] | None = None,
-    ) -> list[Path]:
-        """Atomically write the record (and vector); returns the paths written."""
-        written: list[Path] = []
-        if tensors:
-            vpath = self.vector_path(model, method, task)
-            write_tensors(vpath, tensors, tensor_metadata or {})
-            written.append(vpath)
-        jpath = self.json_path(model, method, task)
-        atomic_write_json(jpath, dict(record))
-        written.append(jpath)
-        return written
-
-    def all_ids(self) -> set[tuple[str, str, str]]:
-        """Every (model, method, task) that has a stored JSON baseline."""
-        found = set()
-        if self.root.is_dir():
-            for path in self.root.glob("*/*/*.json"):
-                found.add((path.parent.parent.name, path.parent.name, path.stem))
-        return found

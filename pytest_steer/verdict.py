@@ -1,12 +1,13 @@
-"""Turning a method's outcomes into metrics and a pass/fail verdict."""
+"""Turning a method's outcomes into metrics, and metrics into a pass/fail verdict."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal
 
 import numpy as np
 
+from pytest_steer.record import CaseResult, Comparison, Metrics
 from pytest_steer.stats import paired_bootstrap
 
 
@@ -20,57 +21,69 @@ class Gate:
     gate: str  # "mean": the point estimate of the improvement; "ci_low": its lower bound
 
 
-@dataclass
+BaselineStatus = Literal["ok", "regressed", "updating", "new"]
+
+
+@dataclass(frozen=True)
 class Verdict:
-    """Whether the case passed and, if not, every reason why."""
+    """Whether the case passed, every reason why not, and how it compares with its baseline."""
 
     passed: bool
-    reasons: list[str] = field(default_factory=list)
-    baseline: str = "ok"  # ok, regressed, missing, updating
+    reasons: tuple[str, ...] = ()
+    baseline: BaselineStatus = "ok"
+    stored_steered: float | None = None
+    stored_fingerprint: str | None = None
+    model_changed: bool = False
+
+
+def compare(unsteered: np.ndarray, steered: np.ndarray, seed: int) -> Comparison:
+    """Means and the paired bootstrap interval of steered - unsteered."""
+    interval = paired_bootstrap(steered, unsteered, seed=seed)
+    return Comparison(float(unsteered.mean()), float(steered.mean()), interval.estimate, (interval.low, interval.high),
+                      interval.level, int(unsteered.size))
 
 
 def metrics_from_outcomes(
-    unsteered: np.ndarray, steered: np.ndarray, ceiling: np.ndarray | None, seed: int
-) -> dict[str, Any]:
-    """Accuracies, the improvement with its paired bootstrap interval, and recovery vs the ceiling."""
-    interval = paired_bootstrap(steered, unsteered, seed=seed)
-    metrics: dict[str, Any] = {
-        "unsteered": float(unsteered.mean()),
-        "steered": float(steered.mean()),
-        "delta": interval.estimate,
-        "delta_ci": [interval.low, interval.high],
-        "ci_level": interval.level,
-        "n_test": int(unsteered.size),
-    }
-    if ceiling is not None:
-        icl = float(ceiling.mean())
-        metrics["icl"] = icl
-        metrics["recovery"] = float(steered.mean()) / icl if icl > 0 else None
-    return metrics
+    unsteered: np.ndarray, steered: np.ndarray, icl: np.ndarray | None, seed: int, metric: str = "accuracy",
+    secondary: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Metrics:
+    """The gated comparison, recovery vs the 5-shot ICL score, and each secondary metric's comparison."""
+    gated = compare(unsteered, steered, seed)
+    icl_score = None if icl is None else float(icl.mean())
+    recovery = None
+    if icl_score is not None and icl_score > 0:
+        recovery = gated.steered / icl_score
+    others = {name: compare(u, s, seed) for name, (u, s) in (secondary or {}).items()}
+    return Metrics(gated, metric, icl_score, recovery, others)
 
 
-def judge(metrics: dict[str, Any], gate: Gate, baseline: dict[str, Any] | None, updating: bool) -> Verdict:
+def judge(metrics: Metrics, gate: Gate, stored: CaseResult | None, fingerprint: str, updating: bool) -> Verdict:
     """(a) improvement >= threshold (and recovery >= minimum); (b) steered >= stored - tolerance."""
     reasons: list[str] = []
-    improvement = metrics["delta"] if gate.gate == "mean" else metrics["delta_ci"][0]
+    improvement = metrics.delta if gate.gate == "mean" else metrics.delta_ci[0]
     label = "improvement" if gate.gate == "mean" else "lower CI bound of the improvement"
     if improvement < gate.threshold - 1e-12:
         reasons.append(
-            f"{label} {improvement:+.3f} (steered {metrics['steered']:.3f} - unsteered "
-            f"{metrics['unsteered']:.3f}) is below the threshold {gate.threshold:+.3f}"
+            f"{label} {improvement:+.3f} (steered {metrics.steered:.3f} - unsteered "
+            f"{metrics.unsteered:.3f}) is below the threshold {gate.threshold:+.3f}"
         )
     if gate.min_recovery is not None:
-        recovery = metrics.get("recovery")
+        recovery = metrics.recovery
         if recovery is None or recovery < gate.min_recovery - 1e-12:
             shown = "n/a (ICL accuracy is 0)" if recovery is None else f"{recovery:.3f}"
             reasons.append(f"recovery steered/ICL {shown} is below the minimum {gate.min_recovery:.3f}")
-    status = "updating" if updating else "ok"
-    if not updating and baseline is not None:
-        stored = float(baseline["metrics"]["steered"])
-        if metrics["steered"] < stored - gate.tolerance - 1e-12:
+    status: BaselineStatus = "updating" if updating else ("new" if stored is None else "ok")
+    if not updating and stored is not None:
+        floor = stored.metrics.steered - gate.tolerance
+        if metrics.steered < floor - 1e-12:
             status = "regressed"
             reasons.append(
-                f"regression: steered {metrics['steered']:.3f} is below the stored baseline "
-                f"{stored:.3f} minus tolerance {gate.tolerance:.3f}"
+                f"regression: steered {metrics.steered:.3f} is below the stored baseline "
+                f"{stored.metrics.steered:.3f} minus tolerance {gate.tolerance:.3f}"
             )
-    return Verdict(passed=not reasons, reasons=reasons, baseline=status)
+    return Verdict(
+        passed=not reasons, reasons=tuple(reasons), baseline=status,
+        stored_steered=None if stored is None else stored.metrics.steered,
+        stored_fingerprint=None if stored is None else stored.provenance.fingerprint,
+        model_changed=stored is not None and stored.provenance.fingerprint != fingerprint,
+    )

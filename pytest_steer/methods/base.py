@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 
 from pytest_steer.models.loader import ModelHandle
 from pytest_steer.store import VectorCache
+from pytest_steer.tasks import Task
 
 Progress = Callable[[str, int, int], None]
 
@@ -24,22 +24,14 @@ class RunContext:
     seed: int
     progress: Progress | None = None
 
-
-@dataclass(frozen=True)
-class TaskInput:
-    """A case's task data as its method reads it, and what the record says about it."""
-
-    data: Any  # the loaded task (word pairs, questions, passages)
-    splits: Any  # what the method selects on and reports on
-    source: str
-    sha256: str
-    items: int
-    counts: dict[str, int]
+    def report(self, label: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(label, done, total)
 
 
 @dataclass
 class MethodOutcome:
-    """Per-item test outcomes (unsteered, steered, ceiling) plus what was chosen and why.
+    """Per-item test outcomes (unsteered, steered, 5-shot ICL) plus what was chosen and why.
 
     Outcomes are 0/1 for accuracy-like metrics and in [0, 1] for graded ones (DoLa's MC2);
     `secondary` holds further per-item metrics as (unsteered, steered) pairs, judged by none.
@@ -47,9 +39,9 @@ class MethodOutcome:
 
     unsteered: np.ndarray
     steered: np.ndarray
-    ceiling: np.ndarray | None
+    icl: np.ndarray | None
     chosen: dict[str, Any]
-    curves: dict[str, list[float]]
+    curves: dict[str, list[Any]]
     vectors: dict[str, torch.Tensor]
     vector_metadata: dict[str, str]
     diagnostics: dict[str, Any] = field(default_factory=dict)
@@ -59,17 +51,17 @@ class MethodOutcome:
 
 
 class Method(Protocol):
-    """A steering method: its task loader, settings parsing and one run on one model and task."""
+    """A steering method: its settings type, its split of a task, and one run on one model.
+
+    Register a third-party method under the `pytest_steer.methods` entry-point group
+    (name = the method name used in case files, value = `module:Class`).
+    """
 
     name: str
     settings_type: type
 
-    def prepare(self, name: str, path: Path, n_dev: int, n_test: int, seed: int) -> TaskInput: ...
+    def prepare(self, task: Task, n_dev: int, n_test: int, seed: int) -> tuple[Any, dict[str, int]]:
+        """The splits the run selects on and reports on, and their sizes for the record."""
+        ...
 
-    def run(self, handle: ModelHandle, data: Any, splits: Any, settings: Any, context: RunContext) -> MethodOutcome: ...
-
-
-def method_settings(method: Method, data: Mapping[str, Any], where: str) -> Any:
-    from pytest_steer.settings import build_settings
-
-    return build_settings(method.settings_type, data, where)
+    def run(self, handle: ModelHandle, task: Task, splits: Any, settings: Any, context: RunContext) -> MethodOutcome: ...

@@ -1,6 +1,6 @@
 """DoLa (Chuang et al. 2024) scoring of candidate continuations, as the reliability study ran it.
 
-For one prompt and its candidate answers, the baseline score is the sum of final-layer log-probs of the answer tokens; the DoLa score
+For one prompt and its candidate answers, the unsteered score is the sum of final-layer log-probs of the answer tokens; the DoLa score
 contrasts the mature (last) layer with the premature layer of largest Jensen-Shannon
 divergence among the bucket's candidates, per answer position. The prompt is encoded
 once; the answers run as one batch on its cache; layer logits are computed only for the
@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+import numpy as np
 import torch
 
-from pytest_steer.methods.scoring import _cache_kwarg
+from pytest_steer.methods.base import MethodOutcome, RunContext
+from pytest_steer.methods.scoring import cache_kwarg
+from pytest_steer.methods.settings import BUCKETS, DolaSettings
 from pytest_steer.models.loader import ModelHandle
 from pytest_steer.settings import SettingsError
-
-BUCKETS = {"lower": (0.0, 0.5), "upper": (0.5, 1.0), "full": (0.0, 1.0),
-           "q1": (0.0, 0.25), "q2": (0.25, 0.5), "q3": (0.5, 0.75), "q4": (0.75, 1.0)}
-
+from pytest_steer.tasks import Completion, MCQuestion, Task, TaskError, require_kind, sample_items
+from pytest_steer.tasks.prompts import completion_text, mc_answer, mc_context, mc_prompt
 
 # Unnormalised residuals of some models (Gemma 3) give near one-hot layer distributions whose
 # JSDs all sit at log 2; the choice between them is then decided by float rounding.
@@ -30,33 +32,11 @@ NEAR_TIE = 1e-4
 LOGIT_ROWS = 256  # layer-logit rows per unembedding matmul: 256 x 262k floats is 268 MB
 
 
-@dataclass(frozen=True)
-class DolaSettings:
-    """DoLa's knobs; `metric` None means MC1 for multiple-choice tasks, accuracy for completions."""
-
-    bucket: str | tuple[int, ...] = "lower"
-    post_softmax: bool = True
-    alpha: float = 0.1
-    premature_norm: bool = False  # the paper's choice: no norm on premature layers
-    metric: Literal["mc1", "mc2", "mc3", "accuracy"] | None = None
-
-    def validate(self, where: str) -> None:
-        if isinstance(self.bucket, str) and self.bucket not in BUCKETS:
-            raise SettingsError(f"{where}.bucket: expected one of {', '.join(BUCKETS)} or a list of layers, got {self.bucket!r}")
-        if not isinstance(self.bucket, str) and (not self.bucket or min(self.bucket) < 0):
-            raise SettingsError(f"{where}.bucket: a list of layers must be non-empty and hold layer indices >= 0")
-        if not 0 < self.alpha <= 1:
-            raise SettingsError(f"{where}.alpha: must be in (0, 1], got {self.alpha}")
-
-    def bucket_name(self) -> str:
-        return self.bucket if isinstance(self.bucket, str) else "layers " + ",".join(map(str, self.bucket))
-
-
 @dataclass
 class AnswerScores:
-    """Per answer: baseline and DoLa scores, and the premature layer chosen at each answer token."""
+    """Per answer: unsteered (final-layer) and DoLa scores, and the premature layer chosen at each answer token."""
 
-    baseline: list[float]
+    unsteered: list[float]
     dola: list[float]
     premature: list[list[int]]
     forward_tokens: int = 0
@@ -132,7 +112,7 @@ def encode_context(handle: ModelHandle, text: str) -> PromptCache:
 def score_answers(
     handle: ModelHandle, prompt: str, answers: list[str], settings: DolaSettings, context: PromptCache | None = None
 ) -> AnswerScores:
-    """Baseline and DoLa scores of each answer as a continuation of `prompt`.
+    """Unsteered and DoLa scores of each answer as a continuation of `prompt`.
 
     With `context`, the prompt's leading tokens that equal `context.ids` come from its cache
     (same numbers up to float rounding); otherwise the whole prompt is encoded here.
@@ -155,7 +135,7 @@ def score_answers(
     rest_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rests])
     n = len(answers)
     with torch.inference_mode():
-        reuse = {_cache_kwarg(model): copy.deepcopy(context.cache)} if skip else {}
+        reuse = {cache_kwarg(model): copy.deepcopy(context.cache)} if skip else {}
         first = model(
             input_ids=prefix, position_ids=torch.arange(skip, shared).unsqueeze(0), attention_mask=torch.ones(1, shared, dtype=torch.long),
             use_cache=True, output_hidden_states=True, logits_to_keep=1, **reuse,
@@ -165,7 +145,7 @@ def score_answers(
         second = model(
             input_ids=rest_ids, attention_mask=torch.cat([torch.ones(n, shared, dtype=torch.long), rest_mask], dim=1),
             position_ids=(shared + torch.arange(width)).unsqueeze(0).expand(n, -1), use_cache=True,
-            output_hidden_states=True, **{_cache_kwarg(model): cache},
+            output_hidden_states=True, **{cache_kwarg(model): cache},
         )
         # every scored position of every answer; hidden index k predicts the token at absolute
         # position shared + k (k = 0 is the prefix's last token)
@@ -198,12 +178,12 @@ def score_answers(
             base_tok.append(torch.log_softmax(mature, dim=-1)[rows, tgt])
             dola_tok.append(f[rows, tgt])
             choices.append(choice)
-        baseline = torch.zeros(n).index_add_(0, owner, torch.cat(base_tok)).tolist()
+        unsteered = torch.zeros(n).index_add_(0, owner, torch.cat(base_tok)).tolist()
         dola = torch.zeros(n).index_add_(0, owner, torch.cat(dola_tok)).tolist()
         premature: list[list[int]] = [[] for _ in range(n)]
         for i, c in zip(owner.tolist(), torch.cat(choices).tolist()):
             premature[i].append(layers[c])
-    return AnswerScores(baseline, dola, premature, forward_tokens=shared - skip + n * width, near_ties=near_ties)
+    return AnswerScores(unsteered, dola, premature, forward_tokens=shared - skip + n * width, near_ties=near_ties)
 
 
 @dataclass(frozen=True)
@@ -227,3 +207,103 @@ def mc_metrics(true_scores: list[float], false_scores: list[float], best_index: 
 def completion_correct(true_score: float, false_scores: list[float]) -> float:
     """FACTOR-style: correct when the true continuation scores at least every contradiction (ties count)."""
     return float(all(true_score >= s for s in false_scores))
+
+
+# ---------------------------------------------------------------- the suite method
+
+MC_METRICS = ("mc1", "mc2", "mc3")
+
+
+def resolve_metric(settings: DolaSettings, kind: str, where: str) -> str:
+    metric = settings.metric or ("mc1" if kind == "mc" else "accuracy")
+    if (kind == "mc") != (metric in MC_METRICS):
+        allowed = "mc1, mc2 or mc3" if kind == "mc" else "accuracy"
+        raise SettingsError(f"{where}: metric {metric!r} does not apply to a {kind} task (expected {allowed})")
+    return metric
+
+
+class DolaMethod:
+    """DoLa: unsteered vs contrastive-layer scoring of every question of the test split."""
+
+    name = "dola"
+    settings_type = DolaSettings
+
+    def prepare(self, task: Task, n_dev: int, n_test: int, seed: int) -> tuple[tuple[int, ...], dict[str, int]]:
+        """Draw `n_test` items with `seed` (kept in file order); n_dev is unused."""
+        require_kind(task, ("mc", "completion"), self.name)
+        return sample_items(task, n_test, seed), {"test": n_test}
+
+    def run(
+        self, handle: ModelHandle, data: Task, splits: tuple[int, ...], settings: DolaSettings, context: RunContext
+    ) -> MethodOutcome:
+        metric = resolve_metric(settings, data.kind, f"dola settings for task {data.name}")
+        try:
+            layers = candidate_layers(settings.bucket, handle.adapter.num_layers)
+        except ValueError as exc:
+            raise SettingsError(f"dola.bucket: {exc}") from exc
+        names = MC_METRICS if data.kind == "mc" else ("accuracy",)
+        unsteered = {m: np.zeros(len(splits)) for m in names}
+        dola = {m: np.zeros(len(splits)) for m in names}
+        histogram: Counter[int] = Counter()
+        forward_tokens = near_ties = 0
+        label = f"DoLa {settings.bucket_name()} on {data.name}"
+        context_cache = encode_context(handle, mc_context()) if data.kind == "mc" else None
+        for row, index in enumerate(splits):
+            context.report(label, row, len(splits))
+            try:
+                scores = _score_item(handle, data.items[index], settings, context_cache, row, unsteered, dola)
+            except ValueError as exc:
+                raise TaskError(f"{data.source}: item {index}: {exc}") from exc
+            forward_tokens += scores.forward_tokens
+            near_ties += scores.near_ties
+            for chosen in scores.premature:
+                histogram.update(chosen)
+        context.report(label, len(splits), len(splits))
+        total = sum(histogram.values())
+        shares = [histogram[l] / total for l in layers]
+        top = layers[int(np.argmax(shares))]
+        return MethodOutcome(
+            unsteered=unsteered[metric],
+            steered=dola[metric],
+            icl=None,
+            chosen={"bucket": settings.bucket_name(), "top_premature_layer": top, "top_share": round(max(shares), 3)},
+            curves={"premature_layers": layers, "premature_share": [round(s, 4) for s in shares]},
+            vectors={},
+            vector_metadata={},
+            diagnostics={
+                "premature_histogram": {str(l): histogram[l] for l in layers},
+                "scored_tokens": total,
+                "forward_tokens": forward_tokens,
+                "near_tie_share": round(near_ties / total, 4),
+                "num_layers": handle.adapter.num_layers,
+            },
+            test_items=[_item_text(data.items[i]) for i in splits],
+            metric=metric,
+            secondary={m: (unsteered[m], dola[m]) for m in names if m != metric},
+        )
+
+
+def _item_text(item: MCQuestion | Completion) -> str:
+    return item.question if isinstance(item, MCQuestion) else item.prefix
+
+
+def _score_item(
+    handle: ModelHandle, item: MCQuestion | Completion, settings: DolaSettings, context_cache: PromptCache | None,
+    row: int, unsteered: dict[str, np.ndarray], dola: dict[str, np.ndarray],
+) -> AnswerScores:
+    """Score one question (MC1/MC2/MC3) or passage (accuracy) into `row` of both sides."""
+    if isinstance(item, MCQuestion):
+        answers = [mc_answer(a) for a in item.correct + item.incorrect]
+        scores = score_answers(handle, mc_prompt(item.question), answers, settings, context_cache)
+        n_true = len(item.correct)
+        for side, values in ((unsteered, scores.unsteered), (dola, scores.dola)):
+            result = mc_metrics(values[:n_true], values[n_true:])
+            for m in MC_METRICS:
+                side[m][row] = getattr(result, m)
+        return scores
+    prompt, true = completion_text(item.prefix, item.completion)
+    answers = [true] + [completion_text(item.prefix, c)[1] for c in item.contradictions]
+    scores = score_answers(handle, prompt, answers, settings)
+    unsteered["accuracy"][row] = completion_correct(scores.unsteered[0], scores.unsteered[1:])
+    dola["accuracy"][row] = completion_correct(scores.dola[0], scores.dola[1:])
+    return scores

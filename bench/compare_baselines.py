@@ -1,0 +1,91 @@
+"""Compare a run's JSON report (`--steer-report`) with the committed baselines, field by field.
+
+    python bench/compare_baselines.py report.json [--baselines baselines] [--cases steering_cases]
+
+For every case of the report: the verdict expected from the stored result and the case
+file's gate and expectation against the run's status, then metrics, chosen setting, curves,
+per-item outcomes, counts, seed, task hash, fingerprint and settings. Exits 1 on any difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pytest_steer.baselines import BaselineStore
+from pytest_steer.cases import Case, load_case_file
+from pytest_steer.record import CaseResult
+from pytest_steer.report import CaseReport
+from pytest_steer.verdict import Gate, judge
+
+FIELDS = {
+    "metrics": lambda r: r.metrics.to_json(),
+    "chosen": lambda r: r.chosen,
+    "curves": lambda r: r.curves,
+    "per_item": lambda r: r.outcomes.to_json(),
+    "counts": lambda r: r.provenance.counts,
+    "seed": lambda r: r.provenance.seed,
+    "task_sha256": lambda r: r.provenance.task_data.sha256,
+    "fingerprint": lambda r: r.provenance.fingerprint,
+    "settings": lambda r: r.provenance.settings,
+}
+
+
+def _diff(a: object, b: object, path: str, out: list[str]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            _diff(a.get(key), b.get(key), f"{path}.{key}", out)
+    elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            _diff(x, y, f"{path}[{i}]", out)
+    elif a != b:
+        out.append(f"{path}: run {a!r} != stored {b!r}")
+
+
+def expected_status(case: Case, stored: CaseResult, threshold: float, tolerance: float) -> str:
+    o = case.options
+    gate = Gate(threshold if o.threshold is None else o.threshold, tolerance if o.tolerance is None else o.tolerance,
+                o.min_recovery, o.gate)
+    passed = judge(stored.metrics, gate, None, stored.provenance.fingerprint, False).passed
+    if o.expect == "fail":
+        return "xpass" if passed else "xfail"
+    return "pass" if passed else "fail"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("report", type=Path)
+    parser.add_argument("--baselines", type=Path, default=Path("baselines"))
+    parser.add_argument("--cases", type=Path, default=Path("steering_cases"))
+    parser.add_argument("--threshold", type=float, default=0.1)
+    parser.add_argument("--tolerance", type=float, default=0.05)
+    args = parser.parse_args()
+    store = BaselineStore(args.baselines)
+    cases = {c.id: c for f in sorted(args.cases.glob("steer_*.toml")) for c in load_case_file(f) if isinstance(c, Case)}
+    reports = [CaseReport.from_json(c) for c in json.loads(args.report.read_text())["cases"]]
+    bad = 0
+    for r in sorted(reports, key=lambda r: r.id):
+        case = cases[r.id]
+        stored = store.load(case.model.name, case.method, case.slot)
+        problems: list[str] = []
+        if r.result is None or stored is None:
+            problems.append("no result" if r.result is None else "no stored baseline")
+        else:
+            want = expected_status(case, stored, args.threshold, args.tolerance)
+            if r.status != want:
+                problems.append(f"status: run {r.status} != expected {want}")
+            for name, get in FIELDS.items():
+                _diff(json.loads(json.dumps(get(r.result))), json.loads(json.dumps(get(stored))), name, problems)
+        bad += bool(problems)
+        print(f"{'SAME' if not problems else 'DIFF'}  {r.status:5}  {r.id}")
+        for p in problems[:20]:
+            print(f"      {p}")
+    print(f"{len(reports)} cases compared field by field ({', '.join(FIELDS)}) and by verdict: "
+          f"{len(reports) - bad} identical, {bad} different")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

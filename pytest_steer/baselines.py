@@ -1,0 +1,58 @@
+"""The baseline store: one JSON (and the accepted vector, if any) per case, written atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pytest_steer.files import StoreError, atomic_copy, atomic_write_json
+from pytest_steer.record import CaseResult
+
+
+class BaselineStore:
+    """`<root>/<model>/<method>/<slot>.json` and `.safetensors` beside it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def json_path(self, model: str, method: str, slot: str) -> Path:
+        return self.root / model / method / f"{slot}.json"
+
+    def vector_path(self, model: str, method: str, slot: str) -> Path:
+        return self.root / model / method / f"{slot}.safetensors"
+
+    def load(self, model: str, method: str, slot: str) -> CaseResult | None:
+        """The stored result, None if there is none; StoreError if it cannot be read."""
+        path = self.json_path(model, method, slot)
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{path}: baseline is not valid JSON ({exc}); refresh it with --steer-update") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
+            raise StoreError(f"{path}: baseline has no 'metrics' object; refresh it with --steer-update")
+        try:
+            return CaseResult.from_baseline(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{path}: baseline field {exc} is missing or malformed; refresh it with --steer-update") from exc
+
+    def write(self, result: CaseResult, slot: str) -> list[Path]:
+        """Store `result` as the accepted baseline: its vector file (copied), then its JSON."""
+        written: list[Path] = []
+        if result.vector_file:
+            target = self.vector_path(result.model, result.method, slot)
+            atomic_copy(Path(result.vector_file), target)
+            written.append(target)
+        path = self.json_path(result.model, result.method, slot)
+        atomic_write_json(path, result.to_baseline())
+        written.append(path)
+        return written
+
+    def all_ids(self) -> set[tuple[str, str, str]]:
+        """Every (model, method, slot) that has a stored JSON baseline."""
+        found = set()
+        if self.root.is_dir():
+            for path in self.root.glob("*/*/*.json"):
+                found.add((path.parent.parent.name, path.parent.name, path.stem))
+        return found

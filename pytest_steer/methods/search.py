@@ -1,0 +1,194 @@
+"""The layer-search skeleton shared by task and function vectors.
+
+extract (cached) -> dev search over every intervention of the grid -> unsteered and
+5-shot ICL scores on test -> the steered test score at the chosen intervention.
+A method supplies only what differs: how its tensors are extracted, which
+interventions it searches and how one is applied (`LayerSearch`'s abstract methods).
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pytest_steer.methods.base import MethodOutcome, RunContext
+from pytest_steer.methods.hooks import HookReport, Intervene, silent_layers
+from pytest_steer.methods.scoring import TokenCounter, first_target_ids, score_interventions
+from pytest_steer.models.loader import ModelHandle
+from pytest_steer.settings import SettingsError, settings_dict
+from pytest_steer.store import CacheOutcome
+from pytest_steer.tasks import Pair, Splits, Task, require_kind, split_task
+from pytest_steer.tasks.prompts import icl_prompts, target_text, zero_shot_prompt
+
+
+@dataclass
+class PromptSet:
+    """Prompts with the first token of each target, as fed to the model."""
+
+    prompts: list[str]
+    targets: list[int]
+
+    @classmethod
+    def build(cls, handle: ModelHandle, prompts: list[str], pairs: Sequence[Pair]) -> PromptSet:
+        return cls(prompts, first_target_ids(handle.tokenizer, prompts, [target_text(p) for p in pairs]))
+
+    @classmethod
+    def zero_shot(cls, handle: ModelHandle, pairs: Sequence[Pair]) -> PromptSet:
+        return cls.build(handle, [zero_shot_prompt(p.input) for p in pairs], pairs)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How prompts are batched (never changes a number beyond float precision)."""
+
+    batch_size: int
+    max_rows: int
+    reuse_prefix: bool
+
+    def correct(
+        self, handle: ModelHandle, data: PromptSet, n_interventions: int, intervene: Intervene | None, counter: TokenCounter,
+    ) -> np.ndarray:
+        """Per-item correctness (n_items, n_interventions) of the target's first token."""
+        result = score_interventions(
+            handle, data.prompts, data.targets, n_interventions, intervene, batch_size=self.batch_size,
+            max_rows=self.max_rows, counter=counter, reuse_prefix=self.reuse_prefix,
+        )
+        return result.correct(data.targets)
+
+
+@dataclass
+class UnsteeredScores:
+    """Zero-shot outcomes on dev and test, and the 5-shot ICL outcomes on test."""
+
+    dev: np.ndarray
+    test: np.ndarray
+    icl: np.ndarray
+
+
+def unsteered_scores(
+    handle: ModelHandle, splits: Splits, dev: PromptSet, test: PromptSet, icl_shots: int, scoring: Scoring,
+    counter: TokenCounter,
+) -> UnsteeredScores:
+    icl = PromptSet.build(handle, icl_prompts(splits.demos, splits.test, icl_shots, random.Random(f"icl-{splits.seed}")), splits.test)
+    return UnsteeredScores(
+        dev=scoring.correct(handle, dev, 1, None, counter)[:, 0],
+        test=scoring.correct(handle, test, 1, None, counter)[:, 0],
+        icl=scoring.correct(handle, icl, 1, None, counter)[:, 0],
+    )
+
+
+def search_layers(layers: tuple[int, ...] | None, num_layers: int, method: str) -> list[int]:
+    """The blocks to search: the given ones (checked against the model) or every block."""
+    chosen = list(layers) if layers is not None else list(range(num_layers))
+    bad = [l for l in chosen if not 0 <= l < num_layers]
+    if bad:
+        raise SettingsError(f"{method}.layers: {bad} out of range for a model with {num_layers} blocks")
+    return chosen
+
+
+@dataclass
+class Search:
+    """What the skeleton found: the dev accuracy of every intervention and the test outcomes."""
+
+    layers: list[int]
+    grid: list[Any]  # the interventions searched, each with a `.layer`
+    dev_accuracy: np.ndarray
+    best: Any
+    unsteered: UnsteeredScores
+    steered: np.ndarray
+    test_report: HookReport
+    sweep_reports: dict[int, HookReport]
+    counter: TokenCounter
+    cache: CacheOutcome
+
+
+class LayerSearch(ABC):
+    """A steering-vector method chosen on dev over an intervention grid of every layer."""
+
+    name: str
+    settings_type: type
+    artifact: str  # what `extract` returns, for the cache key
+    cached: tuple[str, ...]  # the settings the extracted tensors depend on (the cache key)
+
+    def prepare(self, task: Task, n_dev: int, n_test: int, seed: int) -> tuple[Splits, dict[str, int]]:
+        """Cut word pairs into demonstrations, dev and test."""
+        require_kind(task, ("pairs",), self.name)
+        splits = split_task(task, n_dev, n_test, seed)
+        return splits, {"demos": len(splits.demos), "dev": len(splits.dev), "test": len(splits.test)}
+
+    @abstractmethod
+    def extract(self, handle: ModelHandle, splits: Splits, settings: Any, counter: TokenCounter,
+                context: RunContext) -> dict[str, torch.Tensor]:
+        """The tensors steering is built from (cached by model, task, split, seed and `cached` settings)."""
+
+    @abstractmethod
+    def grid(self, handle: ModelHandle, layers: list[int], tensors: dict[str, torch.Tensor], settings: Any,
+             key: dict[str, Any], context: RunContext) -> tuple[list[Any], Any]:
+        """The interventions to search (each with a `.layer`) and the steering state they apply."""
+
+    @abstractmethod
+    def intervention(self, handle: ModelHandle, points: list[Any], state: Any,
+                     reports: dict[int, HookReport]) -> Intervene:
+        """Hooks that apply intervention k of `points` to the rows whose index is k."""
+
+    @abstractmethod
+    def outcome(self, handle: ModelHandle, splits: Splits, settings: Any, found: Search, state: Any,
+                tensors: dict[str, torch.Tensor]) -> MethodOutcome:
+        """The method's record of what it found."""
+
+    def run(self, handle: ModelHandle, task: Task, splits: Splits, settings: Any, context: RunContext) -> MethodOutcome:
+        counter = TokenCounter()
+        layers = search_layers(settings.layers, handle.adapter.num_layers, self.name)
+        key = {
+            "kind": f"{self.name}/{self.artifact}",
+            "model": handle.fingerprint,
+            "task": task.data_hash(),
+            "seed": splits.seed,
+            "splits": [len(splits.demos), len(splits.dev), len(splits.test)],
+            "settings": {k: v for k, v in settings_dict(settings).items() if k in self.cached},
+        }
+        tensors, cache = context.cache.get_or_build(
+            self.name, key, lambda: self.extract(handle, splits, settings, counter, context))
+        grid, state = self.grid(handle, layers, tensors, settings, key, context)
+
+        scoring = Scoring(settings.batch_size, settings.max_rows, settings.reuse_prefix)
+        dev = PromptSet.zero_shot(handle, splits.dev)
+        test = PromptSet.zero_shot(handle, splits.test)
+        label = f"{self.name}: dev search over {len(grid)} interventions"
+        context.report(label, 0, 1)
+        sweep: dict[int, HookReport] = {}
+        dev_correct = scoring.correct(handle, dev, len(grid), self.intervention(handle, grid, state, sweep), counter)
+        silent = silent_layers(layers, sweep)
+        if silent:
+            raise RuntimeError(f"steering hooks on blocks {silent} did not fire or changed nothing")
+        context.report(label, 1, 1)
+        dev_accuracy = dev_correct.mean(axis=0)
+        best = grid[int(np.argmax(dev_accuracy))]  # the first in grid order wins ties
+
+        unsteered = unsteered_scores(handle, splits, dev, test, settings.icl_shots, scoring, counter)
+        reports: dict[int, HookReport] = {}
+        steered = scoring.correct(handle, test, 1, self.intervention(handle, [best], state, reports), counter)[:, 0]
+        report = reports.get(best.layer, HookReport())
+        if not report.fired_and_changed:
+            raise RuntimeError(f"steering hook on block {best.layer} did not fire or changed nothing: {report}")
+        found = Search(layers, grid, dev_accuracy, best, unsteered, steered, report, sweep, counter, cache)
+        return self.outcome(handle, splits, settings, found, state, tensors)
+
+
+def common_diagnostics(found: Search) -> dict[str, Any]:
+    """What every layer-search record reports about its run."""
+    r = found.test_report
+    return {
+        "unsteered_dev": float(found.unsteered.dev.mean()),
+        "hook": {"calls": r.calls, "rows": r.rows, "max_abs_change": r.max_abs_change,
+                 "min_change_over_sweep": min(s.max_abs_change for s in found.sweep_reports.values())},
+        "forward_tokens": found.counter.tokens,
+        "forward_passes": found.counter.passes,
+        "cache": {"path": str(found.cache.path), "hit": found.cache.hit, "rebuilt_corrupt": found.cache.rebuilt_corrupt},
+    }

@@ -1,0 +1,89 @@
+"""Settings of the built-in methods: torch-free, so collecting case files stays light."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pytest_steer.settings import SettingsError
+
+BUCKETS = {"lower": (0.0, 0.5), "upper": (0.5, 1.0), "full": (0.0, 1.0),
+           "q1": (0.0, 0.25), "q2": (0.25, 0.5), "q3": (0.5, 0.75), "q4": (0.75, 1.0)}
+
+
+def _at_least_one(obj: object, names: tuple[str, ...], where: str) -> None:
+    for name in names:
+        if getattr(obj, name) < 1:
+            raise SettingsError(f"{where}.{name}: must be at least 1")
+
+
+def _layers(layers: tuple[int, ...] | None, where: str) -> None:
+    if layers is not None and (not layers or min(layers) < 0):
+        raise SettingsError(f"{where}.layers: expected a non-empty list of layer indices >= 0")
+
+
+@dataclass(frozen=True)
+class TaskVectorSettings:
+    """Knobs of the task-vector method (defaults: ours, for small models on CPU)."""
+
+    n_prompts: int = 30
+    n_shots: int = 5
+    layers: tuple[int, ...] | None = None  # None: every block; never a stride by default
+    batch_size: int = 32
+    max_rows: int = 256  # rows (prompt x intervention) per last-token pass
+    reuse_prefix: bool = True  # encode the prompt minus its last token once (same numbers, less work)
+
+    def validate(self, where: str) -> None:
+        _at_least_one(self, ("n_prompts", "n_shots", "batch_size", "max_rows"), where)
+        _layers(self.layers, where)
+
+    @property
+    def icl_shots(self) -> int:
+        return self.n_shots
+
+
+@dataclass(frozen=True)
+class FunctionVectorSettings:
+    """Knobs of the function-vector method; the grid defaults follow the study's range."""
+
+    n_mean_prompts: int = 25
+    n_cie_prompts: int = 25
+    n_shots: int = 10
+    icl_shots: int = 5
+    heads: tuple[int, ...] = (2, 4, 8, 16, 32)  # capped at L x H
+    strengths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+    layers: tuple[int, ...] | None = None  # None: every block
+    cie: Literal["exact", "attribution"] = "exact"
+    batch_size: int = 16
+    max_rows: int = 256
+    reuse_prefix: bool = True
+
+    def validate(self, where: str) -> None:
+        _at_least_one(self, ("n_mean_prompts", "n_cie_prompts", "n_shots", "icl_shots", "batch_size", "max_rows"), where)
+        if not self.heads or min(self.heads) < 1:
+            raise SettingsError(f"{where}.heads: expected a non-empty list of positive head counts")
+        if not self.strengths:
+            raise SettingsError(f"{where}.strengths: expected a non-empty list of numbers")
+        _layers(self.layers, where)
+
+
+@dataclass(frozen=True)
+class DolaSettings:
+    """DoLa's knobs; `metric` None means MC1 for multiple-choice tasks, accuracy for completions."""
+
+    bucket: str | tuple[int, ...] = "lower"
+    post_softmax: bool = True
+    alpha: float = 0.1
+    premature_norm: bool = False  # the paper's choice: no norm on premature layers
+    metric: Literal["mc1", "mc2", "mc3", "accuracy"] | None = None
+
+    def validate(self, where: str) -> None:
+        if isinstance(self.bucket, str) and self.bucket not in BUCKETS:
+            raise SettingsError(f"{where}.bucket: expected one of {', '.join(BUCKETS)} or a list of layers, got {self.bucket!r}")
+        if not isinstance(self.bucket, str) and (not self.bucket or min(self.bucket) < 0):
+            raise SettingsError(f"{where}.bucket: a list of layers must be non-empty and hold layer indices >= 0")
+        if not 0 < self.alpha <= 1:
+            raise SettingsError(f"{where}.alpha: must be in (0, 1], got {self.alpha}")
+
+    def bucket_name(self) -> str:
+        return self.bucket if isinstance(self.bucket, str) else "layers " + ",".join(map(str, self.bucket))

@@ -1,0 +1,83 @@
+"""The plugin's options: resolved once from the command line (which wins) and ini."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_OPTIONS = (
+    ("update", "store_true", "write or refresh the baselines of the cases that ran (controller only, atomic)"),
+    ("cache-dir", "store", "directory for fetched models, converted weights and cached vectors"),
+    ("baseline-dir", "store", "directory of baselines (default: <rootdir>/baselines)"),
+    ("report", "store", "write the run's results as JSON to this path"),
+    ("threshold", "store", "minimum improvement steered - unsteered for a case to pass (default 0.1)"),
+    ("tolerance", "store", "allowed drop of steered accuracy below the stored baseline (default 0.05)"),
+    ("min-recovery", "store", "optional minimum of steered / ICL accuracy"),
+)
+
+
+@dataclass(frozen=True)
+class SteerOptions:
+    """Options resolved from the command line (which wins) and ini."""
+
+    cache_dir: Path
+    baseline_dir: Path
+    update: bool
+    threshold: float
+    tolerance: float
+    min_recovery: float | None
+    report_path: Path | None
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("steer", "pytest-steer: steering regression suite")
+    for name, action, help_text in _OPTIONS:
+        key = "steer_" + name.replace("-", "_")
+        kwargs: dict[str, Any] = {"action": action, "dest": key, "help": help_text}
+        if action == "store":
+            kwargs["default"] = None
+        group.addoption(f"--steer-{name}", **kwargs)
+        if name != "update":
+            parser.addini(key, help_text + " (ini)", default="")
+
+
+def _float_option(config: pytest.Config, key: str, default: float | None) -> float | None:
+    raw = config.getoption(key)
+    origin = f"--{key.replace('_', '-')}"
+    if raw is None:
+        raw, origin = config.getini(key), f"ini key {key}"
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise pytest.UsageError(f"{origin}: expected a number, got {raw!r}") from None
+
+
+def _path_option(config: pytest.Config, key: str, default: Path) -> Path:
+    raw = config.getoption(key)
+    if raw:
+        return Path(raw).expanduser().resolve()
+    raw = config.getini(key)
+    if raw:
+        path = Path(raw).expanduser()
+        return path if path.is_absolute() else (config.rootpath / path).resolve()
+    return default
+
+
+def resolve_options(config: pytest.Config) -> SteerOptions:
+    default_cache = Path(os.environ.get("PYTEST_STEER_CACHE_DIR", Path.home() / ".cache" / "pytest-steer"))
+    report = config.getoption("steer_report") or config.getini("steer_report") or None
+    return SteerOptions(
+        cache_dir=_path_option(config, "steer_cache_dir", default_cache.expanduser().resolve()),
+        baseline_dir=_path_option(config, "steer_baseline_dir", config.rootpath / "baselines"),
+        update=bool(config.getoption("steer_update")),
+        threshold=_float_option(config, "steer_threshold", 0.1),  # type: ignore[arg-type]
+        tolerance=_float_option(config, "steer_tolerance", 0.05),  # type: ignore[arg-type]
+        min_recovery=_float_option(config, "steer_min_recovery", None),
+        report_path=Path(report).expanduser().resolve() if report else None,
+    )
