@@ -220,26 +220,7 @@ def _expand(data: Mapping[str, Any], path: Path) -> list[Case | BrokenCase]:
     if not suites:
         raise CaseFileError(f"{path}: no [[suite]] table: nothing to run")
 
-    combos: list[Combo] = []
-    for i, suite in enumerate(suites):
-        where = f"{path}: suite[{i}]"
-        suite = _table(suite, where)
-        extra = sorted(set(suite) - {"models", "methods", "tasks", "variant", "settings"})
-        if extra:
-            raise CaseFileError(f"{where}: unknown field '{extra[0]}' (expected models, methods, tasks, variant, settings)")
-        for key in ("models", "methods", "tasks"):
-            if key not in suite:
-                raise CaseFileError(f"{where}: missing field '{key}'")
-        variant = suite.get("variant", "")
-        if not isinstance(variant, str) or (variant and not _NAME.match(variant)):
-            raise CaseFileError(f"{where}.variant: expected a name of letters, digits, '.', '_' and '-', got {variant!r}")
-        settings = _table(suite.get("settings", {}), f"{where}.settings")
-        if settings and not variant:
-            raise CaseFileError(f"{where}.settings: a suite with its own settings needs a 'variant' name to tell its cases apart")
-        for model in _names(suite["models"], f"{where}.models"):
-            for method in _names(suite["methods"], f"{where}.methods"):
-                for task in _names(suite["tasks"], f"{where}.tasks"):
-                    combos.append(Combo(model, method, task, variant, settings, where))
+    combos = _combos(suites, path)
 
     for j, override in enumerate(overrides):
         where = f"{path}: case[{j}]"
@@ -263,6 +244,31 @@ def _expand(data: Mapping[str, Any], path: Path) -> list[Case | BrokenCase]:
         seen[cid] = combo
         cases.append(_build_case(combo, cid, path, base, defaults, method_defaults, models, tasks, overrides))
     return cases
+
+
+def _combos(suites: list[Any], path: Path) -> list[Combo]:
+    """Every (model, method, task, variant) that the [[suite]] tables expand to."""
+    combos: list[Combo] = []
+    for i, suite in enumerate(suites):
+        where = f"{path}: suite[{i}]"
+        suite = _table(suite, where)
+        extra = sorted(set(suite) - {"models", "methods", "tasks", "variant", "settings"})
+        if extra:
+            raise CaseFileError(f"{where}: unknown field '{extra[0]}' (expected models, methods, tasks, variant, settings)")
+        for key in ("models", "methods", "tasks"):
+            if key not in suite:
+                raise CaseFileError(f"{where}: missing field '{key}'")
+        variant = suite.get("variant", "")
+        if not isinstance(variant, str) or (variant and not _NAME.match(variant)):
+            raise CaseFileError(f"{where}.variant: expected a name of letters, digits, '.', '_' and '-', got {variant!r}")
+        settings = _table(suite.get("settings", {}), f"{where}.settings")
+        if settings and not variant:
+            raise CaseFileError(f"{where}.settings: a suite with its own settings needs a 'variant' name to tell its cases apart")
+        for model in _names(suite["models"], f"{where}.models"):
+            for method in _names(suite["methods"], f"{where}.methods"):
+                for task in _names(suite["tasks"], f"{where}.tasks"):
+                    combos.append(Combo(model, method, task, variant, settings, where))
+    return combos
 
 
 _SELECTORS = ("model", "method", "task", "variant")

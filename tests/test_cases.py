@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from pytest_steer.cases import (
-    BUILTIN_TASKS_DIR,
     BrokenCase,
     Case,
     case_id,
@@ -17,6 +16,7 @@ from pytest_steer.cases import (
     model_family,
 )
 from pytest_steer.models.packaged import PACKAGED_MODELS
+from pytest_steer.tasks import BUILTIN_DIR
 
 SUITE = """
 [[suite]]
@@ -68,7 +68,7 @@ def test_suite_expands_models_outer(tmp_path):
         assert c.model.kind == "packaged"
         assert c.model.location == c.model.name
         assert c.source == path
-        assert c.task_path == BUILTIN_TASKS_DIR / f"{c.task}.json"
+        assert c.task_path == BUILTIN_DIR / f"{c.task}.json"
         assert c.id == case_id(c.model.name, c.method, c.task)
 
 
@@ -214,7 +214,7 @@ def test_task_folder_next_to_case_file_wins(tmp_path):
     path = write(tmp_path, '[[suite]]\nmodels = ["smollm2-135m"]\nmethods = ["task_vector"]\ntasks = ["antonym", "capitalize"]\n')
     cases = by_id(load_ok(path))
     assert cases["smollm2-135m-task_vector-antonym"].task_path == local
-    assert cases["smollm2-135m-task_vector-capitalize"].task_path == BUILTIN_TASKS_DIR / "capitalize.json"
+    assert cases["smollm2-135m-task_vector-capitalize"].task_path == BUILTIN_DIR / "capitalize.json"
 
 
 def test_revision_on_non_hub_model_rejected(tmp_path):

@@ -94,7 +94,10 @@ def test_update_then_compare_then_regression(suite, pytester: pytest.Pytester) -
     data = json.loads(stored.read_text())
     for key in ("metrics", "curves", "chosen", "counts", "seed", "fingerprint", "versions", "per_item", "settings"):
         assert key in data
-    assert "status" not in data and "_vectors" not in data
+    assert data["schema"] == 2
+    for run_only in ("status", "timing_s", "vector_file", "verdict", "worker", "gate", "expect"):
+        assert run_only not in data, run_only
+    assert "worker" not in data["diagnostics"]
     assert len(data["curves"]["dev_accuracy"]) == 3
     assert data["metrics"]["delta_ci"][0] <= data["metrics"]["delta"] <= data["metrics"]["delta_ci"][1]
     from pytest_steer.store import read_tensors
@@ -191,10 +194,11 @@ def test_xdist_gives_the_same_numbers_and_writes_baselines_once(suite, pytester:
     assert serial.keys() == parallel.keys() and len(serial) == 4
     for cid in serial:
         for key in ("metrics", "curves", "chosen", "per_item", "fingerprint"):
-            assert serial[cid][key] == parallel[cid][key], (cid, key)
-        assert parallel[cid]["diagnostics"]["worker"].startswith("gw")
-        assert parallel[cid]["diagnostics"]["model_loads_in_process"] == 1
-    workers = {parallel[c]["diagnostics"]["worker"] for c in parallel if c.startswith("tinya")}
+            assert serial[cid]["result"][key] == parallel[cid]["result"][key], (cid, key)
+        assert serial[cid]["worker"] == "master" and parallel[cid]["worker"].startswith("gw")
+        assert parallel[cid]["model_loads"] == 1
+        assert parallel[cid]["verdict"]["passed"] is True and parallel[cid]["verdict"]["baseline"] == "updating"
+    workers = {parallel[c]["worker"] for c in parallel if c.startswith("tinya")}
     assert len(workers) == 1  # one xdist_group per model: a model's cases share a worker
     for path, text in serial_files.items():
         a, b = json.loads(text), json.loads(path.read_text())
@@ -250,7 +254,7 @@ def test_dola_cases_run_store_their_baselines_by_variant_and_report(suite, pytes
     assert set(stored["metrics"]["secondary"]) == {"mc2", "mc3"} and stored["metrics"]["metric"] == "mc1"
     assert len(stored["per_item"]["mc2_steered"]) == 6 and stored["diagnostics"]["premature_histogram"] == {"1": stored["diagnostics"]["scored_tokens"]}
     cases = {c["id"]: c for c in _report(report)["cases"]}
-    assert cases["tiny-dola-quiz-lower"]["metrics"]["unsteered"] == cases["tiny-dola-quiz-upper"]["metrics"]["unsteered"]
+    assert cases["tiny-dola-quiz-lower"]["result"]["metrics"]["unsteered"] == cases["tiny-dola-quiz-upper"]["result"]["metrics"]["unsteered"]
 
     result = run()  # compared with the stored baselines, nothing unused
     result.assert_outcomes(passed=2)

@@ -1,30 +1,44 @@
-"""The end-of-run tables and JSON report, from hand-made records."""
+"""The end-of-run tables and JSON report, from hand-made case reports."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from pytest_steer.report import render_table, write_json_report
+from pytest_steer.record import CaseResult, Comparison, Metrics, Outcomes, Provenance, TaskData
+from pytest_steer.report import CaseReport, render_table, write_json_report
+from pytest_steer.verdict import Verdict
 
 
-def _metrics(base: float, steer: float, **extra) -> dict:
-    return {"unsteered": base, "steered": steer, "delta": steer - base, "delta_ci": [steer - base - 0.05, steer - base + 0.05],
-            "n_test": 98, **extra}
+def _comparison(unsteered: float, steered: float) -> Comparison:
+    d = steered - unsteered
+    return Comparison(unsteered, steered, d, (d - 0.05, d + 0.05), 0.95, 98)
 
 
-RECORDS = [
-    {"id": "m-task_vector-antonym", "model": "m", "method": "task_vector", "task": "antonym", "status": "pass",
-     "metrics": _metrics(0.0, 0.5, icl=0.6), "chosen": {"layer": 4, "relative_depth": 0.5}},
-    {"id": "m-task_vector-antonym-deep", "model": "m", "method": "task_vector", "task": "antonym", "variant": "deep",
-     "status": "fail", "metrics": _metrics(0.0, 0.05, icl=0.6), "chosen": {"layer": 7}},
-    {"id": "m-dola-truthful-mc-upper", "model": "m", "method": "dola", "task": "truthful-mc", "variant": "upper", "status": "xfail",
-     "metrics": _metrics(0.19, 0.26, metric="mc1", secondary={"mc2": _metrics(0.25, 0.27), "mc3": _metrics(0.12, 0.15)}),
-     "chosen": {"bucket": "upper", "top_premature_layer": 9, "top_share": 0.94}},
-    {"id": "m-dola-fact-completion-lower", "model": "m", "method": "dola", "task": "fact-completion", "variant": "lower",
-     "status": "pass", "metrics": _metrics(0.81, 0.65), "chosen": {"bucket": "lower", "top_premature_layer": 2, "top_share": 0.49}},
-    {"id": "m-dola-fact-completion-broken", "model": "m", "method": "dola", "task": "fact-completion", "variant": "broken",
-     "status": "error"},
+def _result(cid: str, method: str, task: str, variant: str, metrics: Metrics, chosen: dict) -> CaseResult:
+    provenance = Provenance("f" * 32, {}, {}, {}, TaskData("t.json", "0" * 64, 98), 0, {"test": 98}, {})
+    outcomes = Outcomes(("q",), (0,), (1,))
+    return CaseResult(cid, "m", method, task, variant, metrics, chosen, {}, outcomes, provenance, {})
+
+
+def _case(cid: str, method: str, task: str, variant: str, status: str, metrics: Metrics | None = None,
+          chosen: dict | None = None) -> CaseReport:
+    result = None if metrics is None else _result(cid, method, task, variant, metrics, chosen or {})
+    verdict = None if metrics is None else Verdict(passed=status == "pass")
+    return CaseReport(cid, "m", method, task, variant, status, result, verdict)
+
+
+REPORTS = [
+    _case("m-task_vector-antonym", "task_vector", "antonym", "", "pass", Metrics(_comparison(0.0, 0.5), icl=0.6, recovery=0.83),
+          {"layer": 4, "relative_depth": 0.5}),
+    _case("m-task_vector-antonym-deep", "task_vector", "antonym", "deep", "fail", Metrics(_comparison(0.0, 0.05), icl=0.6),
+          {"layer": 7}),
+    _case("m-dola-truthful-mc-upper", "dola", "truthful-mc", "upper", "xfail",
+          Metrics(_comparison(0.19, 0.26), "mc1", secondary={"mc2": _comparison(0.25, 0.27), "mc3": _comparison(0.12, 0.15)}),
+          {"bucket": "upper", "top_premature_layer": 9, "top_share": 0.94}),
+    _case("m-dola-fact-completion-lower", "dola", "fact-completion", "lower", "pass", Metrics(_comparison(0.81, 0.65)),
+          {"bucket": "lower", "top_premature_layer": 2, "top_share": 0.49}),
+    _case("m-dola-fact-completion-broken", "dola", "fact-completion", "broken", "error"),
 ]
 
 
@@ -35,9 +49,10 @@ def _row(text: str, *parts: str) -> str:
 
 
 def test_vector_and_dola_tables() -> None:
-    text = render_table(RECORDS, 80, markup=False)
+    text = render_table(REPORTS, 80, markup=False)
     assert text.index("pytest-steer results") < text.index("DoLa results")
     assert "0.50" in _row(text, "task_vector ", "pass") and "layer=4" in _row(text, "task_vector ", "pass")
+    assert "0.60" in _row(text, "task_vector ", "pass")  # the 5-shot column
     assert "layer=7" in _row(text, "task_vector (deep)")
     mc = _row(text, "truthful-mc", "upper")
     for part in ("0.19>0.26", "0.25>0.27", "0.12>0.15", "mc1 +0.07", "9 (94%)", "xfail"):
@@ -47,15 +62,16 @@ def test_vector_and_dola_tables() -> None:
     assert "error" in _row(text, "fact-completion", "broken")
 
 
-def test_only_the_tables_with_records_are_printed() -> None:
-    assert "DoLa" not in render_table(RECORDS[:2], 80, markup=False)
-    assert "pytest-steer results (test split)" not in render_table(RECORDS[2:], 80, markup=False)
+def test_only_the_tables_with_reports_are_printed() -> None:
+    assert "DoLa" not in render_table(REPORTS[:2], 80, markup=False)
+    assert "pytest-steer results (test split)" not in render_table(REPORTS[2:], 80, markup=False)
 
 
-def test_json_report_holds_counts_and_records(tmp_path: Path) -> None:
+def test_json_report_holds_counts_and_round_trips(tmp_path: Path) -> None:
     path = tmp_path / "out" / "report.json"
-    write_json_report(path, RECORDS, {"unused_baselines": []})
+    write_json_report(path, REPORTS, {"unused_baselines": []})
     data = json.loads(path.read_text())
     assert data["counts"] == {"pass": 2, "fail": 1, "xfail": 1, "error": 1}
-    assert [c["id"] for c in data["cases"]] == [r["id"] for r in RECORDS]
+    assert [c["id"] for c in data["cases"]] == [r.id for r in REPORTS]
+    assert [CaseReport.from_json(c) for c in data["cases"]] == REPORTS
     assert not list(path.parent.glob("*.tmp"))

@@ -109,6 +109,66 @@ def encode_context(handle: ModelHandle, text: str) -> PromptCache:
     return PromptCache(ids, getattr(out, "cache", None) or out.past_key_values)
 
 
+@dataclass
+class AnswerStates:
+    """One row per scored answer token: mature logits, candidate-layer states, target and owning answer."""
+
+    mature: torch.Tensor  # (P, V) float32
+    states: torch.Tensor  # (C, P, hidden)
+    targets: torch.Tensor  # (P,)
+    owner: torch.Tensor  # (P,) answer index
+    forward_tokens: int
+
+
+def _answer_states(
+    handle: ModelHandle, prompt: str, answers: list[str], layers: list[int], settings: DolaSettings,
+    context: PromptCache | None,
+) -> AnswerStates:
+    """Run the prompt once and all answers as one batch on its cache; gather the answer positions."""
+    model = handle.model
+    fulls, starts = _answer_ids(handle.tokenizer, prompt, answers)
+    shared = min(starts)  # tokens every answer shares with the prompt: encoded once
+    skip = 0
+    if context is not None and len(context.ids) < shared and fulls[0][: len(context.ids)] == context.ids:
+        skip = len(context.ids)
+    prefix = torch.tensor([fulls[0][skip:shared]])
+    pad = handle.tokenizer.pad_token_id  # type: ignore[attr-defined]
+    rests = [f[shared:] for f in fulls]
+    width = max(len(r) for r in rests)
+    rest_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rests])
+    rest_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rests])
+    n = len(answers)
+    reuse = {cache_kwarg(model): copy.deepcopy(context.cache)} if skip else {}
+    first = model(
+        input_ids=prefix, position_ids=torch.arange(skip, shared).unsqueeze(0), attention_mask=torch.ones(1, shared, dtype=torch.long),
+        use_cache=True, output_hidden_states=True, logits_to_keep=1, **reuse,
+    )
+    cache = getattr(first, "cache", None) or first.past_key_values
+    cache.batch_repeat_interleave(n)
+    second = model(
+        input_ids=rest_ids, attention_mask=torch.cat([torch.ones(n, shared, dtype=torch.long), rest_mask], dim=1),
+        position_ids=(shared + torch.arange(width)).unsqueeze(0).expand(n, -1), use_cache=True,
+        output_hidden_states=True, **{cache_kwarg(model): cache},
+    )
+    # every scored position of every answer; hidden index k predicts the token at absolute
+    # position shared + k (k = 0 is the prefix's last token)
+    owner = torch.tensor([i for i, f in enumerate(fulls) for _ in range(starts[i], len(f))])
+    ks = torch.cat([torch.arange(starts[i] - shared, len(f) - shared) for i, f in enumerate(fulls)])
+    targets = torch.tensor([t for i, f in enumerate(fulls) for t in f[starts[i] :]])
+
+    def at_positions(last: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+        return torch.cat([last.expand(n, -1, -1), rest], dim=1)[owner, ks]
+
+    mature = at_positions(first.logits[:, -1:], second.logits).float()  # (P, V)
+    states = torch.stack([at_positions(first.hidden_states[j][:, -1:], second.hidden_states[j]) for j in layers])
+    if settings.premature_norm:
+        norm = handle.adapter.final_norm(model)
+        if norm is None:
+            raise SettingsError(f"dola.premature_norm: {handle.adapter.model_type} has no final norm to apply")
+        states = norm(states)
+    return AnswerStates(mature, states, targets, owner, shared - skip + n * width)
+
+
 def score_answers(
     handle: ModelHandle, prompt: str, answers: list[str], settings: DolaSettings, context: PromptCache | None = None
 ) -> AnswerScores:
@@ -117,56 +177,18 @@ def score_answers(
     With `context`, the prompt's leading tokens that equal `context.ids` come from its cache
     (same numbers up to float rounding); otherwise the whole prompt is encoded here.
     """
-    a = handle.adapter
-    model = handle.model
-    fulls, starts = _answer_ids(handle.tokenizer, prompt, answers)
-    shared = min(starts)  # tokens every answer shares with the prompt: encoded once
-    skip = 0
-    if context is not None and len(context.ids) < shared and fulls[0][: len(context.ids)] == context.ids:
-        skip = len(context.ids)
-    prefix = torch.tensor([fulls[0][skip:shared]])
-    layers = candidate_layers(settings.bucket, a.num_layers)
-    unembed = a.unembedding(model)
-    norm = a.final_norm(model) if settings.premature_norm else None
-    pad = handle.tokenizer.pad_token_id  # type: ignore[attr-defined]
-    rests = [f[shared:] for f in fulls]
-    width = max(len(r) for r in rests)
-    rest_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rests])
-    rest_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rests])
+    layers = candidate_layers(settings.bucket, handle.adapter.num_layers)
+    unembed = handle.adapter.unembedding(handle.model)
     n = len(answers)
     with torch.inference_mode():
-        reuse = {cache_kwarg(model): copy.deepcopy(context.cache)} if skip else {}
-        first = model(
-            input_ids=prefix, position_ids=torch.arange(skip, shared).unsqueeze(0), attention_mask=torch.ones(1, shared, dtype=torch.long),
-            use_cache=True, output_hidden_states=True, logits_to_keep=1, **reuse,
-        )
-        cache = getattr(first, "cache", None) or first.past_key_values
-        cache.batch_repeat_interleave(n)
-        second = model(
-            input_ids=rest_ids, attention_mask=torch.cat([torch.ones(n, shared, dtype=torch.long), rest_mask], dim=1),
-            position_ids=(shared + torch.arange(width)).unsqueeze(0).expand(n, -1), use_cache=True,
-            output_hidden_states=True, **{cache_kwarg(model): cache},
-        )
-        # every scored position of every answer; hidden index k predicts the token at absolute
-        # position shared + k (k = 0 is the prefix's last token)
-        owner = torch.tensor([i for i, f in enumerate(fulls) for _ in range(starts[i], len(f))])
-        ks = torch.cat([torch.arange(starts[i] - shared, len(f) - shared) for i, f in enumerate(fulls)])
-        targets = torch.tensor([t for i, f in enumerate(fulls) for t in f[starts[i] :]])
-
-        def at_positions(last: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
-            return torch.cat([last.expand(n, -1, -1), rest], dim=1)[owner, ks]
-
-        mature_all = at_positions(first.logits[:, -1:], second.logits).float()  # (P, V)
-        states = torch.stack([at_positions(first.hidden_states[j][:, -1:], second.hidden_states[j]) for j in layers])
-        if norm is not None:
-            states = norm(states)
+        s = _answer_states(handle, prompt, answers, layers, settings, context)
         base_tok, dola_tok, choices = [], [], []
         near_ties = 0
         # layer logits for many positions per matmul: the unembedding (up to 262k x hidden) is read once per chunk
         step = max(1, LOGIT_ROWS // len(layers))
-        for lo in range(0, len(targets), step):
-            mature = mature_all[lo : lo + step]
-            premature_logits = (states[:, lo : lo + step] @ unembed.T).float()  # (C, p, V)
+        for lo in range(0, len(s.targets), step):
+            mature = s.mature[lo : lo + step]
+            premature_logits = (s.states[:, lo : lo + step] @ unembed.T).float()  # (C, p, V)
             divergence = jsd(mature.unsqueeze(0), premature_logits)  # (C, p)
             choice = divergence.argmax(dim=0)  # first candidate wins ties
             if len(layers) > 1:
@@ -174,16 +196,16 @@ def score_answers(
                 near_ties += int(((top2[0] - top2[1]) < NEAR_TIE).sum())
             rows = torch.arange(len(mature))
             f = contrast(mature, premature_logits[choice, rows], settings)
-            tgt = targets[lo : lo + step]
+            tgt = s.targets[lo : lo + step]
             base_tok.append(torch.log_softmax(mature, dim=-1)[rows, tgt])
             dola_tok.append(f[rows, tgt])
             choices.append(choice)
-        unsteered = torch.zeros(n).index_add_(0, owner, torch.cat(base_tok)).tolist()
-        dola = torch.zeros(n).index_add_(0, owner, torch.cat(dola_tok)).tolist()
+        unsteered = torch.zeros(n).index_add_(0, s.owner, torch.cat(base_tok)).tolist()
+        dola = torch.zeros(n).index_add_(0, s.owner, torch.cat(dola_tok)).tolist()
         premature: list[list[int]] = [[] for _ in range(n)]
-        for i, c in zip(owner.tolist(), torch.cat(choices).tolist()):
+        for i, c in zip(s.owner.tolist(), torch.cat(choices).tolist()):
             premature[i].append(layers[c])
-    return AnswerScores(unsteered, dola, premature, forward_tokens=shared - skip + n * width, near_ties=near_ties)
+    return AnswerScores(unsteered, dola, premature, forward_tokens=s.forward_tokens, near_ties=near_ties)
 
 
 @dataclass(frozen=True)

