@@ -19,14 +19,13 @@ from pathlib import Path
 import torch
 
 from pytest_steer.methods.function_vector import (
-    FunctionVectorSettings, attribution_cie, exact_cie, mean_head_activations, patch_heads, shuffled_prompts,
+    attribution_cie, exact_cie, mean_head_activations, patch_heads, shuffled_prompts,
 )
-from pytest_steer.methods.scoring import TokenCounter, score_variants
-from pytest_steer.models.loader import ModelSpec, load_model
-from pytest_steer.tasks import load_task, split_task
-
-ROOT = Path(__file__).resolve().parent.parent
-
+from pytest_steer.methods.scoring import TokenCounter, score_interventions
+from pytest_steer.methods.settings import FunctionVectorSettings
+from pytest_steer.models.loader import load_model
+from pytest_steer.models.spec import ModelSpec
+from pytest_steer.tasks import BUILTIN_DIR, load_task, split_task
 
 def top_overlap(a: torch.Tensor, b: torch.Tensor, k: int) -> float:
     top_a = set(torch.topk(a.reshape(-1), k).indices.tolist())
@@ -46,7 +45,7 @@ def main() -> None:
 
     handle = load_model(ModelSpec(args.model, "packaged", args.model), Path(args.cache_dir))
     a = handle.adapter
-    task = load_task(args.task, ROOT / "steering_cases" / "tasks" / f"{args.task}.json")
+    task = load_task(args.task, BUILTIN_DIR / f"{args.task}.json")
     splits = split_task(task, 40, 80, 0)
     settings = FunctionVectorSettings(n_cie_prompts=args.prompts)
     means = mean_head_activations(handle, splits.demos, settings, 0, TokenCounter())
@@ -68,14 +67,15 @@ def main() -> None:
     print(f"attribution: {t_attr:8.1f} s   forward tokens {counter.tokens:>10,} (plus one backward pass per prompt)")
 
     # naive: the whole prompt once per head, batch of one, on a subset; scaled to every head and prompt
-    patch = patch_heads(handle, means)
     subset = torch.linspace(0, n_heads - 1, min(args.naive_heads, n_heads)).round().long()
+    patch = patch_heads(handle, means, subset)  # intervention j patches head subset[j]
     counter = TokenCounter()
     t0 = time.perf_counter()
     for i in range(args.naive_prompts):
-        for v in subset.tolist():
-            score_variants(handle, data.prompts[i : i + 1], data.targets[i : i + 1], 1, lambda _rows, v=v: patch(torch.tensor([v])),
-                           batch_size=1, counter=counter, reuse_prefix=False)
+        for j in range(len(subset)):
+            score_interventions(handle, data.prompts[i : i + 1], data.targets[i : i + 1], 1,
+                                lambda rows, j=j: patch(torch.full_like(rows, j)), batch_size=1, counter=counter,
+                                reuse_prefix=False)
     t_naive_part = time.perf_counter() - t0
     scale = (n_heads / len(subset)) * (args.prompts / args.naive_prompts)
     t_naive = t_naive_part * scale

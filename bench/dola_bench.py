@@ -20,13 +20,12 @@ from pathlib import Path
 
 import torch
 
-from pytest_steer.mc_tasks import load_mc_questions
-from pytest_steer.methods.dola import AnswerScores, DolaSettings, encode_context, mc_metrics, score_answers
-from pytest_steer.methods.dola_method import mc_answer, mc_context, mc_prompt
-from pytest_steer.models.loader import ModelSpec, load_model
-
-ROOT = Path(__file__).resolve().parent.parent
-
+from pytest_steer.methods.dola import AnswerScores, encode_context, mc_metrics, score_answers
+from pytest_steer.methods.settings import DolaSettings
+from pytest_steer.models.loader import load_model
+from pytest_steer.models.spec import ModelSpec
+from pytest_steer.tasks import BUILTIN_DIR, load_task
+from pytest_steer.tasks.prompts import mc_answer, mc_context, mc_prompt
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,7 +37,7 @@ def main() -> None:
 
     handle = load_model(ModelSpec(args.model, "packaged", args.model), Path(args.cache_dir))
     settings = DolaSettings(bucket=args.bucket)
-    questions = load_mc_questions(ROOT / "steering_cases" / "tasks" / "truthful-mc.json")[: args.questions]
+    questions = load_task("truthful-mc", BUILTIN_DIR / "truthful-mc.json").items[: args.questions]
     work = [(mc_prompt(q.question), [mc_answer(a) for a in q.correct + q.incorrect]) for q in questions]
     n_true = [len(q.correct) for q in questions]
     print(f"{args.model}, bucket {args.bucket}, {len(work)} questions, {sum(len(a) for _, a in work)} answers, "
@@ -46,7 +45,7 @@ def main() -> None:
 
     def per_answer(prompt: str, answers: list[str]) -> AnswerScores:
         parts = [score_answers(handle, prompt, [a], settings) for a in answers]
-        return AnswerScores([p.baseline[0] for p in parts], [p.dola[0] for p in parts], [p.premature[0] for p in parts],
+        return AnswerScores([p.unsteered[0] for p in parts], [p.dola[0] for p in parts], [p.premature[0] for p in parts],
                             sum(p.forward_tokens for p in parts))
 
     context = encode_context(handle, mc_context())
@@ -67,7 +66,7 @@ def main() -> None:
         worst = max(
             abs(x - y)
             for ref, got in zip(results["per-answer"], results[name])
-            for x, y in zip(ref.baseline + ref.dola, got.baseline + got.dola)
+            for x, y in zip(ref.unsteered + ref.dola, got.unsteered + got.dola)
         )
         same = sum(r.premature == g.premature for r, g in zip(results["per-answer"], results[name]))
         print(f"  {name} vs per-answer: largest score difference {worst:.2e}, same premature layers on {same}/{len(work)} questions")
