@@ -34,16 +34,20 @@ class BaselineStore:
             raise StoreError(f"{path}: baseline has no 'metrics' object; refresh it with --steer-update")
         try:
             return CaseResult.from_baseline(data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StoreError(f"{path}: baseline field {exc} is missing or malformed; refresh it with --steer-update") from exc
+        except KeyError as exc:
+            raise StoreError(f"{path}: baseline has no field {exc}; refresh it with --steer-update") from exc
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"{path}: baseline has a malformed field ({exc}); refresh it with --steer-update") from exc
 
     def write(self, result: CaseResult, slot: str) -> list[Path]:
         """Store `result` as the accepted baseline: its vector file (copied), then its JSON."""
         written: list[Path] = []
+        target = self.vector_path(result.model, result.method, slot)
         if result.vector_file:
-            target = self.vector_path(result.model, result.method, slot)
             atomic_copy(Path(result.vector_file), target)
             written.append(target)
+        else:
+            target.unlink(missing_ok=True)  # a vector from an earlier accepted result would not match
         path = self.json_path(result.model, result.method, slot)
         atomic_write_json(path, result.to_baseline())
         written.append(path)

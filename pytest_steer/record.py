@@ -10,10 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA = 2
-
-# Older names of record fields, read as their current names.
-_LEGACY_NAMES = {"ceiling": "icl", "icl_test": "icl", "baseline_score": "unsteered"}
+SCHEMA = 2  # baseline files without a schema field (written before typed records) have the same layout
 
 
 @dataclass(frozen=True)
@@ -81,7 +78,6 @@ class Metrics:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Metrics:
-        data = {_LEGACY_NAMES.get(k, k): v for k, v in data.items()}
         return cls(
             gated=Comparison.from_json(data), metric=data.get("metric", "accuracy"),
             icl=None if data.get("icl") is None else float(data["icl"]),
@@ -109,7 +105,6 @@ class Outcomes:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Outcomes:
-        data = {_LEGACY_NAMES.get(k, k): v for k, v in data.items()}
         names = sorted({k[: -len("_unsteered")] for k in data if k.endswith("_unsteered")})
         return cls(
             items=tuple(data["items"]), unsteered=tuple(data["unsteered"]), steered=tuple(data["steered"]),

@@ -282,3 +282,13 @@ def test_from_mapping_rejects_unknown_key() -> None:
 def test_from_mapping_rejects_wrong_types(data: dict[str, Any]) -> None:
     with pytest.raises(AdapterError, match="where.toml"):
         ArchitectureOverride.from_mapping(data, "where.toml")
+
+
+def test_spec_records_are_the_ones_the_adapter_uses() -> None:
+    """`models.spec` holds the torch-free records; the adapter re-exports the same classes, so an
+    `AdapterError` raised while resolving is caught by code that imported it from either module."""
+    from pytest_steer.models import spec
+
+    assert spec.AdapterError is AdapterError and spec.ArchitectureOverride is ArchitectureOverride
+    with pytest.raises(spec.AdapterError):
+        ArchitectureOverride.from_mapping({"num_heads": 0}, "w")

@@ -9,15 +9,19 @@ import pytest
 import torch
 
 from pytest_steer.methods.dola import (
-    DolaSettings,
+    DolaMethod,
     candidate_layers,
     completion_correct,
     contrast,
+    encode_context,
     jsd,
     mc_metrics,
     score_answers,
 )
 from pytest_steer.methods.scoring import encode
+from pytest_steer.methods.settings import DolaSettings
+from pytest_steer.tasks import TaskError, load_task
+from pytest_steer.tasks.prompts import mc_answer, mc_context, mc_prompt
 
 PROMPT = "Q: w1\nA:"
 ANSWERS = [" v1", " v2 v3", " w4 v5 v6"]
@@ -37,10 +41,11 @@ def test_candidate_layers_follow_the_bucket_rule() -> None:
         candidate_layers("middle", 10)
 
 
-def test_baseline_score_is_the_plain_log_prob_sum(tiny_handle) -> None:
+def test_unsteered_score_is_the_plain_log_prob_sum(tiny_handle) -> None:
     scores = score_answers(tiny_handle, PROMPT, ANSWERS, DolaSettings(bucket="full"))
     n_prompt = len(tiny_handle.tokenizer(PROMPT)["input_ids"])
-    for answer, got in zip(ANSWERS, scores.baseline):
+    assert len(scores.unsteered) == len(scores.dola) == len(scores.premature) == len(ANSWERS)
+    for answer, got in zip(ANSWERS, scores.unsteered):
         out = _plain(tiny_handle, PROMPT + answer)
         ids = tiny_handle.tokenizer(PROMPT + answer)["input_ids"]
         logp = torch.log_softmax(out.logits[0].float(), dim=-1)
@@ -68,6 +73,26 @@ def test_premature_layer_is_the_brute_force_jsd_argmax(tiny_handle) -> None:
                     best, best_d = j, d
             expected.append(best)
         assert chosen == expected
+
+
+def test_premature_norm_changes_only_the_dola_scores(tiny_handle) -> None:
+    plain = score_answers(tiny_handle, PROMPT, ANSWERS, DolaSettings(bucket=(0, 1, 2)))
+    normed = score_answers(tiny_handle, PROMPT, ANSWERS, DolaSettings(bucket=(0, 1, 2), premature_norm=True))
+    assert normed.unsteered == pytest.approx(plain.unsteered, abs=1e-6)  # the mature layer is normed either way
+    assert normed.dola != pytest.approx(plain.dola, abs=1e-6)
+
+
+def test_premature_norm_needs_a_final_norm(tiny_handle) -> None:
+    import dataclasses
+
+    from pytest_steer.models.loader import ModelHandle
+    from pytest_steer.settings import SettingsError
+
+    adapter = dataclasses.replace(tiny_handle.adapter, final_norm_path=None)
+    handle = ModelHandle(tiny_handle.model, tiny_handle.tokenizer, adapter, tiny_handle.fingerprint)
+    with pytest.raises(SettingsError, match="premature_norm: llama has no final norm"):
+        score_answers(handle, PROMPT, ANSWERS, DolaSettings(bucket=(0, 1), premature_norm=True))
+    assert len(score_answers(handle, PROMPT, ANSWERS, DolaSettings(bucket=(0, 1))).dola) == 3  # not needed without it
 
 
 def test_plausibility_mask_keeps_exactly_the_tokens_within_log_alpha() -> None:
@@ -117,14 +142,12 @@ def test_completion_counts_ties_as_correct() -> None:
 
 
 def test_context_cache_gives_the_same_scores(tiny_handle) -> None:
-    from pytest_steer.methods.dola import encode_context
-
     settings = DolaSettings(bucket=(0, 1, 2))
     plain = score_answers(tiny_handle, "w7 w8 w9 " + PROMPT, ANSWERS, settings)
     cached = score_answers(tiny_handle, "w7 w8 w9 " + PROMPT, ANSWERS, settings, encode_context(tiny_handle, "w7 w8 w9"))
     assert cached.forward_tokens == plain.forward_tokens - 3
     assert cached.premature == plain.premature
-    assert cached.baseline == pytest.approx(plain.baseline, abs=1e-4)
+    assert cached.unsteered == pytest.approx(plain.unsteered, abs=1e-4)
     assert cached.dola == pytest.approx(plain.dola, abs=1e-4)
     # a context that the prompt does not start with is ignored, not misused
     other = score_answers(tiny_handle, PROMPT, ANSWERS, settings, encode_context(tiny_handle, "w30 w31"))
@@ -157,47 +180,72 @@ def completion_file(tmp_path):
 
 def _run(handle, path, n_test, settings, tmp_path):
     from pytest_steer.methods.base import RunContext
-    from pytest_steer.methods.dola_method import DolaMethod
     from pytest_steer.store import VectorCache
 
     method = DolaMethod()
-    task = method.prepare("t", path, 0, n_test, seed=3)
-    return task, method.run(handle, task.data, task.splits, settings, RunContext(VectorCache(tmp_path / "v"), 3))
+    task = load_task("t", path)
+    indices, counts = method.prepare(task, 0, n_test, seed=3)
+    assert counts == {"test": n_test} and len(indices) == n_test
+    return task, indices, method.run(handle, task, indices, settings, RunContext(VectorCache(tmp_path / "v"), 3))
+
+
+def test_registry_gives_the_dola_method() -> None:
+    from pytest_steer.methods import load_method
+
+    method = load_method("dola")
+    assert isinstance(method, DolaMethod) and method.settings_type is DolaSettings
 
 
 def test_method_on_multiple_choice_questions(tiny_handle, mc_file, tmp_path) -> None:
-    from pytest_steer.mc_tasks import load_mc_questions
-    from pytest_steer.methods.dola_method import mc_answer, mc_prompt
-
     settings = DolaSettings(bucket=(0, 1))
-    task, outcome = _run(tiny_handle, mc_file, 8, settings, tmp_path)
-    assert list(task.splits) == sorted(task.splits) and len(set(task.splits)) == 8
-    assert task.counts == {"test": 8} and task.items == 12
+    task, indices, outcome = _run(tiny_handle, mc_file, 8, settings, tmp_path)
+    assert task.kind == "mc" and len(task.items) == 12
+    assert list(indices) == sorted(indices) and len(set(indices)) == 8
     assert outcome.metric == "mc1" and set(outcome.secondary) == {"mc2", "mc3"}
-    assert outcome.ceiling is None and outcome.vectors == {}
-    questions = load_mc_questions(mc_file)
+    assert outcome.icl is None and outcome.vectors == {} and outcome.vector_metadata == {}
     # every per-question outcome is the metric of that question's scores
-    for row, index in enumerate(task.splits):
-        q = questions[index]
+    for row, index in enumerate(indices):
+        q = task.items[index]
         scores = score_answers(tiny_handle, mc_prompt(q.question), [mc_answer(a) for a in q.correct + q.incorrect], settings)
-        base = mc_metrics(scores.baseline[:2], scores.baseline[2:])
+        base = mc_metrics(scores.unsteered[:2], scores.unsteered[2:])
         dola = mc_metrics(scores.dola[:2], scores.dola[2:])
         assert outcome.unsteered[row] == base.mc1 and outcome.steered[row] == dola.mc1
         assert outcome.secondary["mc2"][0][row] == pytest.approx(base.mc2, abs=1e-4)
         assert outcome.secondary["mc2"][1][row] == pytest.approx(dola.mc2, abs=1e-4)
-        assert outcome.secondary["mc3"][1][row] == dola.mc3
+        assert outcome.secondary["mc3"][0][row] == base.mc3 and outcome.secondary["mc3"][1][row] == dola.mc3
     histogram = outcome.diagnostics["premature_histogram"]
     assert set(histogram) == {"0", "1"} and sum(histogram.values()) == outcome.diagnostics["scored_tokens"] > 0
     assert sum(outcome.curves["premature_share"]) == pytest.approx(1.0, abs=1e-3)
-    assert outcome.chosen["top_premature_layer"] in (0, 1)
-    assert outcome.test_items == [questions[i].question for i in task.splits]
+    assert outcome.curves["premature_layers"] == [0, 1]
+    assert outcome.chosen["top_premature_layer"] in (0, 1) and outcome.chosen["bucket"] == "layers 0,1"
+    assert outcome.diagnostics["num_layers"] == 3
+    assert outcome.test_items == [task.items[i].question for i in indices]
+
+
+def test_mc_prompts_reuse_the_shared_context(tiny_handle, mc_file, tmp_path) -> None:
+    """The instruction and demonstrations are encoded once, not once per question."""
+    n_context = len(tiny_handle.tokenizer(mc_context())["input_ids"])
+    _, _, outcome = _run(tiny_handle, mc_file, 4, DolaSettings(bucket=(0, 1)), tmp_path)
+    task = load_task("t", mc_file)
+    full = sum(score_answers(tiny_handle, mc_prompt(task.items[i].question),
+                             [mc_answer(a) for a in task.items[i].correct + task.items[i].incorrect],
+                             DolaSettings(bucket=(0, 1))).forward_tokens
+               for i in DolaMethod().prepare(task, 0, 4, 3)[0])
+    assert outcome.diagnostics["forward_tokens"] == full - 4 * n_context
 
 
 def test_method_on_completions_uses_accuracy_with_ties(tiny_handle, completion_file, tmp_path) -> None:
-    task, outcome = _run(tiny_handle, completion_file, 10, DolaSettings(bucket="lower"), tmp_path)
+    task, indices, outcome = _run(tiny_handle, completion_file, 10, DolaSettings(bucket="lower"), tmp_path)
+    assert task.kind == "completion"
     assert outcome.metric == "accuracy" and outcome.secondary == {}
     assert set(outcome.unsteered.tolist()) <= {0.0, 1.0} and set(outcome.steered.tolist()) <= {0.0, 1.0}
-    assert list(task.splits) == list(range(10))
+    assert list(indices) == list(range(10))
+    assert outcome.test_items == [item.prefix for item in task.items]
+    for row, item in enumerate(task.items[:3]):
+        answers = [" " + item.completion] + [" " + c for c in item.contradictions]
+        scores = score_answers(tiny_handle, item.prefix, answers, DolaSettings(bucket="lower"))
+        assert outcome.unsteered[row] == completion_correct(scores.unsteered[0], scores.unsteered[1:])
+        assert outcome.steered[row] == completion_correct(scores.dola[0], scores.dola[1:])
 
 
 def test_metric_must_fit_the_task_kind(tiny_handle, mc_file, completion_file, tmp_path) -> None:
@@ -207,42 +255,47 @@ def test_metric_must_fit_the_task_kind(tiny_handle, mc_file, completion_file, tm
         _run(tiny_handle, completion_file, 4, DolaSettings(metric="mc2"), tmp_path)
     with pytest.raises(SettingsError, match="metric 'accuracy' does not apply to a mc task"):
         _run(tiny_handle, mc_file, 4, DolaSettings(metric="accuracy"), tmp_path)
-    _, outcome = _run(tiny_handle, mc_file, 4, DolaSettings(metric="mc2", bucket=(1,)), tmp_path)
+    _, _, outcome = _run(tiny_handle, mc_file, 4, DolaSettings(metric="mc2", bucket=(1,)), tmp_path)
     assert outcome.metric == "mc2" and set(outcome.secondary) == {"mc1", "mc3"}
+    assert outcome.steered.tolist() != [] and all(0.0 <= x <= 1.0 for x in outcome.steered)
     with pytest.raises(SettingsError, match="bucket"):
         _run(tiny_handle, mc_file, 4, DolaSettings(bucket=(0, 7)), tmp_path)  # the tiny model has 3 layers
 
 
-def test_prepare_rejects_more_items_than_the_file_has(mc_file) -> None:
-    from pytest_steer.methods.dola_method import DolaMethod
-    from pytest_steer.tasks import TaskError
+def test_a_scoring_error_names_the_file_and_item(tiny_handle, completion_file, tmp_path, monkeypatch) -> None:
+    from pytest_steer.methods import dola
 
+    def refuse(*args, **kwargs):
+        raise ValueError("answer adds no token")
+
+    monkeypatch.setattr(dola, "score_answers", refuse)
+    with pytest.raises(TaskError, match=r"completion\.json: item 0: answer adds no token") as info:
+        _run(tiny_handle, completion_file, 4, DolaSettings(), tmp_path)
+    assert str(completion_file) in str(info.value)
+
+
+def test_prepare_rejects_more_items_than_the_file_has(mc_file) -> None:
+    task = load_task("t", mc_file)
     with pytest.raises(TaskError, match="has 12 items but n_test = 13") as info:
-        DolaMethod().prepare("t", mc_file, 0, 13, 0)
+        DolaMethod().prepare(task, 0, 13, 0)
     assert str(mc_file) in str(info.value)
-    a, b = DolaMethod().prepare("t", mc_file, 0, 6, 0), DolaMethod().prepare("t", mc_file, 0, 6, 1)
-    assert a.splits == DolaMethod().prepare("t", mc_file, 0, 6, 0).splits and a.splits != b.splits
+    (a, _), (b, _) = DolaMethod().prepare(task, 0, 6, 0), DolaMethod().prepare(task, 0, 6, 1)
+    assert a == DolaMethod().prepare(task, 0, 6, 0)[0] and a != b
+
+
+def test_prepare_rejects_word_pairs(tiny_task_file) -> None:
+    with pytest.raises(TaskError, match="holds pairs items; dola needs mc or completion items") as info:
+        DolaMethod().prepare(load_task("pairs", tiny_task_file), 0, 4, 0)
+    assert str(tiny_task_file) in str(info.value)
 
 
 def test_settings_validation() -> None:
     from pytest_steer.settings import SettingsError, build_settings
 
     assert build_settings(DolaSettings, {"bucket": [2, 4]}, "w").bucket == (2, 4)
+    assert build_settings(DolaSettings, {"bucket": [2, 4]}, "w").bucket_name() == "layers 2,4"
+    assert build_settings(DolaSettings, {"bucket": "upper"}, "w").bucket_name() == "upper"
     for bad, field in (({"bucket": "middle"}, "bucket"), ({"bucket": []}, "bucket"), ({"alpha": 0.0}, "alpha"),
-                       ({"alpha": 1.5}, "alpha"), ({"metric": "mc4"}, "metric")):
+                       ({"alpha": 1.5}, "alpha"), ({"metric": "mc4"}, "metric"), ({"bucket": [-1]}, "bucket")):
         with pytest.raises(SettingsError, match=f"w.{field}"):
             build_settings(DolaSettings, bad, "w")
-
-
-def test_prompts_follow_the_protocol() -> None:
-    from pytest_steer.methods.dola_method import (
-        DEMONSTRATIONS,
-        completion_text,
-        mc_answer,
-        mc_prompt,
-    )
-
-    prompt = mc_prompt("Is it so?")
-    assert prompt.endswith("\n\nQ: Is it so?\nA:") and prompt.count("Q: ") == len(DEMONSTRATIONS) + 1 == 7
-    assert mc_answer("Yes") == " Yes." and mc_answer(" No. ") == " No."
-    assert completion_text("The sky is ", "blue.") == ("The sky is", " blue.")

@@ -8,18 +8,21 @@ import numpy as np
 import pytest
 import torch
 
+from pytest_steer.methods import load_method
 from pytest_steer.methods.base import RunContext
 from pytest_steer.methods.function_vector import (
-    FunctionVectorMethod, FunctionVectorSettings, GridPoint, add_at_layers, attribution_cie, exact_cie,
-    function_vector, head_outputs, mean_head_activations, patch_heads, shuffled_prompts,
+    FunctionVectorMethod, GridPoint, add_at_layers, attribution_cie, exact_cie, function_vector, head_outputs,
+    mean_head_activations, patch_heads, shuffled_prompts,
 )
-from pytest_steer.methods.hooks import capture_last_token, capture_last_token_input
+from pytest_steer.methods.hooks import capture_last_token
 from pytest_steer.methods.scoring import TokenCounter, encode
-from pytest_steer.methods.word_tasks import PromptSet
+from pytest_steer.methods.search import PromptSet
+from pytest_steer.methods.settings import FunctionVectorSettings
 from pytest_steer.models.adapter import resolve_adapter
-from pytest_steer.models.loader import ModelHandle, ModelSpec
+from pytest_steer.models.loader import ModelHandle
 from pytest_steer.store import VectorCache
 from pytest_steer.tasks import Pair, Task, split_task
+from pytest_steer.tasks.prompts import few_shot_prompt
 
 from .conftest import tiny_pairs
 
@@ -44,7 +47,7 @@ def _handle(model_type: str, tokenizer) -> ModelHandle:
         num_attention_heads=4, max_position_embeddings=256, pad_token_id=0, **ARCHS[model_type],
     )
     model = AutoModelForCausalLM.from_config(config).eval().requires_grad_(False)
-    return ModelHandle(ModelSpec(model_type, "folder", "memory"), model, tokenizer, resolve_adapter(model), "fp-" + model_type)
+    return ModelHandle(model, tokenizer, resolve_adapter(model), "fp-" + model_type)
 
 
 @pytest.fixture(scope="module", params=list(ARCHS))
@@ -69,11 +72,10 @@ def test_mean_activation_is_the_projection_input_at_the_last_token(tiny_handle) 
     import random
 
     from pytest_steer.methods.function_vector import _few_shot_queries
-    from pytest_steer.tasks import few_shot_prompt
 
     shots, queries = _few_shot_queries(PAIRS[:10], 1, 2, random.Random("fv-mean-5"))
     modules = [a.attn_out(tiny_handle.model, l) for l in range(a.num_layers)]
-    with capture_last_token_input(modules) as captured, torch.inference_mode():
+    with capture_last_token(modules, "input") as captured, torch.inference_mode():
         tiny_handle.model(**encode(tiny_handle.tokenizer, [few_shot_prompt(shots[0], queries[0].input)]))
     for layer in range(a.num_layers):
         assert torch.allclose(means[layer].reshape(-1), captured[layer][0][0], atol=1e-6)
@@ -82,7 +84,7 @@ def test_mean_activation_is_the_projection_input_at_the_last_token(tiny_handle) 
 def _own_activation_means(handle: ModelHandle, data: PromptSet) -> torch.Tensor:
     a = handle.adapter
     modules = [a.attn_out(handle.model, l) for l in range(a.num_layers)]
-    with capture_last_token_input(modules) as captured, torch.inference_mode():
+    with capture_last_token(modules, "input") as captured, torch.inference_mode():
         handle.model(**encode(handle.tokenizer, data.prompts[:1]))
     return torch.stack([c[0][0] for c in captured]).reshape(a.num_layers, a.num_heads, a.head_dim)
 
@@ -107,21 +109,73 @@ def test_exact_cie_prefix_cache_matches_full_prompts(handle: ModelHandle) -> Non
     assert fast.abs().max() > 0  # a patch far from the activation does change p(target)
 
 
-def test_a_patch_at_block_l_leaves_blocks_below_untouched(tiny_handle) -> None:
+def test_a_patch_writes_one_heads_slice_at_its_layer_only(tiny_handle) -> None:
     a = tiny_handle.adapter
-    means = torch.randn(a.num_layers, a.num_heads, a.head_dim) * 5
+    means = torch.randn(a.num_layers, a.num_heads, a.head_dim, generator=torch.Generator().manual_seed(0)) * 5
     blocks = a.blocks(tiny_handle.model)
+    proj1 = a.attn_out(tiny_handle.model, 1)
     batch = encode(tiny_handle.tokenizer, ["Q: w1\nA:", "Q: w2\nA:"])
-    reports: dict = {}
+    heads = torch.tensor([1 * a.num_heads + 2, 1 * a.num_heads + 0, 2 * a.num_heads + 3])  # (layer, head) as l * H + h
     with torch.inference_mode():
-        with capture_last_token(blocks) as clean:
+        with capture_last_token(blocks) as clean, capture_last_token([proj1], "input") as clean_in:
             tiny_handle.model(**batch)
-        variant = torch.tensor([1 * a.num_heads + 2, 1 * a.num_heads + 0])  # layer 1, heads 2 and 0
-        with patch_heads(tiny_handle, means, reports)(variant), capture_last_token(blocks) as patched:
+        # row 0 gets intervention 0 (layer 1, head 2), row 1 intervention 1 (layer 1, head 0)
+        with patch_heads(tiny_handle, means, heads)(torch.tensor([0, 1])), capture_last_token(blocks) as patched, \
+                capture_last_token([proj1], "input") as patched_in:
             tiny_handle.model(**batch)
-    assert torch.equal(clean[0][0], patched[0][0])
-    assert not torch.allclose(clean[1][0], patched[1][0])
-    assert reports[1].fired_and_changed and set(reports) == {1}
+    before = clean_in[0][0].reshape(2, a.num_heads, a.head_dim)
+    after = patched_in[0][0].reshape(2, a.num_heads, a.head_dim)
+    assert torch.allclose(after[0, 2], means[1, 2]) and torch.allclose(after[1, 0], means[1, 0])
+    untouched = [(0, h) for h in range(a.num_heads) if h != 2] + [(1, h) for h in range(a.num_heads) if h != 0]
+    for row, h in untouched:  # every other head's slice is the clean activation
+        assert torch.equal(after[row, h], before[row, h])
+    assert torch.equal(clean[0][0], patched[0][0])  # the block below is untouched
+    assert not torch.allclose(clean[1][0], patched[1][0])  # the patched block's output moved
+
+
+def test_exact_cie_is_the_change_in_target_probability(tiny_handle) -> None:
+    """One head's exact CIE equals p(target) patched minus p(target) clean, measured by hand."""
+    a = tiny_handle.adapter
+    data = shuffled_prompts(tiny_handle, PAIRS[:20], SMALL, 0)
+    one = PromptSet(data.prompts[:2], data.targets[:2])
+    means = torch.randn(a.num_layers, a.num_heads, a.head_dim, generator=torch.Generator().manual_seed(1)) * 3
+    cie = exact_cie(tiny_handle, means, one, SMALL, TokenCounter())
+    layer, head = 1, 3
+    proj = a.attn_out(tiny_handle.model, layer)
+
+    def patch(_i: int, last: torch.Tensor) -> torch.Tensor:
+        out = last.clone().reshape(len(last), a.num_heads, a.head_dim)
+        out[:, head] = means[layer, head]
+        return out.reshape(len(last), -1)
+
+    from pytest_steer.methods.hooks import last_token_hooks
+
+    effects = []
+    for prompt, target in zip(one.prompts, one.targets):
+        batch = encode(tiny_handle.tokenizer, [prompt])
+        with torch.inference_mode():
+            clean = torch.softmax(tiny_handle.model(**batch).logits[0, -1], -1)[target]
+            with last_token_hooks([proj], "input", patch):
+                patched = torch.softmax(tiny_handle.model(**batch).logits[0, -1], -1)[target]
+        effects.append(float(patched - clean))
+    assert float(cie[layer, head]) == pytest.approx(sum(effects) / 2, abs=1e-6)
+
+
+def test_attribution_cie_is_the_first_order_exact_cie(tiny_handle) -> None:
+    """For means a small step from the activation, the gradient estimate matches the exact effect,
+    and its error shrinks faster than the step (first order)."""
+    data = shuffled_prompts(tiny_handle, PAIRS[:20], SMALL, 0)
+    one = PromptSet(data.prompts[:1], data.targets[:1])
+    own = _own_activation_means(tiny_handle, one)
+    direction = torch.randn(own.shape, generator=torch.Generator().manual_seed(2))
+    errors = []
+    for eps in (1e-2, 1e-3):
+        exact = exact_cie(tiny_handle, own + eps * direction, one, SMALL, TokenCounter())
+        approx = attribution_cie(tiny_handle, own + eps * direction, one, TokenCounter())
+        assert approx.shape == exact.shape and exact.abs().max() > 0
+        errors.append(float((approx - exact).abs().max() / exact.abs().max()))
+    assert errors[1] < 0.02 and errors[1] < errors[0] / 3
+    assert all(p.grad is None for p in tiny_handle.model.parameters())  # no gradients left behind
 
 
 def test_head_outputs_are_the_projection_of_each_slice_without_bias(handle: ModelHandle) -> None:
@@ -162,7 +216,7 @@ def test_adding_the_vector_fires_only_at_its_layer(tiny_handle) -> None:
 
 
 def test_function_vector_run_on_tiny_model(tiny_handle, tmp_path: Path) -> None:
-    task = Task("tiny", PAIRS, "memory")
+    task = Task("tiny", "pairs", PAIRS, "memory")
     splits = split_task(task, n_dev=8, n_test=10, seed=2)
     context = RunContext(cache=VectorCache(tmp_path), seed=2)
     first = FunctionVectorMethod().run(tiny_handle, task, splits, SMALL, context)
@@ -174,6 +228,39 @@ def test_function_vector_run_on_tiny_model(tiny_handle, tmp_path: Path) -> None:
     assert first.diagnostics["cache"]["hit"] is False and first.diagnostics["hook"]["calls"] > 0
     assert first.vectors["cie"].shape == (a.num_layers, a.num_heads)
     assert len(first.diagnostics["top_heads"]) == first.chosen["heads"]
+    assert first.icl is not None and first.steered.shape == first.unsteered.shape == first.icl.shape == (10,)
+    assert first.diagnostics["cie_method"] == "exact"
+    assert first.diagnostics["fv_norm"] == pytest.approx(float(first.vectors["function_vector"].norm()))
+    # the dev curve is the chosen (heads, strength) across layers; the chosen point is the best of the whole grid
+    best_per_layer, chosen_curve = first.curves["dev_best_per_layer"], first.curves["dev_accuracy"]
+    assert all(b >= c for b, c in zip(best_per_layer, chosen_curve, strict=True))
+    assert max(best_per_layer) == max(chosen_curve) == chosen_curve[first.chosen["layer"]]
+    assert first.test_items == [p.input for p in splits.test]
     second = FunctionVectorMethod().run(tiny_handle, task, splits, SMALL, context)
     assert second.diagnostics["cache"]["hit"] is True
     assert np.array_equal(first.steered, second.steered) and first.chosen == second.chosen
+    assert torch.equal(first.vectors["function_vector"], second.vectors["function_vector"])
+
+
+def test_the_cie_method_is_part_of_the_cache_key(tiny_handle, tmp_path: Path) -> None:
+    task = Task("tiny", "pairs", PAIRS, "memory")
+    splits = split_task(task, n_dev=8, n_test=10, seed=2)
+    context = RunContext(cache=VectorCache(tmp_path), seed=2)
+    small = FunctionVectorSettings(**{**SMALL.__dict__, "heads": (1,), "strengths": (1.0,), "layers": (1,)})
+    exact = FunctionVectorMethod().run(tiny_handle, task, splits, small, context)
+    attribution = FunctionVectorMethod().run(
+        tiny_handle, task, splits, FunctionVectorSettings(**{**small.__dict__, "cie": "attribution"}), context)
+    assert exact.diagnostics["cache"]["hit"] is False and attribution.diagnostics["cache"]["hit"] is False
+    assert exact.diagnostics["cache"]["path"] != attribution.diagnostics["cache"]["path"]
+    assert attribution.diagnostics["cie_method"] == "attribution"
+    assert not torch.equal(exact.vectors["cie"], attribution.vectors["cie"])
+    assert exact.curves["dev_layers"] == [1] and exact.diagnostics["grid_size"] == 1
+
+
+def test_registry_and_prepare(tiny_task_file: Path) -> None:
+    from pytest_steer.tasks import load_task
+
+    method = load_method("function_vector")
+    assert isinstance(method, FunctionVectorMethod) and method.settings_type is FunctionVectorSettings
+    splits, counts = method.prepare(load_task("tiny", tiny_task_file), 8, 10, 2)
+    assert counts == {"demos": 42, "dev": 8, "test": 10} and splits.seed == 2

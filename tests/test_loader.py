@@ -8,13 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_steer.models.loader import ModelLoadError, ModelSpec, fingerprint, load_model
+from pytest_steer.models.loader import ModelHandle, ModelLoadError, fingerprint, load_model, materialize
+from pytest_steer.models.spec import ArchitectureOverride, ModelSpec
 
 
 def test_folder_model_loads_left_padded_with_adapter_and_fingerprint(tiny_model_dir: Path, tmp_path: Path) -> None:
     handle = load_model(ModelSpec("tiny", "folder", str(tiny_model_dir)), tmp_path)
     assert handle.tokenizer.padding_side == "left" and handle.tokenizer.pad_token_id is not None
-    assert handle.adapter.source == "registry" and handle.info["adapter"]["num_layers"] == 3
+    assert isinstance(handle, ModelHandle)
+    assert handle.adapter.source == "registry" and handle.adapter.num_layers == 3
+    assert handle.adapter.describe()["num_layers"] == 3  # what the baseline's provenance records
+    assert len(handle.fingerprint) == 32
     assert not any(p.requires_grad for p in handle.model.parameters())
     again = load_model(ModelSpec("tiny", "folder", str(tiny_model_dir)), tmp_path)
     assert again.fingerprint == handle.fingerprint  # stable across loads
@@ -58,3 +62,18 @@ def test_a_copied_folder_has_the_same_fingerprint(tiny_model_dir: Path, tmp_path
     a = load_model(ModelSpec("a", "folder", str(tiny_model_dir)), tmp_path / "c1")
     b = load_model(ModelSpec("b", "folder", str(copy)), tmp_path / "c2")
     assert a.fingerprint == b.fingerprint  # identity is the weights and config, not the name or path
+
+
+def test_materialize_returns_the_location_to_load_from(tiny_model_dir: Path, tmp_path: Path) -> None:
+    assert materialize(ModelSpec("tiny", "folder", str(tiny_model_dir)), tmp_path) == str(tiny_model_dir)
+    assert materialize(ModelSpec("hub", "hub", "org/model", revision="main"), tmp_path) == "org/model"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        materialize(ModelSpec("ghost", "folder", str(tmp_path / "nope")), tmp_path)
+    assert not (tmp_path / "models").exists()  # nothing is converted or cached for a folder or hub id
+
+
+def test_spec_describes_its_source_and_the_override_reaches_the_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    spec = ModelSpec("tiny", "folder", str(tiny_model_dir), override=ArchitectureOverride(final_norm="model.norm"))
+    assert spec.describe() == {"name": "tiny", "kind": "folder", "location": str(tiny_model_dir), "revision": None}
+    handle = load_model(spec, tmp_path)
+    assert handle.adapter.final_norm_path == "model.norm" and handle.adapter.source == "override"

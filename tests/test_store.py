@@ -1,4 +1,4 @@
-"""Tests for pytest_steer.store: atomic writes, safetensors files, the vector cache, baselines."""
+"""Tests for pytest_steer.store: checksummed safetensors files, cache keys and the vector cache."""
 
 from __future__ import annotations
 
@@ -11,17 +11,8 @@ import pytest
 import torch
 
 import pytest_steer.store as store
-from pytest_steer.store import (
-    BaselineStore,
-    StoreError,
-    VectorCache,
-    atomic_write_bytes,
-    atomic_write_json,
-    cache_key,
-    content_hash,
-    read_tensors,
-    write_tensors,
-)
+from pytest_steer.files import StoreError
+from pytest_steer.store import CacheOutcome, VectorCache, cache_key, content_hash, read_tensors, write_tensors
 
 
 def tensors() -> dict[str, torch.Tensor]:
@@ -55,57 +46,7 @@ def truncate_half(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-# ---------------------------------------------------------------- atomic writes
-
-
-def test_atomic_write_bytes_writes_and_replaces(tmp_path):
-    path = tmp_path / "sub" / "f.bin"
-    atomic_write_bytes(path, b"one")
-    assert path.read_bytes() == b"one"
-    atomic_write_bytes(path, b"two")
-    assert path.read_bytes() == b"two"
-    assert leftovers(path.parent) == []
-
-
-def test_atomic_write_json_content(tmp_path):
-    path = tmp_path / "r.json"
-    atomic_write_json(path, {"b": 1, "a": [1.5, "é"]})
-    assert json.loads(path.read_text(encoding="utf-8")) == {"b": 1, "a": [1.5, "é"]}
-    assert path.read_text(encoding="utf-8").endswith("\n")
-
-
-@pytest.mark.parametrize("victim", ["replace", "fsync"])
-def test_atomic_write_failure_keeps_old_content(tmp_path, monkeypatch, victim):
-    path = tmp_path / "f.json"
-    atomic_write_json(path, {"version": "old"})
-    before = path.read_bytes()
-
-    def boom(*args, **kwargs):
-        raise OSError("disk on fire")
-
-    monkeypatch.setattr(os, victim, boom)
-    with pytest.raises(OSError, match="disk on fire"):
-        atomic_write_json(path, {"version": "new" * 1000})
-    with pytest.raises(OSError, match="disk on fire"):
-        atomic_write_bytes(path, b"garbage")
-    monkeypatch.undo()
-    assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
-
-
-def test_atomic_write_interrupt_cleans_up(tmp_path, monkeypatch):
-    path = tmp_path / "f.bin"
-    atomic_write_bytes(path, b"old")
-
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(os, "replace", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write_bytes(path, b"new")
-    monkeypatch.undo()
-    assert path.read_bytes() == b"old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+# ---------------------------------------------------------------- safetensors files
 
 
 def test_write_tensors_failure_keeps_old_file(tmp_path, monkeypatch):
@@ -122,9 +63,6 @@ def test_write_tensors_failure_keeps_old_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.safetensors"]
-
-
-# ---------------------------------------------------------------- safetensors files
 
 
 def test_tensor_roundtrip_with_metadata(tmp_path):
@@ -158,6 +96,20 @@ def test_content_hash_sensitive_to_values_names_dtypes():
     assert content_hash({"b": torch.zeros(3)}) != h
     assert content_hash({"a": torch.zeros(3, dtype=torch.float64)}) != h
     assert content_hash({"a": torch.zeros(1, 3)}) != h
+
+
+def test_content_hash_ignores_memory_layout():
+    t = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    assert content_hash({"a": t.T}) == content_hash({"a": t.T.contiguous()})
+    assert content_hash({"a": t.T}) != content_hash({"a": t})  # same bytes, other shape
+
+
+def test_empty_tensor_roundtrip(tmp_path):
+    path = tmp_path / "e.safetensors"
+    write_tensors(path, {"empty": torch.zeros(0, 4), "x": torch.ones(2)}, {})
+    got, meta = read_tensors(path)
+    assert got["empty"].shape == (0, 4) and torch.equal(got["x"], torch.ones(2))
+    assert meta["content_sha256"] == content_hash(got)
 
 
 def test_scalar_tensor_roundtrip(tmp_path):
@@ -267,8 +219,8 @@ def test_cache_miss_then_hit(tmp_path):
     build = Builder()
     first, out1 = cache.get_or_build("tv", PARTS, build)
     assert build.calls == 1
-    assert out1.hit is False and out1.rebuilt_corrupt is False
-    assert out1.path == cache.path("tv", cache_key(PARTS))
+    assert out1 == CacheOutcome(path=cache.path("tv", cache_key(PARTS)), hit=False, rebuilt_corrupt=False)
+    assert out1.path == tmp_path / "tv" / f"{cache_key(PARTS)}.safetensors"
     assert out1.path.is_file()
 
     second, out2 = cache.get_or_build("tv", PARTS, build)
@@ -280,6 +232,7 @@ def test_cache_miss_then_hit(tmp_path):
     _, meta = read_tensors(out1.path)
     assert meta["cache_key"] == cache_key(PARTS)
     assert meta["namespace"] == "tv"
+    assert json.loads(meta["parts"]) == PARTS  # what the entry depends on, readable in the file
 
 
 def test_cache_file_is_safetensors(tmp_path):
@@ -347,84 +300,3 @@ def test_cache_moves_tensors_to_cpu_and_detaches(tmp_path):
     w = torch.ones(3, requires_grad=True)
     got, _ = VectorCache(tmp_path).get_or_build("tv", PARTS, lambda: {"v": w * 2})
     assert not got["v"].requires_grad and got["v"].device.type == "cpu"
-
-
-# ---------------------------------------------------------------- BaselineStore
-
-
-RECORD = {"metrics": {"steered": 0.8, "unsteered": 0.2, "delta": 0.6}, "best_layer": 7, "case": "x"}
-
-
-def test_baseline_roundtrip_with_vector(tmp_path):
-    bs = BaselineStore(tmp_path)
-    vec = {"vector": torch.randn(16)}
-    written = bs.write("smollm2-135m", "task_vector", "antonym", RECORD, vec, {"layer": "7"})
-    jpath = tmp_path / "smollm2-135m" / "task_vector" / "antonym.json"
-    vpath = tmp_path / "smollm2-135m" / "task_vector" / "antonym.safetensors"
-    assert written == [vpath, jpath]
-    assert bs.json_path("smollm2-135m", "task_vector", "antonym") == jpath
-    assert bs.vector_path("smollm2-135m", "task_vector", "antonym") == vpath
-    assert bs.load("smollm2-135m", "task_vector", "antonym") == RECORD
-    got, meta = read_tensors(vpath)
-    assert_same(got, vec)
-    assert meta["layer"] == "7"
-    assert leftovers(jpath.parent) == []
-
-
-def test_baseline_without_vector(tmp_path):
-    bs = BaselineStore(tmp_path)
-    written = bs.write("m", "task_vector", "t", RECORD)
-    assert written == [bs.json_path("m", "task_vector", "t")]
-    assert not bs.vector_path("m", "task_vector", "t").exists()
-    assert bs.load("m", "task_vector", "t") == RECORD
-
-
-def test_baseline_overwrite(tmp_path):
-    bs = BaselineStore(tmp_path)
-    bs.write("m", "tv", "t", RECORD)
-    new = {"metrics": {"steered": 0.9}}
-    bs.write("m", "tv", "t", new)
-    assert bs.load("m", "tv", "t") == new
-
-
-def test_baseline_missing_returns_none(tmp_path):
-    assert BaselineStore(tmp_path).load("m", "tv", "t") is None
-    assert BaselineStore(tmp_path / "nonexistent").load("m", "tv", "t") is None
-
-
-def test_baseline_invalid_json(tmp_path):
-    bs = BaselineStore(tmp_path)
-    path = bs.json_path("m", "tv", "t")
-    path.parent.mkdir(parents=True)
-    path.write_text('{"metrics": {"steered": 0.', encoding="utf-8")
-    with pytest.raises(StoreError) as info:
-        bs.load("m", "tv", "t")
-    assert str(path) in str(info.value)
-    assert "--steer-update" in str(info.value)
-
-
-@pytest.mark.parametrize("content", ['{"best_layer": 3}', '{"metrics": 0.5}', "[1, 2]", '"text"'])
-def test_baseline_without_metrics(tmp_path, content):
-    bs = BaselineStore(tmp_path)
-    path = bs.json_path("m", "tv", "t")
-    path.parent.mkdir(parents=True)
-    path.write_text(content, encoding="utf-8")
-    with pytest.raises(StoreError) as info:
-        bs.load("m", "tv", "t")
-    assert str(path) in str(info.value)
-    assert "metrics" in str(info.value)
-    assert "--steer-update" in str(info.value)
-
-
-def test_all_ids(tmp_path):
-    bs = BaselineStore(tmp_path)
-    assert bs.all_ids() == set()
-    assert BaselineStore(tmp_path / "nope").all_ids() == set()
-    bs.write("smollm2-135m", "task_vector", "antonym", RECORD, {"v": torch.ones(2)})
-    bs.write("smollm2-135m", "task_vector", "capitalize", RECORD)
-    bs.write("qwen2.5-coder-0.5b", "task_vector", "country-capital", RECORD)
-    assert bs.all_ids() == {
-        ("smollm2-135m", "task_vector", "antonym"),
-        ("smollm2-135m", "task_vector", "capitalize"),
-        ("qwen2.5-coder-0.5b", "task_vector", "country-capital"),
-    }

@@ -256,26 +256,26 @@ class DolaMethod:
         return sample_items(task, n_test, seed), {"test": n_test}
 
     def run(
-        self, handle: ModelHandle, data: Task, splits: tuple[int, ...], settings: DolaSettings, context: RunContext
+        self, handle: ModelHandle, task: Task, splits: tuple[int, ...], settings: DolaSettings, context: RunContext
     ) -> MethodOutcome:
-        metric = resolve_metric(settings, data.kind, f"dola settings for task {data.name}")
+        metric = resolve_metric(settings, task.kind, f"dola settings for task {task.name}")
         try:
             layers = candidate_layers(settings.bucket, handle.adapter.num_layers)
         except ValueError as exc:
             raise SettingsError(f"dola.bucket: {exc}") from exc
-        names = MC_METRICS if data.kind == "mc" else ("accuracy",)
+        names = MC_METRICS if task.kind == "mc" else ("accuracy",)
         unsteered = {m: np.zeros(len(splits)) for m in names}
         dola = {m: np.zeros(len(splits)) for m in names}
         histogram: Counter[int] = Counter()
         forward_tokens = near_ties = 0
-        label = f"DoLa {settings.bucket_name()} on {data.name}"
-        context_cache = encode_context(handle, mc_context()) if data.kind == "mc" else None
+        label = f"DoLa {settings.bucket_name()} on {task.name}"
+        context_cache = encode_context(handle, mc_context()) if task.kind == "mc" else None
         for row, index in enumerate(splits):
             context.report(label, row, len(splits))
             try:
-                scores = _score_item(handle, data.items[index], settings, context_cache, row, unsteered, dola)
+                scores = _score_item(handle, task.items[index], settings, context_cache, row, unsteered, dola)
             except ValueError as exc:
-                raise TaskError(f"{data.source}: item {index}: {exc}") from exc
+                raise TaskError(f"{task.source}: item {index}: {exc}") from exc
             forward_tokens += scores.forward_tokens
             near_ties += scores.near_ties
             for chosen in scores.premature:
@@ -299,7 +299,7 @@ class DolaMethod:
                 "near_tie_share": round(near_ties / total, 4),
                 "num_layers": handle.adapter.num_layers,
             },
-            test_items=[_item_text(data.items[i]) for i in splits],
+            test_items=[_item_text(task.items[i]) for i in splits],
             metric=metric,
             secondary={m: (unsteered[m], dola[m]) for m in names if m != metric},
         )

@@ -74,7 +74,9 @@ def shuffled_prompts(handle: ModelHandle, demos: tuple[Pair, ...], settings: Fun
     return PromptSet.build(handle, prompts, queries)
 
 
-def patch_heads(handle: ModelHandle, means: torch.Tensor, heads: torch.Tensor) -> Intervene:
+def patch_heads(
+    handle: ModelHandle, means: torch.Tensor, heads: torch.Tensor, reports: dict[int, HookReport] | None = None
+) -> Intervene:
     """Intervention k writes head `heads[k]` (= layer * H + head)'s mean into its slice of the o_proj input."""
     a = handle.adapter
     width = a.num_heads * a.head_dim
@@ -85,7 +87,8 @@ def patch_heads(handle: ModelHandle, means: torch.Tensor, heads: torch.Tensor) -
         mask[rows] = head_of_dim.unsqueeze(0) == (heads[intervention[rows]] % a.num_heads).unsqueeze(1)
         return torch.where(mask, means[layer].reshape(width).to(last.dtype), last)
 
-    return edits_at(lambda l: a.attn_out(handle.model, l), "input", heads // a.num_heads, patch, {})
+    return edits_at(lambda l: a.attn_out(handle.model, l), "input", heads // a.num_heads, patch,
+                    {} if reports is None else reports)
 
 
 def exact_cie(
@@ -99,7 +102,12 @@ def exact_cie(
     batching = {"batch_size": settings.batch_size, "max_rows": settings.max_rows, "counter": counter,
                 "reuse_prefix": settings.reuse_prefix}
     clean = score_interventions(handle, data.prompts, data.targets, 1, None, **batching)
-    patched = score_interventions(handle, data.prompts, data.targets, len(heads), patch_heads(handle, means, heads), **batching)
+    reports: dict[int, HookReport] = {}
+    patched = score_interventions(handle, data.prompts, data.targets, len(heads), patch_heads(handle, means, heads, reports),
+                                  **batching)
+    unpatched = [l for l in layers if reports.get(l, HookReport()).calls == 0]
+    if unpatched:
+        raise RuntimeError(f"head patches on the attention output of blocks {unpatched} never ran")
     effect = (patched.target_logprob.exp() - clean.target_logprob.exp()).mean(dim=0)
     cie = torch.zeros(a.num_layers, a.num_heads)
     cie.view(-1)[heads] = effect

@@ -67,7 +67,7 @@ def last_token_hooks(modules: Sequence[torch.nn.Module], site: Site, fn: LastTok
         report = reports[i]
         report.calls += 1
         report.rows += x.shape[0]
-        report.max_abs_change = max(report.max_abs_change, float((new_last - last).abs().max()))
+        report.max_abs_change = max(report.max_abs_change, float((new_last.detach() - last.detach()).abs().max()))
         return edited
 
     def output_hook(i: int) -> Callable[..., object]:

@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Union
@@ -178,18 +177,12 @@ _TRUTHFULQA = ("Question", "Best Answer", "Correct Answers", "Incorrect Answers"
 _FACTOR = ("full_prefix", "completion", "contradiction_0", "contradiction_1", "contradiction_2")
 
 
-def _csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[str, dict[str, str]]]]:
+def _csv_rows(path: Path) -> tuple[list[str], list[tuple[str, dict[str, str]]]]:
     """Header and each data row with its location (`<path>: row N`, the header being row 1)."""
-    handle = path.open(newline="", encoding="utf-8")
-    reader = csv.DictReader(handle)
-    header = list(reader.fieldnames or [])
-
-    def rows() -> Iterator[tuple[str, dict[str, str]]]:
-        with handle:
-            for i, row in enumerate(reader, start=2):
-                yield f"{path}: row {i}", row
-
-    return header, rows()
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        rows = [(f"{path}: row {i}", row) for i, row in enumerate(reader, start=2)]
+        return list(reader.fieldnames or []), rows
 
 
 def _need_columns(path: Path, header: list[str], needed: tuple[str, ...]) -> None:

@@ -1,0 +1,100 @@
+"""Tests for pytest_steer.files: atomic writes leave the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pytest_steer.files import atomic_copy, atomic_write_bytes, atomic_write_json
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_atomic_write_bytes_writes_and_replaces(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "deeper" / "f.bin"  # parent folders are created
+    atomic_write_bytes(path, b"one")
+    assert path.read_bytes() == b"one"
+    atomic_write_bytes(path, b"two")
+    assert path.read_bytes() == b"two"
+    assert leftovers(path.parent) == []
+
+
+def test_atomic_write_json_content(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    atomic_write_json(path, {"b": 1, "a": [1.5, "é"]})
+    text = path.read_text(encoding="utf-8")
+    assert json.loads(text) == {"b": 1, "a": [1.5, "é"]}
+    assert text.endswith("\n") and "é" in text  # UTF-8, not \u escapes
+    assert text.index('"a"') < text.index('"b"')  # sorted keys: stable diffs of committed baselines
+    assert text.startswith('{\n  "a"')  # indented
+
+
+def test_atomic_write_json_refuses_what_json_cannot_hold_and_keeps_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    atomic_write_json(path, {"ok": True})
+    with pytest.raises(TypeError):
+        atomic_write_json(path, {"bad": object()})
+    assert json.loads(path.read_text(encoding="utf-8")) == {"ok": True}
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("victim", ["replace", "fsync"])
+def test_atomic_write_failure_keeps_old_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, victim: str) -> None:
+    path = tmp_path / "f.json"
+    atomic_write_json(path, {"version": "old"})
+    before = path.read_bytes()
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(os, victim, boom)
+    with pytest.raises(OSError, match="disk on fire"):
+        atomic_write_json(path, {"version": "new" * 1000})
+    with pytest.raises(OSError, match="disk on fire"):
+        atomic_write_bytes(path, b"garbage")
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
+
+
+def test_atomic_write_interrupt_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "f.bin"
+    atomic_write_bytes(path, b"old")
+
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(path, b"new")
+    monkeypatch.undo()
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_atomic_copy_copies_bytes_and_keeps_the_source(tmp_path: Path) -> None:
+    source = tmp_path / "staged" / "v.safetensors"
+    source.parent.mkdir()
+    source.write_bytes(bytes(range(256)) * 4)
+    target = tmp_path / "baselines" / "m" / "v.safetensors"
+    atomic_copy(source, target)
+    assert target.read_bytes() == source.read_bytes()
+    assert source.is_file()
+    source.write_bytes(b"changed")
+    atomic_copy(str(source), target)  # type: ignore[arg-type]  # a string path works too
+    assert target.read_bytes() == b"changed"
+    assert leftovers(target.parent) == []
+
+
+def test_atomic_copy_of_a_missing_source_leaves_the_target(tmp_path: Path) -> None:
+    target = tmp_path / "t.bin"
+    target.write_bytes(b"keep")
+    with pytest.raises(FileNotFoundError):
+        atomic_copy(tmp_path / "absent.bin", target)
+    assert target.read_bytes() == b"keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.bin"]
