@@ -116,6 +116,7 @@ def model_family(name: str) -> str | None:
 
 
 _TOP_KEYS = {"defaults", "methods", "models", "tasks", "suite", "case"}
+_SELECTORS = ("model", "method", "task", "variant")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -270,8 +271,6 @@ def _combos(suites: list[Any], path: Path) -> list[Combo]:
                     combos.append(Combo(model, method, task, variant, settings, where))
     return combos
 
-
-_SELECTORS = ("model", "method", "task", "variant")
 
 
 @dataclass(frozen=True)

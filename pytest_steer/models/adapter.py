@@ -94,11 +94,6 @@ _POST_ATTN_OUT_NORM: frozenset[str] = frozenset({"gemma2", "gemma3", "gemma3_tex
 _ATTN_OUT_SUFFIXES = ("o_proj", "out_proj", "c_proj", "dense")
 
 
-# --------------------------------------------------------------------------
-# Adapter
-# --------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class ArchitectureAdapter:
     """Resolved layout of one model; methods look the modules up on a model."""
@@ -153,11 +148,6 @@ class ArchitectureAdapter:
         if not -self.num_layers <= layer < self.num_layers:
             raise IndexError(f"layer {layer} out of range for a model with {self.num_layers} layers")
         return layer % self.num_layers
-
-
-# --------------------------------------------------------------------------
-# Resolution
-# --------------------------------------------------------------------------
 
 
 class _PathError(Exception):

@@ -62,7 +62,10 @@ Item = Union[Pair, MCQuestion, Completion]
 
 @dataclass(frozen=True)
 class Task:
-    """A named list of items of one kind, read from one file."""
+    """A named list of items of one kind, read from one file.
+
+    `kind` says which: word "pairs", multiple-choice questions ("mc") or "completion" passages.
+    """
 
     name: str
     kind: Kind
