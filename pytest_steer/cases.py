@@ -139,10 +139,15 @@ def _model_spec(name: str, models: Mapping[str, Any], base: Path, where: str) ->
         entry = dict(_table(models[name], f"{where}: [models.{name}]"))
         adapter = entry.pop("adapter", None)
         revision = entry.pop("revision", None)
+        opt_ins = {k: entry.pop(k) for k in ("trust_remote_code", "allow_pickle") if k in entry}
+        for key, value in opt_ins.items():
+            if not isinstance(value, bool):
+                raise CaseFileError(f"{where}: [models.{name}].{key}: expected true or false, got {value!r}")
         kinds = [k for k in ("path", "hub", "gguf", "packaged") if k in entry]
         unknown = sorted(set(entry) - {"path", "hub", "gguf", "packaged"})
         if unknown:
-            raise CaseFileError(f"{where}: [models.{name}]: unknown field '{unknown[0]}' (expected path, hub, gguf, packaged, revision, adapter)")
+            raise CaseFileError(f"{where}: [models.{name}]: unknown field '{unknown[0]}' (expected path, hub, gguf, packaged, "
+                                "revision, adapter, trust_remote_code, allow_pickle)")
         if len(kinds) != 1:
             raise CaseFileError(f"{where}: [models.{name}]: give exactly one of path, hub, gguf or packaged")
         kind = kinds[0]
@@ -160,11 +165,11 @@ def _model_spec(name: str, models: Mapping[str, Any], base: Path, where: str) ->
         if kind == "packaged":
             if location not in PACKAGED_MODELS:
                 raise CaseFileError(f"{where}: [models.{name}].packaged: unknown alias {location!r} (known: {', '.join(PACKAGED_MODELS)})")
-            return ModelSpec(name, "packaged", location, override=override)
+            return ModelSpec(name, "packaged", location, override=override, **opt_ins)
         if kind in ("path", "gguf"):
             path = Path(location).expanduser()
             location = str(path if path.is_absolute() else (base / path).resolve())
-        return ModelSpec(name, "folder" if kind == "path" else kind, location, revision, override)
+        return ModelSpec(name, "folder" if kind == "path" else kind, location, revision, override, **opt_ins)
     if name in PACKAGED_MODELS:
         return ModelSpec(name, "packaged", name)
     raise CaseFileError(

@@ -485,3 +485,23 @@ def test_bad_variant_name_and_bad_variant_setting(tmp_path):
 
 def test_case_id_of_a_variant():
     assert case_id("m", "dola", "truthful-mc-lower") == "m-dola-truthful-mc-lower"
+
+
+def test_model_opt_ins_for_remote_code_and_pickles_are_read_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "steer_optin.toml"
+    path.write_text(textwrap.dedent("""
+        [models.mine]
+        path = "weights"
+        trust_remote_code = true
+        allow_pickle = true
+        [[suite]]
+        models = ["mine"]
+        methods = ["task_vector"]
+        tasks = ["antonym"]
+    """))
+    (case,) = load_case_file(path)
+    assert case.model.trust_remote_code and case.model.allow_pickle
+    path.write_text(path.read_text().replace("allow_pickle = true", 'allow_pickle = "yes"'))
+    (broken,) = load_case_file(path)
+    assert isinstance(broken, BrokenCase)
+    assert str(path) in broken.message and "[models.mine].allow_pickle: expected true or false, got 'yes'" in broken.message

@@ -77,3 +77,43 @@ def test_spec_describes_its_source_and_the_override_reaches_the_adapter(tiny_mod
     assert spec.describe() == {"name": "tiny", "kind": "folder", "location": str(tiny_model_dir), "revision": None}
     handle = load_model(spec, tmp_path)
     assert handle.adapter.final_norm_path == "model.norm" and handle.adapter.source == "override"
+
+
+def _pickled_copy(tiny_model_dir: Path, folder: Path) -> Path:
+    """The tiny model saved as a pickled `pytorch_model.bin` only (no safetensors)."""
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(tiny_model_dir, folder)
+    state = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    return folder
+
+
+def test_pickled_weights_are_refused_unless_the_case_opts_in(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = _pickled_copy(tiny_model_dir, tmp_path / "pickled")
+    with pytest.raises(ModelLoadError, match="allow_pickle = true"):
+        load_model(ModelSpec("pickled", "folder", str(folder)), tmp_path / "cache")
+    spec = ModelSpec("pickled", "folder", str(folder), allow_pickle=True)
+    handle = load_model(spec, tmp_path / "cache")
+    assert handle.adapter.num_layers == 3
+    assert spec.describe()["allow_pickle"] is True  # the record says so
+
+
+def test_remote_code_is_off_unless_the_case_opts_in(tiny_model_dir: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers
+
+    seen: list[object] = []
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((kwargs.get("trust_remote_code"), kwargs.get("use_safetensors")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    load_model(ModelSpec("tiny", "folder", str(tiny_model_dir)), tmp_path / "cache")
+    load_model(ModelSpec("tiny", "folder", str(tiny_model_dir), trust_remote_code=True), tmp_path / "cache")
+    assert seen == [(False, True), (True, True)]
+    assert "trust_remote_code" not in ModelSpec("a", "folder", "x").describe()

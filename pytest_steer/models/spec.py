@@ -65,8 +65,14 @@ class ModelSpec:
     location: str
     revision: str | None = None
     override: ArchitectureOverride | None = None
+    trust_remote_code: bool = False  # run the model repository's own Python code (opt-in per model)
+    allow_pickle: bool = False  # accept pickled (.bin) weights, not only safetensors (opt-in per model)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "location": self.location, "revision": self.revision}
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind, "location": self.location, "revision": self.revision}
+        for opt_in in ("trust_remote_code", "allow_pickle"):
+            if getattr(self, opt_in):
+                out[opt_in] = True
+        return out
 
 
