@@ -240,8 +240,14 @@ def _expand(data: Mapping[str, Any], path: Path) -> list[Case | BrokenCase]:
     seen: dict[str, Combo] = {}
     for combo in combos:
         cid = case_id(combo.model, combo.method, task_slot(combo.task, combo.variant))
-        if cid in seen:  # overlapping suites expand a case once, unless they disagree on its settings
-            if seen[cid].settings != combo.settings:
+        if cid in seen:  # overlapping suites expand a case once, unless they disagree on what it is
+            other = seen[cid]
+            if (other.task, other.variant) != (combo.task, combo.variant):
+                raise CaseFileError(
+                    f"{combo.where}: case id {cid} (task {combo.task!r}, variant {combo.variant!r}) is also the id of "
+                    f"task {other.task!r}, variant {other.variant!r} from {other.where}; rename the task or the variant"
+                )
+            if other.settings != combo.settings:
                 raise CaseFileError(
                     f"{combo.where}: case {cid} is also defined by {seen[cid].where} with other settings; "
                     "give one of the suites a different variant"

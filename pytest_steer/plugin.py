@@ -53,6 +53,7 @@ class SteerRun:
         self.written: list[Path] = []
         self.collected_any = False
         self.crashed_workers = 0
+        self.case_files: dict[str, Path] = {}  # case id -> the case file that defined it first
         self.worker = False  # an xdist worker (set when the pytest session starts)
         self.worker_id = "master"
         self._session: SteerSession | None = None
@@ -165,7 +166,13 @@ class CaseFile(pytest.File):
     """A `steer_*.toml` file: one item per expanded case (broken ones included)."""
 
     def collect(self):  # type: ignore[no-untyped-def]
+        first = self.config.stash[RUN_KEY].case_files
         for case in load_case_file(self.path):
+            if isinstance(case, Case) and first.setdefault(case.id, self.path) != self.path:
+                # one id is one baseline: a second definition must not share (and overwrite) it
+                message = (f"{self.path}: case {case.id} is already defined in {first[case.id]}; "
+                           "case ids must be unique across case files (rename a model, task or variant)")
+                case = BrokenCase(case.id, message, self.path, case.model.name, case.method, case.task)
             if isinstance(case, BrokenCase):
                 yield BrokenCaseItem.from_parent(self, name=case.id, broken=case)
             else:

@@ -505,3 +505,25 @@ def test_model_opt_ins_for_remote_code_and_pickles_are_read_and_checked(tmp_path
     (broken,) = load_case_file(path)
     assert isinstance(broken, BrokenCase)
     assert str(path) in broken.message and "[models.mine].allow_pickle: expected true or false, got 'yes'" in broken.message
+
+
+def test_a_task_named_like_a_variant_cannot_take_another_cases_id(tmp_path: Path) -> None:
+    path = tmp_path / "steer_clash.toml"
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "antonym-upper.json").write_text('{"a": "b"}')
+    path.write_text(textwrap.dedent("""
+        [[suite]]
+        models = ["smollm2-135m"]
+        methods = ["task_vector"]
+        tasks = ["antonym"]
+        variant = "upper"
+
+        [[suite]]
+        models = ["smollm2-135m"]
+        methods = ["task_vector"]
+        tasks = ["antonym-upper"]
+    """))
+    (broken,) = load_case_file(path)
+    assert isinstance(broken, BrokenCase)
+    for part in (str(path), "suite[1]", "suite[0]", "smollm2-135m-task_vector-antonym-upper", "'antonym-upper'"):
+        assert part in broken.message, part

@@ -264,3 +264,14 @@ def test_dola_cases_run_store_their_baselines_by_variant_and_report(suite, pytes
     result = run()
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*tiny-dola-quiz-upper*regression*"])
+
+
+def test_a_case_id_defined_by_two_case_files_fails_naming_both(suite, pytester: pytest.Pytester) -> None:
+    write, run = suite
+    first = write(name="steer_a.toml")
+    second = write(name="steer_b.toml")
+    result = run("-k", "tinytask", "--steer-update")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([f"*{second}: case tinya-task_vector-tinytask is already defined in {first}*"])
+    written = sorted(p.name for p in (pytester.path / "baselines" / "tinya" / "task_vector").iterdir())
+    assert written == ["tinytask.json", "tinytask.safetensors"]
