@@ -48,7 +48,7 @@ def expected_status(case: Case, stored: CaseResult, threshold: float, tolerance:
     o = case.options
     gate = Gate(threshold if o.threshold is None else o.threshold, tolerance if o.tolerance is None else o.tolerance,
                 o.min_recovery, o.gate)
-    passed = judge(stored.metrics, gate, None, stored.provenance.fingerprint, False).passed
+    passed = judge(stored, gate, None, False).passed
     if o.expect == "fail":
         return "xpass" if passed else "xfail"
     return "pass" if passed else "fail"

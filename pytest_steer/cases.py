@@ -19,6 +19,7 @@ fails with that message, so the other cases still run.
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from collections.abc import Mapping
@@ -30,7 +31,7 @@ from pytest_steer.methods import methods
 from pytest_steer.models.packaged import PACKAGED_MODELS
 from pytest_steer.models.spec import AdapterError, ArchitectureOverride, ModelSpec
 from pytest_steer.settings import SettingsError, build_settings
-from pytest_steer.tasks import BUILTIN_DIR
+from pytest_steer.tasks import BUILTIN_DIR, Task, TaskError, load_task
 
 
 class CaseFileError(Exception):
@@ -56,6 +57,8 @@ class CaseOptions:
             raise SettingsError(f"{where}: n_dev and n_test must be at least 1")
         if self.tolerance is not None and self.tolerance < 0:
             raise SettingsError(f"{where}.tolerance: must be >= 0")
+        if self.seed < 0:
+            raise SettingsError(f"{where}.seed: must be >= 0, got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,23 @@ def model_family(name: str) -> str | None:
 
 _TOP_KEYS = {"defaults", "methods", "models", "tasks", "suite", "case"}
 _SELECTORS = ("model", "method", "task", "variant")
+
+
+def _check_task_fits(settings: Any, task_path: Path, name: str, options: CaseOptions, where: str) -> None:
+    """Read the task now (no model needed) so that a pool too small for the settings fails at collection."""
+    check = getattr(settings, "check_task", None)
+    if check is None:
+        return
+    try:
+        check(_read_task(name, task_path, task_path.stat().st_mtime_ns if task_path.exists() else 0),
+              options.n_dev, options.n_test, where)
+    except TaskError as exc:
+        raise CaseFileError(f"{where}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _read_task(name: str, path: Path, _mtime_ns: int) -> Task:
+    return load_task(name, path)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -334,6 +354,7 @@ def _build_case(
                 option_where = f"{path}: case[{j}] (for {cid})"
         case_options = build_settings(CaseOptions, options, option_where)
         method_settings = build_settings(methods()[method].settings_type, settings, f"{path}: settings of {cid}")
+        _check_task_fits(method_settings, task_path, task, case_options, f"{path}: case {cid}")
         return Case(spec, method, task, task_path, case_options, method_settings, path, combo.variant)
     except (CaseFileError, SettingsError) as exc:
         return BrokenCase(cid, str(exc), path, model, method, task)

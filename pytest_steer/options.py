@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +54,12 @@ def _float_option(config: pytest.Config, key: str, default: float | None) -> flo
     if raw in (None, ""):
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise pytest.UsageError(f"{origin}: expected a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise pytest.UsageError(f"{origin}: expected a finite number, got {raw!r}")
+    return value
 
 
 def _path_option(config: pytest.Config, key: str, default: Path) -> Path:

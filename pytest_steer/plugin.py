@@ -227,8 +227,9 @@ class CaseItem(pytest.Item):
         self.steer_verdict = verdict
         if not verdict.passed:
             message = f"{self.case.id}: " + "; ".join(verdict.reasons)
-            if verdict.baseline == "regressed" and self.case.options.expect == "fail":
+            if verdict.baseline in ("regressed", "mismatch") and self.case.options.expect == "fail":
                 # the declared expectation covers missing the gate, not dropping below the baseline
+                # or a baseline that no longer describes this model and data
                 raise SteerRegression(message)
             raise SteerFailure(message)
 

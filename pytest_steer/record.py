@@ -7,10 +7,19 @@ layout this project has written.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 SCHEMA = 2  # baseline files without a schema field (written before typed records) have the same layout
+
+
+def _finite(data: dict[str, Any], key: str) -> float:
+    """A stored number, rejected when it is NaN or infinite (a NaN would turn every comparison off)."""
+    value = float(data[key])
+    if not math.isfinite(value):
+        raise ValueError(f"metric '{key}' is {data[key]!r}, not a finite number")
+    return value
 
 
 @dataclass(frozen=True)
@@ -31,8 +40,9 @@ class Comparison:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Comparison:
         low, high = data["delta_ci"]
-        return cls(float(data["unsteered"]), float(data["steered"]), float(data["delta"]), (float(low), float(high)),
-                   float(data["ci_level"]), int(data["n_test"]))
+        return cls(_finite(data, "unsteered"), _finite(data, "steered"), _finite(data, "delta"),
+                   (_finite({"delta_ci[0]": low}, "delta_ci[0]"), _finite({"delta_ci[1]": high}, "delta_ci[1]")),
+                   _finite(data, "ci_level"), int(data["n_test"]))
 
 
 @dataclass(frozen=True)
@@ -80,8 +90,8 @@ class Metrics:
     def from_json(cls, data: dict[str, Any]) -> Metrics:
         return cls(
             gated=Comparison.from_json(data), metric=data.get("metric", "accuracy"),
-            icl=None if data.get("icl") is None else float(data["icl"]),
-            recovery=None if data.get("recovery") is None else float(data["recovery"]),
+            icl=None if data.get("icl") is None else _finite(data, "icl"),
+            recovery=None if data.get("recovery") is None else _finite(data, "recovery"),
             secondary={k: Comparison.from_json(v) for k, v in data.get("secondary", {}).items()},
         )
 

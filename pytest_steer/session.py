@@ -132,7 +132,7 @@ class SteerSession:
                 f"no baseline for {case.id} at {path}. Create it with:\n"
                 f"    pytest '{nodeid}' --steer-update"
             )
-        return judge(result.metrics, self.gate(case), stored, result.provenance.fingerprint, self.options.update)
+        return judge(result, self.gate(case), stored, self.options.update)
 
 
 def _outcomes(outcome: MethodOutcome) -> Outcomes:

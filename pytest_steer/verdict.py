@@ -7,7 +7,7 @@ from typing import Literal
 
 import numpy as np
 
-from pytest_steer.record import CaseResult, Comparison, Metrics
+from pytest_steer.record import CaseResult, Comparison, Metrics, Provenance
 from pytest_steer.stats import paired_bootstrap
 
 
@@ -21,7 +21,7 @@ class Gate:
     gate: str  # "mean": the point estimate of the improvement; "ci_low": its lower bound
 
 
-BaselineStatus = Literal["ok", "regressed", "updating", "new"]
+BaselineStatus = Literal["ok", "regressed", "mismatch", "updating", "new"]
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,31 @@ def metrics_from_outcomes(
     return Metrics(gated, metric, icl_score, recovery, others)
 
 
-def judge(metrics: Metrics, gate: Gate, stored: CaseResult | None, fingerprint: str, updating: bool) -> Verdict:
-    """(a) improvement >= threshold (and recovery >= minimum); (b) steered >= stored - tolerance."""
+def judge(result: CaseResult, gate: Gate, stored: CaseResult | None, updating: bool) -> Verdict:
+    """(a) improvement >= threshold (and recovery >= minimum); (b) the stored result is comparable
+    (same model, task data, split sizes and seed) and the run has not fallen below it beyond the
+    tolerance: neither the steered score nor the unsteered or 5-shot scores."""
+    metrics = result.metrics
+    reasons = _gate_reasons(metrics, gate)
+    status: BaselineStatus = "updating" if updating else ("new" if stored is None else "ok")
+    if not updating and stored is not None:
+        mismatch = provenance_mismatch(result.provenance, stored.provenance)
+        regressions = _regressions(metrics, stored.metrics, gate.tolerance)
+        if mismatch:
+            status = "mismatch"
+            reasons.extend(mismatch)
+        elif regressions:
+            status = "regressed"
+            reasons.extend(regressions)
+    return Verdict(
+        passed=not reasons, reasons=tuple(reasons), baseline=status,
+        stored_steered=None if stored is None else stored.metrics.steered,
+        stored_fingerprint=None if stored is None else stored.provenance.fingerprint,
+        model_changed=stored is not None and stored.provenance.fingerprint != result.provenance.fingerprint,
+    )
+
+
+def _gate_reasons(metrics: Metrics, gate: Gate) -> list[str]:
     reasons: list[str] = []
     improvement = metrics.delta if gate.gate == "mean" else metrics.delta_ci[0]
     label = "improvement" if gate.gate == "mean" else "lower CI bound of the improvement"
@@ -72,18 +95,33 @@ def judge(metrics: Metrics, gate: Gate, stored: CaseResult | None, fingerprint: 
         if recovery is None or recovery < gate.min_recovery - 1e-12:
             shown = "n/a (ICL accuracy is 0)" if recovery is None else f"{recovery:.3f}"
             reasons.append(f"recovery steered/ICL {shown} is below the minimum {gate.min_recovery:.3f}")
-    status: BaselineStatus = "updating" if updating else ("new" if stored is None else "ok")
-    if not updating and stored is not None:
-        floor = stored.metrics.steered - gate.tolerance
-        if metrics.steered < floor - 1e-12:
-            status = "regressed"
-            reasons.append(
-                f"regression: steered {metrics.steered:.3f} is below the stored baseline "
-                f"{stored.metrics.steered:.3f} minus tolerance {gate.tolerance:.3f}"
-            )
-    return Verdict(
-        passed=not reasons, reasons=tuple(reasons), baseline=status,
-        stored_steered=None if stored is None else stored.metrics.steered,
-        stored_fingerprint=None if stored is None else stored.provenance.fingerprint,
-        model_changed=stored is not None and stored.provenance.fingerprint != fingerprint,
-    )
+    return reasons
+
+
+def provenance_mismatch(run: Provenance, stored: Provenance) -> list[str]:
+    """Why a stored result cannot be compared with this run (empty when it can)."""
+    out = []
+    if run.fingerprint != stored.fingerprint:
+        out.append(f"model changed: {stored.fingerprint} -> {run.fingerprint}; the stored baseline was accepted for "
+                   "another model: accept this one with --steer-update")
+    if run.task_data.sha256 != stored.task_data.sha256:
+        out.append(f"task data changed: {stored.task_data.sha256[:12]} -> {run.task_data.sha256[:12]} "
+                   f"({run.task_data.source}); refresh the baseline with --steer-update")
+    if run.counts != stored.counts or run.seed != stored.seed:
+        out.append(f"split changed: stored {_split(stored)}, this run {_split(run)}; the items differ, so the scores "
+                   "cannot be compared: refresh the baseline with --steer-update")
+    return out
+
+
+def _split(p: Provenance) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(p.counts.items())) + f", seed={p.seed}"
+
+
+def _regressions(run: Metrics, stored: Metrics, tolerance: float) -> list[str]:
+    """Every score of the run that fell below its stored value by more than the tolerance."""
+    out = []
+    for name, now, then in (("steered", run.steered, stored.steered), ("unsteered", run.unsteered, stored.unsteered),
+                            ("5-shot", run.icl, stored.icl)):
+        if now is not None and then is not None and now < then - tolerance - 1e-12:
+            out.append(f"regression: {name} {now:.3f} is below the stored baseline {then:.3f} minus tolerance {tolerance:.3f}")
+    return out

@@ -280,3 +280,14 @@ def test_a_result_without_vector_removes_the_slots_old_vector(tmp_path: Path) ->
     stale.write_bytes(b"an older accepted vector")
     written = bs.write(result, "t")
     assert not stale.exists() and written == [bs.json_path(result.model, result.method, "t")]
+
+
+@pytest.mark.parametrize("field, value", [("steered", float("nan")), ("unsteered", float("inf")), ("icl", float("-inf"))])
+def test_a_stored_non_finite_metric_is_rejected_naming_it(tmp_path: Path, field: str, value: float) -> None:
+    data = make_result().to_baseline()
+    data["metrics"][field] = value
+    bs = BaselineStore(tmp_path)
+    path = _write_raw(bs, json.dumps(data))  # json writes NaN / Infinity literals, as a hand edit could
+    with pytest.raises(StoreError) as info:
+        bs.load("m", "tv", "t")
+    assert str(path) in str(info.value) and f"metric '{field}'" in str(info.value) and "not a finite number" in str(info.value)

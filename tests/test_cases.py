@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -166,7 +167,8 @@ def test_single_string_names_accepted(tmp_path):
 
 def test_custom_model_sources_and_task_path(tmp_path):
     sub = tmp_path / "cases"
-    sub.mkdir()
+    (sub / "data").mkdir(parents=True)
+    (sub / "data" / "mytask.json").write_text(json.dumps({f"x{i}": f"y{i}" for i in range(140)}))
     path = write(
         sub,
         """
@@ -210,7 +212,7 @@ def test_custom_model_sources_and_task_path(tmp_path):
 def test_task_folder_next_to_case_file_wins(tmp_path):
     (tmp_path / "tasks").mkdir()
     local = tmp_path / "tasks" / "antonym.json"
-    local.write_text('{"a": "b"}', encoding="utf-8")
+    local.write_text(json.dumps({f"a{i}": f"b{i}" for i in range(140)}), encoding="utf-8")
     path = write(tmp_path, '[[suite]]\nmodels = ["smollm2-135m"]\nmethods = ["task_vector"]\ntasks = ["antonym", "capitalize"]\n')
     cases = by_id(load_ok(path))
     assert cases["smollm2-135m-task_vector-antonym"].task_path == local
@@ -527,3 +529,74 @@ def test_a_task_named_like_a_variant_cannot_take_another_cases_id(tmp_path: Path
     assert isinstance(broken, BrokenCase)
     for part in (str(path), "suite[1]", "suite[0]", "smollm2-135m-task_vector-antonym-upper", "'antonym-upper'"):
         assert part in broken.message, part
+
+
+def _pairs_file(tmp_path: Path, n: int) -> Path:
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps({f"x{i}": f"y{i}" for i in range(n)}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "n_items, extra, fragment",
+    [
+        (99, "", "has 99 items, but n_dev = 40, n_test = 80 and the 11 demonstrations that function_vector.n_shots = 10 needs make 131"),
+        (130, "", "has 130 items, but n_dev = 40, n_test = 80 and the 11 demonstrations"),
+        (200, "[methods.function_vector]\nicl_shots = 100\n", "the 101 demonstrations that function_vector.icl_shots = 100 needs make 221"),
+    ],
+)
+def test_a_pool_too_small_for_the_method_fails_at_collection(tmp_path: Path, n_items: int, extra: str, fragment: str) -> None:
+    task = _pairs_file(tmp_path, n_items)
+    path = write(tmp_path, f"""
+        [tasks.mine]
+        path = "{task}"
+        {extra}
+        [[suite]]
+        models = ["smollm2-135m"]
+        methods = ["function_vector"]
+        tasks = ["mine"]
+    """.replace("\\n", "\n"))
+    (broken,) = load_case_file(path)
+    assert isinstance(broken, BrokenCase)
+    assert str(path) in broken.message and str(task) in broken.message and fragment in broken.message
+
+
+def test_a_task_of_the_wrong_kind_fails_at_collection(tmp_path: Path) -> None:
+    task = _pairs_file(tmp_path, 200)
+    path = write(tmp_path, f"""
+        [tasks.mine]
+        path = "{task}"
+        [[suite]]
+        models = ["smollm2-135m"]
+        methods = ["dola"]
+        tasks = ["mine"]
+    """)
+    (broken,) = load_case_file(path)
+    assert isinstance(broken, BrokenCase) and "holds pairs items; dola needs mc or completion items" in broken.message
+
+
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        ("tolerance = nan", "[defaults].tolerance: expected a finite number, got nan"),
+        ("threshold = inf", "[defaults].threshold: expected a finite number, got inf"),
+        ("min_recovery = -inf", "[defaults].min_recovery: expected a finite number, got -inf"),
+        ("seed = -1", "[defaults].seed: must be >= 0, got -1"),
+    ],
+)
+def test_non_finite_numbers_and_negative_seeds_are_rejected(tmp_path: Path, line: str, fragment: str) -> None:
+    path = write(tmp_path, f"[defaults]\n{line}\n" + SUITE)
+    items = load_case_file(path)
+    assert all(isinstance(i, BrokenCase) for i in items)
+    assert str(path) in items[0].message and fragment in items[0].message
+
+
+@pytest.mark.parametrize("setting, fragment", [
+    ("layers = []", "settings of smollm2-135m-task_vector-antonym.layers: expected a non-empty list of layer indices >= 0"),
+    ("n_shots = 200", "the 201 demonstrations that task_vector.n_shots = 200 needs make 321"),
+])
+def test_method_settings_that_cannot_run_fail_at_collection(tmp_path: Path, setting: str, fragment: str) -> None:
+    path = write(tmp_path, f"[methods.task_vector]\n{setting}\n" + SUITE)
+    items = load_case_file(path)
+    assert items and all(isinstance(i, BrokenCase) for i in items)
+    assert str(path) in items[0].message and fragment in items[0].message

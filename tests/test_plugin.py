@@ -275,3 +275,34 @@ def test_a_case_id_defined_by_two_case_files_fails_naming_both(suite, pytester: 
     result.stdout.fnmatch_lines([f"*{second}: case tinya-task_vector-tinytask is already defined in {first}*"])
     written = sorted(p.name for p in (pytester.path / "baselines" / "tinya" / "task_vector").iterdir())
     assert written == ["tinytask.json", "tinytask.safetensors"]
+
+
+def test_a_baseline_of_another_model_or_split_never_passes(suite, pytester: pytest.Pytester) -> None:
+    write, run = suite
+    write(extra='\n[[case]]\ntask = "othertask"\nexpect = "fail"\nreason = "declared"\n', threshold=2.0)
+    run("--steer-update", "-k", "tinytask").assert_outcomes(failed=1, deselected=1)  # the gate fails; baselines still written
+    run("--steer-update", "-k", "othertask").assert_outcomes(xfailed=1, deselected=1)
+    folder = pytester.path / "baselines" / "tinya" / "task_vector"
+    for name in ("tinytask.json", "othertask.json"):
+        data = json.loads((folder / name).read_text())
+        data["fingerprint"] = "0" * 32
+        (folder / name).write_text(json.dumps(data))
+    write(threshold=-1.0, extra='\n[[case]]\ntask = "othertask"\nexpect = "fail"\nreason = "declared"\n')
+    result = run()
+    result.assert_outcomes(failed=2)  # an expected failure does not cover a changed model
+    result.stdout.fnmatch_lines(["*tinya-task_vector-othertask: model changed: 00000000000000000000000000000000 -> *"])
+
+    run("--steer-update").assert_outcomes(passed=1, xpassed=1)
+    text = (pytester.path / "steer_tiny.toml").read_text().replace("n_test = 12", "n_test = 10")
+    (pytester.path / "steer_tiny.toml").write_text(text)
+    result = run("-k", "tinytask")
+    result.assert_outcomes(failed=1, deselected=1)
+    result.stdout.fnmatch_lines(["*split changed: stored demos=38, dev=10, test=12, seed=0, this run demos=40, dev=10, test=10, seed=0*"])
+
+
+def test_a_non_finite_option_is_a_usage_error(suite) -> None:
+    write, run = suite
+    write()
+    result = run("--steer-tolerance=nan", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--steer-tolerance: expected a finite number, got 'nan'*"])

@@ -61,13 +61,24 @@ def metrics(delta=0.3, low=0.1, high=0.5, steered=0.8, unsteered=0.5, recovery=N
     return Metrics(gated, icl=icl, recovery=recovery)
 
 
-def stored(steered: float, fingerprint: str = "f" * 32) -> CaseResult:
-    provenance = Provenance(fingerprint, {}, {}, {}, TaskData("t.json", "0" * 64, 80), 0, {"test": 80}, {})
-    return CaseResult("m-task_vector-t", "m", "task_vector", "t", "", metrics(steered=steered), {"layer": 1}, {},
-                      Outcomes(("q",), (0,), (1,)), provenance, {})
+def provenance(fingerprint: str = "f" * 32, sha: str = "0" * 64, n_test: int = 80, seed: int = 0) -> Provenance:
+    return Provenance(fingerprint, {}, {}, {}, TaskData("t.json", sha, 80), seed, {"test": n_test}, {})
+
+
+def result(m: Metrics, p: Provenance | None = None) -> CaseResult:
+    return CaseResult("m-task_vector-t", "m", "task_vector", "t", "", m, {"layer": 1}, {}, Outcomes(("q",), (0,), (1,)),
+                      p or provenance(), {})
+
+
+def stored(steered: float, fingerprint: str = "f" * 32, **kw) -> CaseResult:
+    return result(metrics(steered=steered, **kw), provenance(fingerprint))
 
 
 FP = "f" * 32
+
+
+def judge_m(m: Metrics, g: Gate, s: CaseResult | None, fingerprint: str, updating: bool) -> Verdict:
+    return judge(result(m, provenance(fingerprint)), g, s, updating)
 
 
 def gate(threshold=0.2, tolerance=0.05, min_recovery=None, mode="mean"):
@@ -75,14 +86,14 @@ def gate(threshold=0.2, tolerance=0.05, min_recovery=None, mode="mean"):
 
 
 def test_passes_when_delta_at_or_above_threshold():
-    v = judge(metrics(delta=0.3), gate(threshold=0.2), None, FP, updating=False)
+    v = judge_m(metrics(delta=0.3), gate(threshold=0.2), None, FP, updating=False)
     assert isinstance(v, Verdict)
     assert v.passed and v.reasons == () and v.baseline == "new"
-    assert judge(metrics(delta=0.2), gate(threshold=0.2), None, FP, False).passed
+    assert judge_m(metrics(delta=0.2), gate(threshold=0.2), None, FP, False).passed
 
 
 def test_fails_below_threshold_with_reason():
-    v = judge(metrics(delta=0.1, steered=0.6), gate(threshold=0.2), None, FP, False)
+    v = judge_m(metrics(delta=0.1, steered=0.6), gate(threshold=0.2), None, FP, False)
     assert not v.passed
     assert len(v.reasons) == 1
     assert "threshold +0.200" in v.reasons[0]
@@ -92,35 +103,35 @@ def test_fails_below_threshold_with_reason():
 
 def test_ci_low_gate_uses_lower_bound():
     m = metrics(delta=0.3, low=0.05, high=0.55)
-    assert judge(m, gate(threshold=0.2, mode="mean"), None, FP, False).passed
-    v = judge(m, gate(threshold=0.2, mode="ci_low"), None, FP, False)
+    assert judge_m(m, gate(threshold=0.2, mode="mean"), None, FP, False).passed
+    v = judge_m(m, gate(threshold=0.2, mode="ci_low"), None, FP, False)
     assert not v.passed
     assert "lower CI bound" in v.reasons[0]
     assert "+0.050" in v.reasons[0] and "+0.200" in v.reasons[0]
-    assert judge(metrics(delta=0.3, low=0.25), gate(threshold=0.2, mode="ci_low"), None, FP, False).passed
+    assert judge_m(metrics(delta=0.3, low=0.25), gate(threshold=0.2, mode="ci_low"), None, FP, False).passed
 
 
 def test_min_recovery():
-    assert judge(metrics(recovery=0.8), gate(min_recovery=0.5), None, FP, False).passed
-    v = judge(metrics(recovery=0.4), gate(min_recovery=0.5), None, FP, False)
+    assert judge_m(metrics(recovery=0.8), gate(min_recovery=0.5), None, FP, False).passed
+    v = judge_m(metrics(recovery=0.4), gate(min_recovery=0.5), None, FP, False)
     assert not v.passed
     assert "recovery" in v.reasons[0] and "0.400" in v.reasons[0] and "minimum 0.500" in v.reasons[0]
 
 
 def test_min_recovery_with_zero_icl():
     m = metrics(icl=0.0)
-    v = judge(m, gate(min_recovery=0.5), None, FP, False)
+    v = judge_m(m, gate(min_recovery=0.5), None, FP, False)
     assert not v.passed
     assert "ICL accuracy is 0" in v.reasons[0]
 
 
 def test_min_recovery_none_ignores_recovery():
-    assert judge(metrics(recovery=0.01), gate(min_recovery=None), None, FP, False).passed
+    assert judge_m(metrics(recovery=0.01), gate(min_recovery=None), None, FP, False).passed
 
 
 def test_regression_fails():
     baseline = stored(0.9)
-    v = judge(metrics(steered=0.8), gate(tolerance=0.05), baseline, FP, updating=False)
+    v = judge_m(metrics(steered=0.8), gate(tolerance=0.05), baseline, FP, updating=False)
     assert not v.passed
     assert v.baseline == "regressed"
     assert any("regression" in r for r in v.reasons)
@@ -130,42 +141,63 @@ def test_regression_fails():
 
 def test_within_tolerance_passes():
     baseline = stored(0.9)
-    v = judge(metrics(steered=0.86), gate(tolerance=0.05), baseline, FP, False)
+    v = judge_m(metrics(steered=0.86), gate(tolerance=0.05), baseline, FP, False)
     assert v.passed and v.baseline == "ok" and v.stored_steered == 0.9 and not v.model_changed
     # exactly at the edge still passes
-    assert judge(metrics(steered=0.85), gate(tolerance=0.05), baseline, FP, False).passed
+    assert judge_m(metrics(steered=0.85), gate(tolerance=0.05), baseline, FP, False).passed
     # improvements over the baseline pass too
-    assert judge(metrics(steered=0.95), gate(tolerance=0.0), baseline, FP, False).passed
+    assert judge_m(metrics(steered=0.95), gate(tolerance=0.0), baseline, FP, False).passed
 
 
 def test_updating_ignores_baseline():
     baseline = stored(0.9)
-    v = judge(metrics(steered=0.5), gate(tolerance=0.05), baseline, FP, updating=True)
+    v = judge_m(metrics(steered=0.5), gate(tolerance=0.05), baseline, FP, updating=True)
     assert v.passed
     assert v.baseline == "updating"
     assert not any("regression" in r for r in v.reasons)
 
 
 def test_updating_still_checks_threshold():
-    v = judge(metrics(delta=0.0), gate(threshold=0.2), None, FP, updating=True)
+    v = judge_m(metrics(delta=0.0), gate(threshold=0.2), None, FP, updating=True)
     assert not v.passed and v.baseline == "updating"
 
 
 def test_all_reasons_reported():
     baseline = stored(0.9)
-    v = judge(metrics(delta=0.05, steered=0.5, recovery=0.2), gate(threshold=0.2, min_recovery=0.5), baseline, FP, False)
+    v = judge_m(metrics(delta=0.05, steered=0.5, recovery=0.2), gate(threshold=0.2, min_recovery=0.5), baseline, FP, False)
     assert not v.passed
     assert len(v.reasons) == 3
     assert v.baseline == "regressed"
 
 
-def test_a_different_fingerprint_is_flagged_as_a_model_change():
-    v = judge(metrics(steered=0.9), gate(), stored(0.9, fingerprint="a" * 32), FP, False)
+def test_a_different_model_never_passes_and_is_named():
+    v = judge_m(metrics(steered=0.9), gate(), stored(0.9, fingerprint="a" * 32), FP, False)
     assert v.model_changed and v.stored_fingerprint == "a" * 32
+    assert not v.passed and v.baseline == "mismatch"
+    assert f"model changed: {'a' * 32} -> {FP}" in v.reasons[0]
+
+
+@pytest.mark.parametrize("changed, fragment", [
+    ({"sha": "1" * 64}, "task data changed: 000000000000 -> 111111111111 (t.json)"),
+    ({"n_test": 40}, "split changed: stored test=80, seed=0, this run test=40, seed=0"),
+    ({"seed": 3}, "split changed: stored test=80, seed=0, this run test=80, seed=3"),
+])
+def test_a_result_of_other_data_is_not_compared_with_the_stored_one(changed, fragment):
+    v = judge(result(metrics(steered=0.9), provenance(**changed)), gate(), stored(0.9), False)
+    assert not v.passed and v.baseline == "mismatch" and fragment in v.reasons[0] and "--steer-update" in v.reasons[0]
+
+
+def test_a_collapse_of_the_unsteered_or_5_shot_score_is_a_regression():
+    before = stored(0.9, unsteered=0.5, icl=0.8)
+    v = judge_m(metrics(steered=0.9, unsteered=0.0, delta=0.9, icl=0.8), gate(), before, FP, False)
+    assert not v.passed and v.baseline == "regressed"
+    assert "regression: unsteered 0.000 is below the stored baseline 0.500" in v.reasons[0]
+    v = judge_m(metrics(steered=0.9, unsteered=0.5, icl=0.1), gate(), before, FP, False)
+    assert not v.passed and "regression: 5-shot 0.100 is below the stored baseline 0.800" in v.reasons[0]
 
 
 def test_judging_never_changes_the_result():
-    result = stored(0.5)
-    before = result.to_json()
-    judge(result.metrics, gate(threshold=2.0), stored(0.9), FP, False)
-    assert result.to_json() == before
+    run = stored(0.5)
+    before = run.to_json()
+    judge(run, gate(threshold=2.0), stored(0.9), False)
+    assert run.to_json() == before

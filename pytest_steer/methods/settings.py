@@ -6,6 +6,22 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pytest_steer.settings import SettingsError
+from pytest_steer.tasks.data import Task, TaskError, require_kind
+
+MIN_DEMOS = 10  # the smallest demonstration pool a word-pair split leaves
+
+
+def _check_pool(task: Task, method: str, n_dev: int, n_test: int, shots: dict[str, int], where: str) -> None:
+    """The demonstration pool (items - dev - test) must hold every prompt's shots plus its query."""
+    require_kind(task, ("pairs",), method)
+    pool = len(task.items) - n_dev - n_test
+    for name, n in shots.items():
+        need = max(MIN_DEMOS, n + 1)
+        if pool < need:
+            raise TaskError(
+                f"{task.source} has {len(task.items)} items, but n_dev = {n_dev}, n_test = {n_test} and the {need} "
+                f"demonstrations that {method}.{name} = {n} needs make {n_dev + n_test + need}"
+            )
 
 BUCKETS = {"lower": (0.0, 0.5), "upper": (0.5, 1.0), "full": (0.0, 1.0),
            "q1": (0.0, 0.25), "q2": (0.25, 0.5), "q3": (0.5, 0.75), "q4": (0.75, 1.0)}
@@ -41,6 +57,9 @@ class TaskVectorSettings:
     def icl_shots(self) -> int:
         return self.n_shots
 
+    def check_task(self, task: Task, n_dev: int, n_test: int, where: str) -> None:
+        _check_pool(task, "task_vector", n_dev, n_test, {"n_shots": self.n_shots}, where)
+
 
 @dataclass(frozen=True)
 class FunctionVectorSettings:
@@ -66,6 +85,9 @@ class FunctionVectorSettings:
             raise SettingsError(f"{where}.strengths: expected a non-empty list of numbers")
         _layers(self.layers, where)
 
+    def check_task(self, task: Task, n_dev: int, n_test: int, where: str) -> None:
+        _check_pool(task, "function_vector", n_dev, n_test, {"n_shots": self.n_shots, "icl_shots": self.icl_shots}, where)
+
 
 @dataclass(frozen=True)
 class DolaSettings:
@@ -84,6 +106,11 @@ class DolaSettings:
             raise SettingsError(f"{where}.bucket: a list of layers must be non-empty and hold layer indices >= 0")
         if not 0 < self.alpha <= 1:
             raise SettingsError(f"{where}.alpha: must be in (0, 1], got {self.alpha}")
+
+    def check_task(self, task: Task, n_dev: int, n_test: int, where: str) -> None:
+        require_kind(task, ("mc", "completion"), "dola")
+        if n_test > len(task.items):
+            raise TaskError(f"{task.source}: task '{task.name}' has {len(task.items)} items but n_test = {n_test}")
 
     def bucket_name(self) -> str:
         return self.bucket if isinstance(self.bucket, str) else "layers " + ",".join(map(str, self.bucket))
