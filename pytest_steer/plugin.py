@@ -238,10 +238,26 @@ class CaseItem(pytest.Item):
 
         if isinstance(excinfo.value, (SteerFailure, SteerRegression, BaselineMissing)):
             return str(excinfo.value)
+        if isinstance(excinfo.value, _input_errors()):
+            # the message names the file and the field: a traceback would only bury it
+            return f"{self.case.id}: {type(excinfo.value).__name__}: {excinfo.value}"
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, f"steer case {self.case.id}"
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Errors about a case's inputs (files, settings, models): reported as their one-line message."""
+    from pytest_steer.files import StoreError
+    from pytest_steer.methods import RegistryError
+    from pytest_steer.models.loader import ModelLoadError
+    from pytest_steer.models.packaged import FetchError
+    from pytest_steer.models.spec import AdapterError
+    from pytest_steer.settings import SettingsError
+    from pytest_steer.tasks import TaskError
+
+    return (TaskError, SettingsError, StoreError, ModelLoadError, FetchError, AdapterError, RegistryError)
 
 
 class BrokenCaseItem(pytest.Item):

@@ -306,3 +306,17 @@ def test_a_non_finite_option_is_a_usage_error(suite) -> None:
     result = run("--steer-tolerance=nan", "--collect-only")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--steer-tolerance: expected a finite number, got 'nan'*"])
+
+
+def test_an_input_error_while_running_is_one_message_not_a_traceback(suite, pytester: pytest.Pytester,
+                                                                      tiny_model_dir: Path) -> None:
+    write, run = suite
+    write()
+    text = (pytester.path / "steer_tiny.toml").read_text().replace(str(tiny_model_dir), str(pytester.path / "gone"), 1)
+    (pytester.path / "steer_tiny.toml").write_text(text)
+    result = run("-k", "tinytask", "--steer-update")
+    result.assert_outcomes(failed=1, deselected=1)
+    out = result.stdout.str()
+    assert "tinya-task_vector-tinytask: ModelLoadError: Could not load model 'tinya' (folder: " in out
+    assert f"model folder {pytester.path / 'gone'} does not exist" in out
+    assert "Traceback" not in out and "raise ModelLoadError" not in out

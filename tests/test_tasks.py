@@ -212,14 +212,6 @@ def test_load_task_invalid_json(tmp_path: Path) -> None:
     assert str(path) in str(info.value) and "not valid JSON" in str(info.value)
 
 
-def test_load_task_not_utf8(tmp_path: Path) -> None:
-    path = tmp_path / "latin.json"
-    path.write_bytes(b'{"caf\xe9": "coffee"}')
-    with pytest.raises(TaskError, match="not valid JSON") as info:
-        load_task("latin", path)
-    assert str(path) in str(info.value)
-
-
 def test_load_task_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.json"
     with pytest.raises(TaskError) as info:
@@ -471,3 +463,12 @@ def test_builtin_hashes_match_the_committed_baselines(baseline: Path) -> None:
     task = load_task(recorded["task"], BUILTIN_DIR / f"{recorded['task']}.json")
     assert task.data_hash() == recorded["task_data"]["sha256"]
     assert len(task.items) == recorded["task_data"]["items"]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv"])
+def test_a_task_file_that_is_not_utf8_names_the_file_and_the_encoding(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"latin1{suffix}"
+    path.write_bytes('{"caf\u00e9": "coffee"}'.encode("latin-1"))
+    with pytest.raises(TaskError) as info:
+        load_task("latin1", path)
+    assert str(path) in str(info.value) and "not UTF-8" in str(info.value)

@@ -182,10 +182,13 @@ _FACTOR = ("full_prefix", "completion", "contradiction_0", "contradiction_1", "c
 
 def _csv_rows(path: Path) -> tuple[list[str], list[tuple[str, dict[str, str]]]]:
     """Header and each data row with its location (`<path>: row N`, the header being row 1)."""
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        rows = [(f"{path}: row {i}", row) for i, row in enumerate(reader, start=2)]
-        return list(reader.fieldnames or []), rows
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = [(f"{path}: row {i}", row) for i, row in enumerate(reader, start=2)]
+            return list(reader.fieldnames or []), rows
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"{path}: not UTF-8 text (byte {exc.start}); save the CSV as UTF-8") from exc
 
 
 def _need_columns(path: Path, header: list[str], needed: tuple[str, ...]) -> None:
@@ -219,7 +222,9 @@ def read_json_task(path: Path) -> tuple[Kind, tuple[Item, ...]]:
     """Any of our JSON layouts, told apart by the first item's fields."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"{path}: not UTF-8 text (byte {exc.start}); save the task file as UTF-8 JSON") from exc
+    except json.JSONDecodeError as exc:
         raise TaskError(f"{path}: not valid JSON: {exc}") from exc
     first = data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else {}
     if "question" in first:
