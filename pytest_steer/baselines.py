@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pytest_steer.files import StoreError, atomic_copy, atomic_write_json
+from filelock import FileLock
+
+from pytest_steer.files import StoreError, atomic_copy, atomic_write_json, verified_tensor_checksum
 from pytest_steer.record import CaseResult
 
 
@@ -30,8 +32,11 @@ class BaselineStore:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise StoreError(f"{path}: baseline is not valid JSON ({exc}); refresh it with --steer-update") from exc
+        except OSError as exc:
+            raise StoreError(f"{path}: baseline cannot be read ({exc})") from exc
         if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
             raise StoreError(f"{path}: baseline has no 'metrics' object; refresh it with --steer-update")
+        self._check_vector(path, data.get("vector_sha256"), self.vector_path(model, method, slot))
         try:
             return CaseResult.from_baseline(data)
         except KeyError as exc:
@@ -39,17 +44,38 @@ class BaselineStore:
         except (TypeError, ValueError) as exc:
             raise StoreError(f"{path}: baseline has a malformed field ({exc}); refresh it with --steer-update") from exc
 
+    @staticmethod
+    def _check_vector(json_path: Path, expected: str | None, vector: Path) -> None:
+        """The vector beside a baseline is intact and is the one its JSON was written with."""
+        if expected is None and not vector.exists():
+            return
+        if not vector.exists():
+            raise StoreError(f"{json_path}: its vector {vector} is missing; refresh the baseline with --steer-update")
+        actual = verified_tensor_checksum(vector)
+        if expected is not None and actual != expected:
+            raise StoreError(
+                f"{vector}: vector_sha256 {actual[:12]} does not match {expected[:12]} recorded in {json_path} "
+                "(the pair comes from two different updates); refresh the baseline with --steer-update"
+            )
+
     def write(self, result: CaseResult, slot: str) -> list[Path]:
-        """Store `result` as the accepted baseline: its vector file (copied), then its JSON."""
+        """Store `result` as the accepted baseline: its vector (copied, verified), then its JSON naming the
+        vector's checksum. One writer per baseline directory at a time."""
         written: list[Path] = []
         target = self.vector_path(result.model, result.method, slot)
-        if result.vector_file:
-            atomic_copy(Path(result.vector_file), target)
-            written.append(target)
-        else:
-            target.unlink(missing_ok=True)  # a vector from an earlier accepted result would not match
         path = self.json_path(result.model, result.method, slot)
-        atomic_write_json(path, result.to_baseline())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root / ".update.lock")):
+            for stale in path.parent.glob(".*.tmp"):  # left by a killed writer; writers hold the lock
+                stale.unlink(missing_ok=True)
+            data = result.to_baseline()
+            if result.vector_file:
+                data["vector_sha256"] = verified_tensor_checksum(Path(result.vector_file))
+                atomic_copy(Path(result.vector_file), target)
+                written.append(target)
+            else:
+                target.unlink(missing_ok=True)  # a vector from an earlier accepted result would not match
+            atomic_write_json(path, data)
         written.append(path)
         return written
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,3 +41,41 @@ def atomic_write_json(path: Path, data: Any) -> None:
 def atomic_copy(source: Path, target: Path) -> None:
     """Copy a file's bytes atomically (the accepted vector from its staged file)."""
     atomic_write_bytes(target, Path(source).read_bytes())
+
+
+# safetensors dtype codes as torch names them (the content checksum hashes torch's names)
+_TORCH_DTYPES = {"F64": "torch.float64", "F32": "torch.float32", "F16": "torch.float16", "BF16": "torch.bfloat16",
+                 "I64": "torch.int64", "I32": "torch.int32", "I16": "torch.int16", "I8": "torch.int8",
+                 "U8": "torch.uint8", "BOOL": "torch.bool"}
+
+
+def verified_tensor_checksum(path: Path) -> str:
+    """Check a safetensors file against the `content_sha256` in its header, without torch; return the checksum.
+
+    The hash covers names, dtypes, shapes and bytes exactly as `store.content_hash` does, so a
+    truncated file, a flipped byte or a header that lies about its tensors is a StoreError.
+    """
+    try:
+        raw = Path(path).read_bytes()
+        (size,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8 : 8 + size])
+    except (OSError, struct.error, ValueError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{path}: not a readable safetensors file ({exc})") from exc
+    expected = (header.pop("__metadata__", None) or {}).get("content_sha256")
+    if expected is None:
+        raise StoreError(f"{path}: metadata has no 'content_sha256'")
+    data = raw[8 + size :]
+    digest = hashlib.sha256()
+    try:
+        for name in sorted(header):
+            entry = header[name]
+            start, end = entry["data_offsets"]
+            if end > len(data):
+                raise StoreError(f"{path}: tensor {name!r} ends at byte {end} of a {len(data)}-byte data section (truncated)")
+            digest.update(f"{name}|{_TORCH_DTYPES[entry['dtype']]}|{tuple(entry['shape'])}|".encode())
+            digest.update(data[start:end])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"{path}: malformed safetensors header ({exc})") from exc
+    if digest.hexdigest() != expected:
+        raise StoreError(f"{path}: tensor data does not match its 'content_sha256' (corrupt file)")
+    return expected

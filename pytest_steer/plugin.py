@@ -17,6 +17,7 @@ import pytest
 from xdist import get_xdist_worker_id, is_xdist_worker
 
 from pytest_steer.baselines import BaselineStore
+from pytest_steer.files import StoreError
 from pytest_steer.cases import FAMILIES, BrokenCase, Case, case_id, load_case_file, marker_name, model_family, task_slot
 from pytest_steer.methods import methods
 from pytest_steer.options import SteerOptions, add_options, resolve_options
@@ -53,6 +54,7 @@ class SteerRun:
         self.written: list[Path] = []
         self.collected_any = False
         self.crashed_workers = 0
+        self.write_errors: list[str] = []
         self.case_files: dict[str, Path] = {}  # case id -> the case file that defined it first
         self.worker = False  # an xdist worker (set when the pytest session starts)
         self.worker_id = "master"
@@ -66,7 +68,20 @@ class SteerRun:
         """On the controller (or a serial run): collect each case's report."""
         raw = getattr(report, "steer_report", None)
         if raw is not None and report.when == "call" and not self.worker:
-            self.reports.append(CaseReport.from_json(json.loads(raw)))
+            case = CaseReport.from_json(json.loads(raw))
+            self.reports.append(case)
+            if self.options.update:
+                self._accept(case)
+
+    def _accept(self, case: CaseReport) -> None:
+        """Write a case's baseline as soon as its report arrives: a later crash or kill loses nothing
+        finished, and one failing write loses no other case."""
+        if case.result is None or case.status == "error":
+            return
+        try:
+            self.written.extend(BaselineStore(self.options.baseline_dir).write(case.result, task_slot(case.task, case.variant)))
+        except (StoreError, OSError) as exc:
+            self.write_errors.append(f"{case.id}: baseline not written: {exc}")
 
     @property
     def session(self) -> SteerSession:
@@ -84,12 +99,7 @@ class SteerRun:
         return self._session
 
     def finish(self) -> None:
-        """On the controller (or a serial run): write baselines and the JSON report."""
-        if self.options.update:
-            store = BaselineStore(self.options.baseline_dir)
-            for r in sorted(self.reports, key=lambda r: r.id):
-                if r.result is not None and r.status != "error":
-                    self.written.extend(store.write(r.result, task_slot(r.task, r.variant)))
+        """On the controller (or a serial run): write the JSON report."""
         if self.options.report_path and self.reports:
             write_json_report(self.options.report_path, sorted(self.reports, key=lambda r: r.id),
                               {"unused_baselines": self.unused_baselines()})
@@ -113,6 +123,8 @@ class SteerRun:
             tr.write_line(f"{len(reports)} steering cases: {tally}")
         for path in self.written:
             tr.write_line(f"baseline written: {path}")
+        for error in self.write_errors:
+            tr.write_line(error, red=True)
         unused = self.unused_baselines()
         if unused and verbose:
             tr.write_line(f"{len(unused)} baseline(s) not used by any selected case:")
@@ -369,6 +381,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run = session.config.stash[RUN_KEY]
     if not run.worker:
         run.finish()
+        if run.write_errors and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pytest_steer.baselines import BaselineStore
-from pytest_steer.files import StoreError
+from pytest_steer.files import StoreError, verified_tensor_checksum
 from pytest_steer.record import SCHEMA, CaseResult, Comparison, Metrics, Outcomes, Provenance, TaskData
 from pytest_steer.store import read_tensors, write_tensors
 
@@ -91,7 +91,7 @@ def test_the_file_holds_the_kept_fields_only(tmp_path: Path) -> None:
     result = make_result(vector_file=str(stage_vector(tmp_path)))
     bs.write(result, "t")
     data = json.loads(bs.json_path("m", "task_vector", "t").read_text(encoding="utf-8"))
-    assert data == result.to_baseline()
+    assert data == {**result.to_baseline(), "vector_sha256": verified_tensor_checksum(Path(result.vector_file))}
     assert data["schema"] == SCHEMA
     assert "timing_s" not in data and "vector_file" not in data  # run-only fields never leak into a baseline
     assert "variant" not in data  # written only when there is one
@@ -133,7 +133,7 @@ def test_overwrite_replaces_the_json_and_the_vector(tmp_path: Path) -> None:
 
 def test_a_missing_staged_vector_writes_nothing(tmp_path: Path) -> None:
     bs = BaselineStore(tmp_path / "b")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(StoreError, match="gone.safetensors: not a readable safetensors file"):
         bs.write(make_result(vector_file=str(tmp_path / "gone.safetensors")), "t")
     assert bs.load("m", "task_vector", "t") is None  # no JSON without its vector
     assert bs.all_ids() == set()
@@ -291,3 +291,48 @@ def test_a_stored_non_finite_metric_is_rejected_naming_it(tmp_path: Path, field:
     with pytest.raises(StoreError) as info:
         bs.load("m", "tv", "t")
     assert str(path) in str(info.value) and f"metric '{field}'" in str(info.value) and "not a finite number" in str(info.value)
+
+
+def _written_pair(tmp_path: Path) -> tuple[BaselineStore, Path, Path]:
+    bs = BaselineStore(tmp_path / "b")
+    bs.write(make_result(vector_file=str(stage_vector(tmp_path))), "t")
+    return bs, bs.json_path("m", "task_vector", "t"), bs.vector_path("m", "task_vector", "t")
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty"])
+def test_a_damaged_baseline_vector_is_detected_on_read(tmp_path: Path, damage: str) -> None:
+    bs, _, vector = _written_pair(tmp_path)
+    raw = bytearray(vector.read_bytes())
+    if damage == "flip":
+        raw[-3] ^= 0xFF
+    vector.write_bytes(bytes(raw[: len(raw) // 2]) if damage == "truncate" else b"" if damage == "empty" else bytes(raw))
+    with pytest.raises(StoreError) as info:
+        bs.load("m", "task_vector", "t")
+    assert str(vector) in str(info.value)
+
+
+def test_a_vector_from_another_update_is_a_mismatched_pair(tmp_path: Path) -> None:
+    bs, json_path, vector = _written_pair(tmp_path)
+    other = BaselineStore(tmp_path / "other")
+    other_file = tmp_path / "other-stage"
+    other_file.mkdir()
+    other.write(make_result(vector_file=str(stage_vector(other_file, value=2.0))), "t")
+    vector.write_bytes(other.vector_path("m", "task_vector", "t").read_bytes())  # intact, but not this JSON's
+    with pytest.raises(StoreError, match="the pair comes from two different updates") as info:
+        bs.load("m", "task_vector", "t")
+    assert str(json_path) in str(info.value)
+
+
+def test_a_missing_vector_named_by_its_json_is_detected(tmp_path: Path) -> None:
+    bs, json_path, vector = _written_pair(tmp_path)
+    vector.unlink()
+    with pytest.raises(StoreError, match="is missing"):
+        bs.load("m", "task_vector", "t")
+
+
+def test_temporary_files_of_a_killed_writer_are_cleaned_up(tmp_path: Path) -> None:
+    bs, json_path, _ = _written_pair(tmp_path)
+    leftover = json_path.parent / ".t.json.abc123.tmp"
+    leftover.write_text("half")
+    bs.write(make_result(vector_file=str(stage_vector(tmp_path))), "t")
+    assert not leftover.exists()

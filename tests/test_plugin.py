@@ -320,3 +320,30 @@ def test_an_input_error_while_running_is_one_message_not_a_traceback(suite, pyte
     assert "tinya-task_vector-tinytask: ModelLoadError: Could not load model 'tinya' (folder: " in out
     assert f"model folder {pytester.path / 'gone'} does not exist" in out
     assert "Traceback" not in out and "raise ModelLoadError" not in out
+
+
+def test_each_baseline_is_written_when_its_case_is_reported(suite, pytester: pytest.Pytester) -> None:
+    write, run = suite
+    write()
+    pytester.makeconftest("""
+        import json
+        from pathlib import Path
+
+        def pytest_runtest_logstart(nodeid, location):
+            seen = sorted(str(p) for p in Path("baselines").rglob("*.json"))
+            Path("seen.jsonl").open("a").write(json.dumps([nodeid, seen]) + "\\n")
+    """)
+    run("--steer-update").assert_outcomes(passed=2)
+    lines = [json.loads(line) for line in (pytester.path / "seen.jsonl").read_text().splitlines()]
+    assert [len(seen) for _, seen in lines] == [0, 1]  # the first case's baseline exists before the second starts
+
+
+def test_one_failing_baseline_write_loses_no_other_case(suite, pytester: pytest.Pytester) -> None:
+    write, run = suite
+    write()
+    blocker = pytester.path / "baselines" / "tinya" / "task_vector" / "tinytask.safetensors"
+    blocker.mkdir(parents=True)  # a directory where the vector should go: that one write fails
+    result = run("--steer-update")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*tinya-task_vector-tinytask: baseline not written:*"])
+    assert (pytester.path / "baselines" / "tinya" / "task_vector" / "othertask.json").is_file()
