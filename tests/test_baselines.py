@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from pytest_steer.baselines import BaselineStore
 from pytest_steer.files import StoreError, verified_tensor_checksum
@@ -336,3 +337,39 @@ def test_temporary_files_of_a_killed_writer_are_cleaned_up(tmp_path: Path) -> No
     leftover.write_text("half")
     bs.write(make_result(vector_file=str(stage_vector(tmp_path))), "t")
     assert not leftover.exists()
+
+
+def _write_many(root: str, stage: str, value: float, n: int) -> None:
+    bs = BaselineStore(Path(root))
+    for _ in range(n):
+        bs.write(make_result(steered=value / 4, vector_file=stage), "t")
+
+
+def test_two_concurrent_updates_never_leave_a_mismatched_pair(tmp_path: Path) -> None:
+    import multiprocessing
+
+    stages = []
+    for value in (1.0, 2.0):
+        folder = tmp_path / f"stage{value}"
+        folder.mkdir()
+        stages.append(str(stage_vector(folder, value=value)))
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_write_many, args=(str(tmp_path / "b"), stage, v, 25))
+             for stage, v in zip(stages, (1.0, 2.0))]
+    for p in procs:
+        p.start()
+    bs = BaselineStore(tmp_path / "b")
+    checks = 0
+    while any(p.is_alive() for p in procs):
+        if bs.json_path("m", "task_vector", "t").exists():
+            with FileLock(str(bs.root / ".update.lock")):  # read a settled pair, as a reader after the run would
+                result = bs.load("m", "task_vector", "t")
+            assert result is not None and result.metrics.steered in (0.25, 0.5)
+            checks += 1
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    result = bs.load("m", "task_vector", "t")  # the last writer's JSON with the last writer's vector
+    tensors, _ = read_tensors(bs.vector_path("m", "task_vector", "t"))
+    assert float(tensors["task_vector"][0]) == result.metrics.steered * 4
+    assert not list(bs.root.rglob("*.tmp"))

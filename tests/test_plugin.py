@@ -347,3 +347,39 @@ def test_one_failing_baseline_write_loses_no_other_case(suite, pytester: pytest.
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*tinya-task_vector-tinytask: baseline not written:*"])
     assert (pytester.path / "baselines" / "tinya" / "task_vector" / "othertask.json").is_file()
+
+
+def test_a_killed_update_keeps_every_finished_baseline_whole(suite, pytester: pytest.Pytester) -> None:
+    """SIGTERM while the second case runs: the first case's pair is on disk, intact, and loads."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    write, _ = suite
+    write()
+    pytester.makeconftest("""
+        import time
+
+        def pytest_runtest_call(item):
+            if "othertask" in item.name:
+                time.sleep(120)  # the run is killed here
+    """)
+    cache = pytester.path / "cache"
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--steer-cache-dir={cache}",
+                             "--steer-update"], cwd=pytester.path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = pytester.path / "baselines" / "tinya" / "task_vector" / "tinytask.json"
+    deadline = time.time() + 240
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    from pytest_steer.baselines import BaselineStore
+
+    store = BaselineStore(pytester.path / "baselines")
+    kept = store.load("tinya", "task_vector", "tinytask")  # verifies the vector against the JSON
+    assert kept is not None and kept.id == "tinya-task_vector-tinytask"
+    assert store.load("tinya", "task_vector", "othertask") is None
+    assert not list((pytester.path / "baselines").rglob("*.tmp"))
