@@ -15,6 +15,13 @@ class StoreError(Exception):
     """A stored file is unreadable; the message names the file and what was expected."""
 
 
+def shared_mode(path: str | Path) -> None:
+    """Give a new file the mode the umask allows (mkstemp makes it 0600), so a team cache is readable."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it.
 
@@ -27,6 +34,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        shared_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pytest_steer import __version__
-from pytest_steer.files import StoreError
+from pytest_steer.files import StoreError, shared_mode
 
 
 def content_hash(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -41,6 +41,7 @@ def write_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Map
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        shared_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -97,24 +98,42 @@ class VectorCache:
     ) -> tuple[dict[str, torch.Tensor], CacheOutcome]:
         """Return the cached tensors for `parts`, building and storing them on a miss.
 
-        A lock per key keeps parallel workers from building the same entry twice; a
-        corrupt or truncated file is deleted and rebuilt, never used.
+        A hit needs no lock (a read-only team cache serves hits); on a miss a lock per key keeps
+        parallel workers from building the same entry twice. A corrupt or truncated file is
+        rebuilt, never used; a file this user cannot read is left alone, never deleted.
         """
         key = cache_key(parts)
         path = self.path(namespace, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
-            rebuilt = False
-            if path.exists():
-                try:
-                    tensors, metadata = read_tensors(path)
-                    if metadata.get("cache_key") == key:
-                        return tensors, CacheOutcome(path, hit=True)
-                except StoreError:
-                    pass
-                path.unlink(missing_ok=True)
-                rebuilt = True
+        hit = _cached(path, key)
+        if hit is not None:
+            return hit, CacheOutcome(path, hit=True)
+        if path.exists() and not os.access(path, os.R_OK):  # another user's file: never replaced
+            return {k: v.detach().cpu() for k, v in build().items()}, CacheOutcome(path, hit=False)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(path) + ".lock")
+            lock.acquire()
+        except OSError:  # a cache this user may read but not write: build, and keep the result in memory
+            return {k: v.detach().cpu() for k, v in build().items()}, CacheOutcome(path, hit=False)
+        try:
+            hit = _cached(path, key)  # another worker may have built it while we waited
+            if hit is not None:
+                return hit, CacheOutcome(path, hit=True)
+            rebuilt = path.exists()
             tensors = {k: v.detach().cpu() for k, v in build().items()}
             metadata = {"cache_key": key, "namespace": namespace, "parts": json.dumps(parts, sort_keys=True, default=str)}
-            write_tensors(path, tensors, metadata)
+            write_tensors(path, tensors, metadata)  # replaces a damaged file atomically
             return tensors, CacheOutcome(path, hit=False, rebuilt_corrupt=rebuilt)
+        finally:
+            lock.release()
+
+
+def _cached(path: Path, key: str) -> dict[str, torch.Tensor] | None:
+    """The tensors at `path` if it is intact and was stored under `key`."""
+    if not path.exists() or not os.access(path, os.R_OK):
+        return None
+    try:
+        tensors, metadata = read_tensors(path)
+    except StoreError:
+        return None
+    return tensors if metadata.get("cache_key") == key else None

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import pytest_steer.store as store
-from pytest_steer.files import StoreError
+from pytest_steer.files import StoreError, atomic_write_json
 from pytest_steer.store import CacheOutcome, VectorCache, cache_key, content_hash, read_tensors, write_tensors
 
 
@@ -300,3 +300,55 @@ def test_cache_moves_tensors_to_cpu_and_detaches(tmp_path):
     w = torch.ones(3, requires_grad=True)
     got, _ = VectorCache(tmp_path).get_or_build("tv", PARTS, lambda: {"v": w * 2})
     assert not got["v"].requires_grad and got["v"].device.type == "cpu"
+
+
+# ---------------------------------------------------------------- a cache teams can share
+
+
+def _build() -> dict[str, torch.Tensor]:
+    return {"v": torch.arange(4, dtype=torch.float32)}
+
+
+def test_a_hit_needs_no_lock(tmp_path, monkeypatch):
+    cache = VectorCache(tmp_path)
+    cache.get_or_build("ns", {"a": 1}, _build)
+
+    def no_lock(*_args, **_kwargs):
+        raise PermissionError("read-only cache")
+
+    monkeypatch.setattr(store, "FileLock", no_lock)
+    tensors, outcome = cache.get_or_build("ns", {"a": 1}, lambda: pytest.fail("a hit must not rebuild"))
+    assert outcome.hit and torch.equal(tensors["v"], _build()["v"])
+
+
+def test_a_miss_in_a_read_only_cache_builds_without_writing(tmp_path, monkeypatch):
+    def no_lock(*_args, **_kwargs):
+        raise PermissionError("read-only cache")
+
+    monkeypatch.setattr(store, "FileLock", no_lock)
+    cache = VectorCache(tmp_path)
+    tensors, outcome = cache.get_or_build("ns", {"a": 1}, _build)
+    assert not outcome.hit and torch.equal(tensors["v"], _build()["v"])
+    assert not outcome.path.exists()
+
+
+def test_another_users_unreadable_file_is_never_replaced(tmp_path, monkeypatch):
+    cache = VectorCache(tmp_path)
+    _, outcome = cache.get_or_build("ns", {"a": 1}, _build)
+    before = outcome.path.read_bytes()
+    real_access = os.access
+    monkeypatch.setattr(store.os, "access", lambda p, mode: False if Path(p) == outcome.path else real_access(p, mode))
+    tensors, again = cache.get_or_build("ns", {"a": 1}, lambda: {"v": torch.zeros(4)})
+    assert not again.hit and torch.equal(tensors["v"], torch.zeros(4))
+    assert outcome.path.read_bytes() == before
+
+
+def test_cache_files_are_readable_as_the_umask_allows(tmp_path):
+    old = os.umask(0o022)
+    try:
+        _, outcome = VectorCache(tmp_path).get_or_build("ns", {"a": 1}, _build)
+        atomic_write_json(tmp_path / "report.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert outcome.path.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644
