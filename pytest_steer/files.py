@@ -16,10 +16,11 @@ class StoreError(Exception):
 
 
 def shared_mode(path: str | Path) -> None:
-    """Give a new file the mode the umask allows (mkstemp makes it 0600), so a team cache is readable."""
+    """Give a new file or folder the mode the umask allows (mkstemp and mkdtemp make it private),
+    so a team cache is readable by the group."""
     mask = os.umask(0)
     os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~mask)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

