@@ -232,7 +232,11 @@ def _expand(data: Mapping[str, Any], path: Path) -> list[Case | BrokenCase]:
         raise CaseFileError(f"{path}: unknown top-level key '{unknown[0]}' (expected {', '.join(sorted(_TOP_KEYS))})")
     base = path.parent
     defaults = dict(_table(data.get("defaults", {}), f"{path}: [defaults]"))
-    build_settings(CaseOptions, defaults, f"{path}: [defaults]")
+    try:  # a bad default fails every case of the file, each under its own id
+        build_settings(CaseOptions, defaults, f"{path}: [defaults]")
+        defaults_error = ""
+    except SettingsError as exc:
+        defaults_error = str(exc)
     method_defaults = _table(data.get("methods", {}), f"{path}: [methods]")
     for name in method_defaults:
         if name not in methods():
@@ -246,7 +250,7 @@ def _expand(data: Mapping[str, Any], path: Path) -> list[Case | BrokenCase]:
     if not suites:
         raise CaseFileError(f"{path}: no [[suite]] table: nothing to run")
 
-    combos = _combos(suites, path)
+    combos, cases = _combos(suites, path)
 
     for j, override in enumerate(overrides):
         where = f"{path}: case[{j}]"
@@ -256,7 +260,6 @@ def _expand(data: Mapping[str, Any], path: Path) -> list[Case | BrokenCase]:
         if not any(_matches(override, c) for c in combos):
             raise CaseFileError(f"{where}: matches no case of this file ({_selector(override)})")
 
-    cases: list[Case | BrokenCase] = []
     seen: dict[str, Combo] = {}
     for combo in combos:
         cid = case_id(combo.model, combo.method, task_slot(combo.task, combo.variant))
@@ -274,33 +277,45 @@ def _expand(data: Mapping[str, Any], path: Path) -> list[Case | BrokenCase]:
                 )
             continue
         seen[cid] = combo
-        cases.append(_build_case(combo, cid, path, base, defaults, method_defaults, models, tasks, overrides))
+        if defaults_error:
+            cases.append(BrokenCase(cid, defaults_error, path, combo.model, combo.method, combo.task))
+        else:
+            cases.append(_build_case(combo, cid, path, base, defaults, method_defaults, models, tasks, overrides))
     return cases
 
 
-def _combos(suites: list[Any], path: Path) -> list[Combo]:
-    """Every (model, method, task, variant) that the [[suite]] tables expand to."""
+def _combos(suites: list[Any], path: Path) -> tuple[list[Combo], list[Case | BrokenCase]]:
+    """Every (model, method, task, variant) that the [[suite]] tables expand to; a broken suite
+    becomes one failing item of its own and the other suites still expand."""
     combos: list[Combo] = []
+    broken: list[Case | BrokenCase] = []
     for i, suite in enumerate(suites):
         where = f"{path}: suite[{i}]"
-        suite = _table(suite, where)
-        extra = sorted(set(suite) - {"models", "methods", "tasks", "variant", "settings"})
-        if extra:
-            raise CaseFileError(f"{where}: unknown field '{extra[0]}' (expected models, methods, tasks, variant, settings)")
-        for key in ("models", "methods", "tasks"):
-            if key not in suite:
-                raise CaseFileError(f"{where}: missing field '{key}'")
-        variant = suite.get("variant", "")
-        if not isinstance(variant, str) or (variant and not _NAME.match(variant)):
-            raise CaseFileError(f"{where}.variant: expected a name of letters, digits, '.', '_' and '-', got {variant!r}")
-        settings = _table(suite.get("settings", {}), f"{where}.settings")
-        if settings and not variant:
-            raise CaseFileError(f"{where}.settings: a suite with its own settings needs a 'variant' name to tell its cases apart")
-        for model in _names(suite["models"], f"{where}.models"):
-            for method in _names(suite["methods"], f"{where}.methods"):
-                for task in _names(suite["tasks"], f"{where}.tasks"):
-                    combos.append(Combo(model, method, task, variant, settings, where))
-    return combos
+        try:
+            combos.extend(_suite_combos(suite, where))
+        except CaseFileError as exc:
+            broken.append(BrokenCase(f"{path.stem}-suite{i}-invalid", str(exc), path))
+    return combos, broken
+
+
+def _suite_combos(suite: Any, where: str) -> list[Combo]:
+    suite = _table(suite, where)
+    extra = sorted(set(suite) - {"models", "methods", "tasks", "variant", "settings"})
+    if extra:
+        raise CaseFileError(f"{where}: unknown field '{extra[0]}' (expected models, methods, tasks, variant, settings)")
+    for key in ("models", "methods", "tasks"):
+        if key not in suite:
+            raise CaseFileError(f"{where}: missing field '{key}'")
+    variant = suite.get("variant", "")
+    if not isinstance(variant, str) or (variant and not _NAME.match(variant)):
+        raise CaseFileError(f"{where}.variant: expected a name of letters, digits, '.', '_' and '-', got {variant!r}")
+    settings = _table(suite.get("settings", {}), f"{where}.settings")
+    if settings and not variant:
+        raise CaseFileError(f"{where}.settings: a suite with its own settings needs a 'variant' name to tell its cases apart")
+    return [Combo(model, method, task, variant, settings, where)
+            for model in _names(suite["models"], f"{where}.models")
+            for method in _names(suite["methods"], f"{where}.methods")
+            for task in _names(suite["tasks"], f"{where}.tasks")]
 
 
 

@@ -258,7 +258,9 @@ def test_no_suite(tmp_path):
 
 def test_wrong_type_in_defaults(tmp_path):
     path = write(tmp_path, '[defaults]\nthreshold = "high"\n' + SUITE)
-    broken = load_single_broken(path)
+    items = _broken_all(path)  # every case fails under its own id, so selection and the report still name it
+    assert sorted(i.id for i in items) == sorted(c.id for c in load_ok(write(tmp_path, SUITE, "steer_ok.toml")))
+    broken = items[0]
     assert str(path) in broken.message
     assert "[defaults]" in broken.message
     assert "threshold" in broken.message
@@ -287,7 +289,7 @@ def test_case_without_selector(tmp_path):
 
 def test_expect_maybe_rejected_in_defaults(tmp_path):
     path = write(tmp_path, '[defaults]\nexpect = "maybe"\n' + SUITE)
-    broken = load_single_broken(path)
+    broken = _broken_all(path)[0]
     assert str(path) in broken.message and "expect" in broken.message and "'maybe'" in broken.message
 
 
@@ -476,8 +478,11 @@ def test_two_suites_disagreeing_on_one_case_rejected(tmp_path):
 
 
 def test_bad_variant_name_and_bad_variant_setting(tmp_path):
-    broken = load_single_broken(write(tmp_path, VARIANTS.replace('variant = "upper"', 'variant = "up per"')))
-    assert "suite[1].variant" in broken.message and "'up per'" in broken.message
+    items = load_case_file(write(tmp_path, VARIANTS.replace('variant = "upper"', 'variant = "up per"')))
+    broken = [i for i in items if isinstance(i, BrokenCase)]
+    assert [b.id for b in broken] == ["steer_x-suite1-invalid"]  # only the broken suite fails
+    assert "suite[1].variant" in broken[0].message and "'up per'" in broken[0].message
+    assert len(items) == 3 and sum(isinstance(i, Case) for i in items) == 2
     items = load_case_file(write(tmp_path, VARIANTS.replace('bucket = "upper"', 'bucket = "middle"')))
     bad = [i for i in items if isinstance(i, BrokenCase)]
     assert [b.id for b in bad] == ["smollm2-135m-dola-truthful-mc-upper"]
