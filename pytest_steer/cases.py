@@ -53,8 +53,9 @@ class CaseOptions:
     reason: str = ""
 
     def validate(self, where: str) -> None:
-        if self.n_dev < 1 or self.n_test < 1:
-            raise SettingsError(f"{where}: n_dev and n_test must be at least 1")
+        for name in ("n_dev", "n_test"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{where}.{name}: must be at least 1, got {getattr(self, name)}")
         if self.tolerance is not None and self.tolerance < 0:
             raise SettingsError(f"{where}.tolerance: must be >= 0")
         if self.seed < 0:

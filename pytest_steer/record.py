@@ -39,6 +39,8 @@ class Comparison:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Comparison:
+        if not isinstance(data["delta_ci"], list) or len(data["delta_ci"]) != 2:
+            raise ValueError(f"metric 'delta_ci' must be a list of two numbers, got {data['delta_ci']!r}")
         low, high = data["delta_ci"]
         return cls(_finite(data, "unsteered"), _finite(data, "steered"), _finite(data, "delta"),
                    (_finite({"delta_ci[0]": low}, "delta_ci[0]"), _finite({"delta_ci[1]": high}, "delta_ci[1]")),

@@ -373,3 +373,12 @@ def test_two_concurrent_updates_never_leave_a_mismatched_pair(tmp_path: Path) ->
     tensors, _ = read_tensors(bs.vector_path("m", "task_vector", "t"))
     assert float(tensors["task_vector"][0]) == result.metrics.steered * 4
     assert not list(bs.root.rglob("*.tmp"))
+
+
+def test_a_malformed_interval_names_the_metric(tmp_path: Path) -> None:
+    data = make_result().to_baseline()
+    data["metrics"]["delta_ci"] = [0.1]
+    bs = BaselineStore(tmp_path)
+    _write_raw(bs, json.dumps(data))
+    with pytest.raises(StoreError, match=r"metric 'delta_ci' must be a list of two numbers, got \[0\.1\]"):
+        bs.load("m", "tv", "t")

@@ -605,3 +605,10 @@ def test_method_settings_that_cannot_run_fail_at_collection(tmp_path: Path, sett
     items = load_case_file(path)
     assert items and all(isinstance(i, BrokenCase) for i in items)
     assert str(path) in items[0].message and fragment in items[0].message
+
+
+@pytest.mark.parametrize("field", ["n_dev", "n_test"])
+def test_a_split_size_below_one_names_its_field(tmp_path: Path, field: str) -> None:
+    path = write(tmp_path, f"[defaults]\n{field} = 0\n" + SUITE)
+    broken = _broken_all(path)[0]
+    assert str(path) in broken.message and f"[defaults].{field}: must be at least 1, got 0" in broken.message

@@ -246,7 +246,7 @@ def test_read_questions_errors_name_item_and_field() -> None:
     good = {"question": "q", "best_answer": "a", "correct_answers": ["a"], "incorrect_answers": ["b"]}
     with pytest.raises(TaskError, match=r"^q\.json: item 1: field 'correct_answers' must be a list"):
         read_questions([good, {**good, "correct_answers": "a"}], "q.json")
-    with pytest.raises(TaskError, match=r"^q\.json: item 0: field 'incorrect answers' needs at least 1 answers, got 0"):
+    with pytest.raises(TaskError, match=r"^q\.json: item 0: field 'incorrect answers' needs at least one answer, got none"):
         read_questions([{**good, "incorrect_answers": ["  "]}], "q.json")
     with pytest.raises(TaskError, match=r"^q\.json: item 0: field 'question' is empty"):
         read_questions([{**good, "question": ""}], "q.json")
@@ -305,7 +305,7 @@ def test_csv_errors_name_the_file_row_and_field(tmp_path: Path) -> None:
         load_task("empty", empty)
     third = tmp_path / "third.csv"
     third.write_text("Question,Best Answer,Correct Answers,Incorrect Answers\nq,a,a,b\nq2,a,a,;\n", encoding="utf-8")
-    with pytest.raises(TaskError, match=r"third\.csv: row 3: field 'incorrect answers' needs at least 1"):
+    with pytest.raises(TaskError, match=r"third\.csv: row 3: field 'incorrect answers' needs at least one answer"):
         load_task("third", third)
     other = tmp_path / "other.csv"
     other.write_text("a,b\n1,2\n", encoding="utf-8")

@@ -140,7 +140,7 @@ def read_pairs(data: object, source: str) -> tuple[Pair, ...]:
 def _answers(values: list[object], where: str, field: str) -> tuple[str, ...]:
     answers = tuple(v.strip() for v in values if isinstance(v, str) and v.strip())
     if not answers:
-        raise TaskError(f"{where}: field '{field}' needs at least 1 answers, got 0")
+        raise TaskError(f"{where}: field '{field}' needs at least one answer, got none")
     return answers
 
 
