@@ -18,6 +18,8 @@ _OPTIONS = (
     ("threshold", "store", "minimum improvement steered - unsteered for a case to pass (default 0.1)"),
     ("tolerance", "store", "allowed drop of steered accuracy below the stored baseline (default 0.05)"),
     ("min-recovery", "store", "optional minimum of steered / ICL accuracy"),
+    ("compare", "store", "compare this run with a saved --steer-report JSON file"),
+    ("compare-fail", "store", "with --steer-compare: fail the run when a case's steered score dropped by more than this"),
 )
 
 
@@ -32,6 +34,8 @@ class SteerOptions:
     tolerance: float
     min_recovery: float | None
     report_path: Path | None
+    compare_path: Path | None = None
+    compare_fail: float | None = None
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -76,6 +80,8 @@ def _path_option(config: pytest.Config, key: str, default: Path) -> Path:
 def resolve_options(config: pytest.Config) -> SteerOptions:
     default_cache = Path(os.environ.get("PYTEST_STEER_CACHE_DIR", Path.home() / ".cache" / "pytest-steer"))
     report = config.getoption("steer_report") or config.getini("steer_report") or None
+    if config.getoption("steer_compare_fail") is not None and not (config.getoption("steer_compare") or config.getini("steer_compare")):
+        raise pytest.UsageError("--steer-compare-fail needs --steer-compare PATH (the saved report to compare with)")
     return SteerOptions(
         cache_dir=_path_option(config, "steer_cache_dir", default_cache.expanduser().resolve()),
         baseline_dir=_path_option(config, "steer_baseline_dir", config.rootpath / "baselines"),
@@ -84,4 +90,11 @@ def resolve_options(config: pytest.Config) -> SteerOptions:
         tolerance=_float_option(config, "steer_tolerance", 0.05),  # type: ignore[arg-type]
         min_recovery=_float_option(config, "steer_min_recovery", None),
         report_path=Path(report).expanduser().resolve() if report else None,
+        compare_path=_optional_path(config, "steer_compare"),
+        compare_fail=_float_option(config, "steer_compare_fail", None),
     )
+
+
+def _optional_path(config: pytest.Config, key: str) -> Path | None:
+    raw = config.getoption(key) or config.getini(key) or None
+    return Path(raw).expanduser().resolve() if raw else None

@@ -59,6 +59,15 @@ class SteerRun:
         self.worker = False  # an xdist worker (set when the pytest session starts)
         self.worker_id = "master"
         self._session: SteerSession | None = None
+        self._changes: list[Any] | None = None
+        self.saved: dict[str, CaseReport] = {}
+        if self.options.compare_path:  # read now: a bad file is a usage error before anything runs
+            from pytest_steer.compare import CompareError, load_saved
+
+            try:
+                self.saved = load_saved(self.options.compare_path)
+            except CompareError as exc:
+                raise pytest.UsageError(str(exc)) from None
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.worker = is_xdist_worker(session)
@@ -98,6 +107,19 @@ class SteerRun:
             self._session = SteerSession(self.options, ProgressBars(capman) if show else None)
         return self._session
 
+    def compared(self) -> list[Any]:
+        """Changes against the saved report of `--steer-compare` (computed once)."""
+        if self._changes is None:
+            from pytest_steer.compare import compare
+
+            self._changes = compare(self.reports, self.saved) if self.options.compare_path else []
+        return self._changes
+
+    def dropped(self) -> list[Any]:
+        """Cases whose steered score fell by more than `--steer-compare-fail`."""
+        limit = self.options.compare_fail
+        return [] if limit is None else [c for c in self.compared() if c.drop > limit + 1e-12]
+
     def finish(self) -> None:
         """On the controller (or a serial run): write the JSON report."""
         if self.options.report_path and self.reports:
@@ -134,6 +156,13 @@ class SteerRun:
             tr.write_line(f"{self.crashed_workers} xdist worker(s) crashed: unused baselines were not listed")
         if self.options.report_path and reports:
             tr.write_line(f"report written: {self.options.report_path}")
+        if self.options.compare_path:
+            from pytest_steer.compare import render
+
+            tr.write(render(self.compared(), self.options.compare_path, tr._tw.fullwidth, tr.hasmarkup))
+            for change in self.dropped():
+                tr.write_line(f"{change.id}: steered {change.after:.3f} dropped {change.drop:.3f} below the saved run's "
+                              f"{change.before:.3f} (more than --steer-compare-fail {self.options.compare_fail})", red=True)
 
 
 RUN_KEY = pytest.StashKey[SteerRun]()
@@ -381,7 +410,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     run = session.config.stash[RUN_KEY]
     if not run.worker:
         run.finish()
-        if run.write_errors and session.exitstatus == pytest.ExitCode.OK:
+        failed_compare = bool(run.options.compare_path) and bool(run.dropped())
+        if (run.write_errors or failed_compare) and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

@@ -383,3 +383,45 @@ def test_a_killed_update_keeps_every_finished_baseline_whole(suite, pytester: py
     assert kept is not None and kept.id == "tinya-task_vector-tinytask"
     assert store.load("tinya", "task_vector", "othertask") is None
     assert not list((pytester.path / "baselines").rglob("*.tmp"))
+
+
+def test_compare_with_a_saved_report_lists_changes_and_can_fail_the_run(suite, pytester: pytest.Pytester) -> None:
+    write, run = suite
+    write()
+    run("--steer-update", "--steer-report=saved.json").assert_outcomes(passed=2)
+    result = run("--steer-compare=saved.json", "--steer-compare-fail=0.0")
+    result.assert_outcomes(passed=2)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*compared with *saved.json: no verdict or steered score changed*"])
+
+    saved = json.loads((pytester.path / "saved.json").read_text())
+    case = next(c for c in saved["cases"] if c["id"] == "tinya-task_vector-tinytask")
+    case["result"]["metrics"]["steered"] += 0.5  # the saved run scored higher than this one will
+    case["result"]["per_item"]["steered"] = [1] * len(case["result"]["per_item"]["steered"])
+    case["status"] = "xpass"
+    (pytester.path / "saved.json").write_text(json.dumps(saved))
+    result = run("--steer-compare=saved.json", "--steer-compare-fail=0.1")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # every case passed; the drop fails the run
+    out = result.stdout.str()
+    assert "changes since" in out and "tinya-task_vector-tinytask" in out and "xpass -> pass" in out
+    assert "tinya-task_vector-tinytask: steered" in out and "more than --steer-compare-fail 0.1" in out
+    assert "tinya-task_vector-othertask" not in out.split("changes since")[1].split("\n\n")[0]
+    result = run("--steer-compare=saved.json")  # without a limit the changes are reported, not failed
+    assert result.ret == pytest.ExitCode.OK
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (None, "cannot read the saved report"),
+    ("{not json", "cannot read the saved report"),
+    ('{"counts": {}}', "not a pytest-steer report (expected an object with a 'cases' list)"),
+])
+def test_a_bad_saved_report_is_a_usage_error_naming_it(suite, pytester: pytest.Pytester, content, fragment) -> None:
+    write, run = suite
+    write()
+    if content is not None:
+        (pytester.path / "old.json").write_text(content)
+    result = run("--steer-compare=old.json", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--steer-compare *old.json: {fragment}*"])
+    result = run("--steer-compare-fail=0.1", "--collect-only")
+    result.stderr.fnmatch_lines(["*--steer-compare-fail needs --steer-compare PATH*"])

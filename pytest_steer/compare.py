@@ -1,0 +1,100 @@
+"""Run-to-run comparison: this run's cases against a saved JSON report (`--steer-compare`)."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pytest_steer.report import CaseReport
+from pytest_steer.stats import paired_bootstrap
+
+
+class CompareError(Exception):
+    """The saved report cannot be read; the message names the file and what was expected."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One case whose verdict or gated score differs between the saved run and this one."""
+
+    id: str
+    before_status: str  # "-" when the saved run lacks the case
+    after_status: str
+    before: float | None
+    after: float | None
+    paired: tuple[float, float, float] | None = None  # mean difference and its 95% interval, same items only
+    note: str = ""
+
+    @property
+    def drop(self) -> float:
+        """How far the steered score fell (0 when it rose or cannot be compared)."""
+        if self.before is None or self.after is None:
+            return 0.0
+        return max(0.0, self.before - self.after)
+
+
+def load_saved(path: Path) -> dict[str, CaseReport]:
+    """The cases of a report written by `--steer-report`, by id."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CompareError(f"--steer-compare {path}: cannot read the saved report ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
+        raise CompareError(f"--steer-compare {path}: not a pytest-steer report (expected an object with a 'cases' list)")
+    try:
+        return {c["id"]: CaseReport.from_json(c) for c in data["cases"]}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CompareError(f"--steer-compare {path}: a case is malformed ({exc!r})") from exc
+
+
+def _paired(before: CaseReport, after: CaseReport) -> tuple[tuple[float, float, float] | None, str]:
+    b, a = before.result, after.result
+    if b is None or a is None:
+        return None, ""
+    if b.outcomes.items != a.outcomes.items:
+        return None, "test items differ: difference of means only"
+    interval = paired_bootstrap(list(a.outcomes.steered), list(b.outcomes.steered), seed=0)
+    return (interval.estimate, interval.low, interval.high), ""
+
+
+def compare(current: Sequence[CaseReport], saved: dict[str, CaseReport]) -> list[Change]:
+    """Every case of this run whose verdict or steered score changed, or that the saved run lacks
+    (cases the saved run has but this one did not select are not changes)."""
+    changes = []
+    now = {r.id: r for r in current}
+    for cid in sorted(now):
+        after, before = now[cid], saved.get(cid)
+        a_score = None if after.result is None else after.result.metrics.steered
+        b_score = None if before is None or before.result is None else before.result.metrics.steered
+        b_status = "-" if before is None else before.status
+        if after.status == b_status and a_score == b_score:
+            continue
+        paired, note = _paired(before, after) if before else (None, "not in the saved run")
+        changes.append(Change(cid, b_status, after.status, b_score, a_score, paired, note))
+    return changes
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def render(changes: Sequence[Change], source: Path, width: int, markup: bool) -> str:
+    """The changes as a table, or one line saying nothing changed."""
+    if not changes:
+        return f"compared with {source}: no verdict or steered score changed\n"
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=max(width, 140), force_terminal=markup, no_color=not markup, highlight=False)
+    table = Table(title=f"pytest-steer: changes since {source}")
+    for head in ("case", "verdict", "steered before", "steered now", "paired difference [95% CI]", "note"):
+        table.add_column(head, justify="right" if "steered" in head or "paired" in head else "left")
+    for c in changes:
+        paired = "-" if c.paired is None else f"{c.paired[0]:+.3f} [{c.paired[1]:+.3f}, {c.paired[2]:+.3f}]"
+        table.add_row(c.id, f"{c.before_status} -> {c.after_status}", _score(c.before), _score(c.after), paired, c.note)
+    console.print(table)
+    return buffer.getvalue()
