@@ -7,7 +7,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from pytest_steer.files import StoreError, atomic_copy, atomic_write_json, verified_tensor_checksum
+from pytest_steer.files import StoreError, atomic_write_bytes, atomic_write_json, read_verified
 from pytest_steer.record import CaseResult
 
 
@@ -51,7 +51,7 @@ class BaselineStore:
             return
         if not vector.exists():
             raise StoreError(f"{json_path}: its vector {vector} is missing; refresh the baseline with --steer-update")
-        actual = verified_tensor_checksum(vector)
+        actual = read_verified(vector)[1]["content_sha256"]
         if expected is not None and actual != expected:
             raise StoreError(
                 f"{vector}: vector_sha256 {actual[:12]} does not match {expected[:12]} recorded in {json_path} "
@@ -70,8 +70,9 @@ class BaselineStore:
                 stale.unlink(missing_ok=True)
             data = result.to_baseline()
             if result.vector_file:
-                data["vector_sha256"] = verified_tensor_checksum(Path(result.vector_file))
-                atomic_copy(Path(result.vector_file), target)
+                raw, metadata = read_verified(Path(result.vector_file))  # read once: verified, then copied
+                data["vector_sha256"] = metadata["content_sha256"]
+                atomic_write_bytes(target, raw)
                 written.append(target)
             else:
                 target.unlink(missing_ok=True)  # a vector from an earlier accepted result would not match

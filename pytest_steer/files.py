@@ -47,19 +47,14 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_copy(source: Path, target: Path) -> None:
-    """Copy a file's bytes atomically (the accepted vector from its staged file)."""
-    atomic_write_bytes(target, Path(source).read_bytes())
-
-
 # safetensors dtype codes as torch names them (the content checksum hashes torch's names)
 _TORCH_DTYPES = {"F64": "torch.float64", "F32": "torch.float32", "F16": "torch.float16", "BF16": "torch.bfloat16",
                  "I64": "torch.int64", "I32": "torch.int32", "I16": "torch.int16", "I8": "torch.int8",
                  "U8": "torch.uint8", "BOOL": "torch.bool"}
 
 
-def verified_tensor_checksum(path: Path) -> str:
-    """Check a safetensors file against the `content_sha256` in its header, without torch; return the checksum.
+def read_verified(path: Path) -> tuple[bytes, dict[str, str]]:
+    """A safetensors file's bytes and header metadata, checked against its `content_sha256` without torch.
 
     The hash covers names, dtypes, shapes and bytes exactly as `store.content_hash` does, so a
     truncated file, a flipped byte or a header that lies about its tensors is a StoreError.
@@ -70,7 +65,8 @@ def verified_tensor_checksum(path: Path) -> str:
         header = json.loads(raw[8 : 8 + size])
     except (OSError, struct.error, ValueError, UnicodeDecodeError) as exc:
         raise StoreError(f"{path}: not a readable safetensors file ({exc})") from exc
-    expected = (header.pop("__metadata__", None) or {}).get("content_sha256")
+    metadata = header.pop("__metadata__", None) or {}
+    expected = metadata.get("content_sha256")
     if expected is None:
         raise StoreError(f"{path}: metadata has no 'content_sha256'")
     data = raw[8 + size :]
@@ -87,4 +83,4 @@ def verified_tensor_checksum(path: Path) -> str:
         raise StoreError(f"{path}: malformed safetensors header ({exc})") from exc
     if digest.hexdigest() != expected:
         raise StoreError(f"{path}: tensor data does not match its 'content_sha256' (corrupt file)")
-    return expected
+    return raw, metadata

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from filelock import FileLock
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
 from pytest_steer import __version__
-from pytest_steer.files import StoreError, atomic_write_bytes
+from pytest_steer.files import StoreError, atomic_write_bytes, read_verified
 
 
 def content_hash(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -37,21 +37,12 @@ def write_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Map
 
 
 def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load a safetensors file and verify its checksum; raise StoreError if it is damaged."""
+    """Load a safetensors file verified against its checksum (`files.read_verified`); StoreError if damaged."""
+    raw, metadata = read_verified(path)
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        return load(raw), metadata
+    except (SafetensorError, ValueError, RuntimeError) as exc:
         raise StoreError(f"{path}: not a readable safetensors file ({exc})") from exc
-    expected = metadata.get("content_sha256")
-    if expected is None:
-        raise StoreError(f"{path}: metadata has no 'content_sha256'")
-    if content_hash(tensors) != expected:
-        raise StoreError(f"{path}: tensor data does not match its 'content_sha256' (corrupt file)")
-    return tensors, metadata
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:

@@ -11,7 +11,7 @@ import torch
 from filelock import FileLock
 
 from pytest_steer.baselines import BaselineStore
-from pytest_steer.files import StoreError, verified_tensor_checksum
+from pytest_steer.files import StoreError, read_verified
 from pytest_steer.record import SCHEMA, CaseResult, Comparison, Metrics, Outcomes, Provenance, TaskData
 from pytest_steer.store import read_tensors, write_tensors
 
@@ -92,7 +92,7 @@ def test_the_file_holds_the_kept_fields_only(tmp_path: Path) -> None:
     result = make_result(vector_file=str(stage_vector(tmp_path)))
     bs.write(result, "t")
     data = json.loads(bs.json_path("m", "task_vector", "t").read_text(encoding="utf-8"))
-    assert data == {**result.to_baseline(), "vector_sha256": verified_tensor_checksum(Path(result.vector_file))}
+    assert data == {**result.to_baseline(), "vector_sha256": read_verified(Path(result.vector_file))[1]["content_sha256"]}
     assert data["schema"] == SCHEMA
     assert "timing_s" not in data and "vector_file" not in data  # run-only fields never leak into a baseline
     assert "variant" not in data  # written only when there is one

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_steer.files import atomic_copy, atomic_write_bytes, atomic_write_json
+from pytest_steer.files import atomic_write_bytes, atomic_write_json
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -75,26 +75,3 @@ def test_atomic_write_interrupt_cleans_up(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.undo()
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
-
-
-def test_atomic_copy_copies_bytes_and_keeps_the_source(tmp_path: Path) -> None:
-    source = tmp_path / "staged" / "v.safetensors"
-    source.parent.mkdir()
-    source.write_bytes(bytes(range(256)) * 4)
-    target = tmp_path / "baselines" / "m" / "v.safetensors"
-    atomic_copy(source, target)
-    assert target.read_bytes() == source.read_bytes()
-    assert source.is_file()
-    source.write_bytes(b"changed")
-    atomic_copy(str(source), target)  # type: ignore[arg-type]  # a string path works too
-    assert target.read_bytes() == b"changed"
-    assert leftovers(target.parent) == []
-
-
-def test_atomic_copy_of_a_missing_source_leaves_the_target(tmp_path: Path) -> None:
-    target = tmp_path / "t.bin"
-    target.write_bytes(b"keep")
-    with pytest.raises(FileNotFoundError):
-        atomic_copy(tmp_path / "absent.bin", target)
-    assert target.read_bytes() == b"keep"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.bin"]
