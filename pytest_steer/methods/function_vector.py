@@ -259,7 +259,6 @@ class FunctionVectorMethod(LayerSearch):
                 f"{a.model_type} normalises the attention output after o_proj; the function vector is o_proj(head) "
                 "and bypasses that norm"
             )
-        dev_prompts = PromptSet.zero_shot(handle, splits.dev).prompts[: settings.batch_size]
         return MethodOutcome(
             unsteered=found.unsteered.test,
             steered=found.steered,
@@ -282,7 +281,7 @@ class FunctionVectorMethod(LayerSearch):
                 "cie_method": settings.cie,
                 "grid_size": len(grid),
                 "fv_norm": float(fv.norm()),
-                "residual_norm_at_layer": _last_token_residual_norm(handle, dev_prompts, best.layer),
+                "residual_norm_at_layer": _last_token_residual_norm(handle, found.dev.prompts[: settings.batch_size], best.layer),
                 "notes": notes,
             },
             test_items=[p.input for p in splits.test],

@@ -97,6 +97,7 @@ class Search:
     """What the skeleton found: the dev accuracy of every intervention and the test outcomes."""
 
     layers: list[int]
+    dev: PromptSet
     grid: list[Any]  # the interventions searched, each with a `.layer`
     dev_accuracy: np.ndarray
     best: Any
@@ -177,7 +178,7 @@ class LayerSearch(ABC):
         report = reports.get(best.layer, HookReport())
         if not report.fired_and_changed:
             raise RuntimeError(f"steering hook on block {best.layer} did not fire or changed nothing: {report}")
-        found = Search(layers, grid, dev_accuracy, best, unsteered, steered, report, sweep, counter, cache)
+        found = Search(layers, dev, grid, dev_accuracy, best, unsteered, steered, report, sweep, counter, cache)
         return self.outcome(handle, splits, settings, found, state, tensors)
 
 
