@@ -17,8 +17,8 @@ import pytest
 from xdist import get_xdist_worker_id, is_xdist_worker
 
 from pytest_steer.baselines import BaselineStore
-from pytest_steer.files import StoreError
 from pytest_steer.cases import FAMILIES, BrokenCase, Case, case_id, load_case_file, marker_name, model_family, task_slot
+from pytest_steer.files import StoreError
 from pytest_steer.methods import methods
 from pytest_steer.options import SteerOptions, add_options, resolve_options
 from pytest_steer.record import CaseResult
@@ -49,6 +49,7 @@ class SteerRun:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.options: SteerOptions = resolve_options(config)
+        self.store = BaselineStore(self.options.baseline_dir)
         self.reports: list[CaseReport] = []
         self.selected: set[str] = set()
         self.written: list[Path] = []
@@ -88,7 +89,7 @@ class SteerRun:
         if case.result is None or case.status == "error":
             return
         try:
-            self.written.extend(BaselineStore(self.options.baseline_dir).write(case.result, task_slot(case.task, case.variant)))
+            self.written.extend(self.store.write(case.result, task_slot(case.task, case.variant)))
         except (StoreError, OSError) as exc:
             self.write_errors.append(f"{case.id}: baseline not written: {exc}")
 
@@ -129,8 +130,7 @@ class SteerRun:
     def unused_baselines(self) -> list[str]:
         if not self.collected_any or self.crashed_workers:
             return []
-        store = BaselineStore(self.options.baseline_dir)
-        return [str(store.json_path(*ids)) for ids in sorted(store.all_ids()) if case_id(*ids) not in self.selected]
+        return [str(self.store.json_path(*ids)) for ids in sorted(self.store.all_ids()) if case_id(*ids) not in self.selected]
 
     def summary(self, tr: Any) -> None:
         if not self.reports and not self.collected_any:
