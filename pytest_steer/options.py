@@ -12,6 +12,7 @@ import pytest
 
 _OPTIONS = (
     ("update", "store_true", "write or refresh the baselines of the cases that ran (controller only, atomic)"),
+    ("rerun", "store_true", "recompute every case instead of reusing results stored under unchanged inputs"),
     ("cache-dir", "store", "directory for fetched models, converted weights and cached vectors"),
     ("baseline-dir", "store", "directory of baselines (default: <rootdir>/baselines)"),
     ("report", "store", "write the run's results as JSON to this path"),
@@ -20,6 +21,8 @@ _OPTIONS = (
     ("min-recovery", "store", "optional minimum of steered / ICL accuracy"),
     ("compare", "store", "compare this run with a saved --steer-report JSON file"),
     ("compare-fail", "store", "with --steer-compare: fail the run when a case's steered score dropped by more than this"),
+    ("group", "store", "unit of work for xdist --dist loadgroup: 'case' (default; every worker busy, a model may load "
+                       "on several workers) or 'model' (all cases of a model on one worker, loaded once)"),
 )
 
 
@@ -36,6 +39,8 @@ class SteerOptions:
     report_path: Path | None
     compare_path: Path | None = None
     compare_fail: float | None = None
+    rerun: bool = False
+    group: str = "case"
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -46,7 +51,9 @@ def add_options(parser: pytest.Parser) -> None:
         if action == "store":
             kwargs["default"] = None
         group.addoption(f"--steer-{name}", **kwargs)
-        if name != "update":
+        if name == "rerun":
+            parser.addini(key, help_text + " (ini)", type="bool", default=False)
+        elif name != "update":
             parser.addini(key, help_text + " (ini)", default="")
 
 
@@ -92,7 +99,21 @@ def resolve_options(config: pytest.Config) -> SteerOptions:
         report_path=Path(report).expanduser().resolve() if report else None,
         compare_path=_optional_path(config, "steer_compare"),
         compare_fail=_float_option(config, "steer_compare_fail", None),
+        rerun=bool(config.getoption("steer_rerun") or config.getini("steer_rerun")),
+        group=_choice_option(config, "steer_group", ("case", "model"), "case"),
     )
+
+
+def _choice_option(config: pytest.Config, key: str, choices: tuple[str, ...], default: str) -> str:
+    raw = config.getoption(key)
+    origin = f"--{key.replace('_', '-')}"
+    if raw is None:
+        raw, origin = config.getini(key), f"ini key {key}"
+    if raw in (None, ""):
+        return default
+    if raw not in choices:
+        raise pytest.UsageError(f"{origin}: expected one of {', '.join(choices)}, got {raw!r}")
+    return str(raw)
 
 
 def _optional_path(config: pytest.Config, key: str) -> Path | None:

@@ -143,6 +143,10 @@ class SteerRun:
                 tr.write(render_table(reports, tr._tw.fullwidth, tr.hasmarkup))
             tally = ", ".join(f"{n} {status}" for status, n in sorted(counts(reports).items()))
             tr.write_line(f"{len(reports)} steering cases: {tally}")
+            reused = [r for r in reports if r.result is not None and r.result.reused]
+            if reused:
+                tr.write_line(f"{len(reused)} of them judged from results stored under unchanged inputs (no model "
+                              "loaded for those); --steer-rerun recomputes")
         for path in self.written:
             tr.write_line(f"baseline written: {path}")
         for error in self.write_errors:
@@ -236,7 +240,8 @@ def _case_item(parent: CaseFile, case: Case) -> CaseItem:
         _register_marker(parent.config, name, what)
         item.add_marker(name)
     item.add_marker("steer")
-    item.add_marker(pytest.mark.xdist_group(name=case.model.name))
+    if parent.config.stash[RUN_KEY].options.group == "model":
+        item.add_marker(pytest.mark.xdist_group(name=case.model.name))
     if case.options.expect == "fail":
         reason = case.options.reason or "declared expected-to-fail in the case file"
         item.add_marker(pytest.mark.xfail(reason=reason, raises=SteerFailure, strict=False))
@@ -264,6 +269,8 @@ class CaseItem(pytest.Item):
         self.user_properties.append(("steer_delta_ci", json.dumps([round(x, 4) for x in m.delta_ci])))
         self.user_properties.append(("steer_chosen", json.dumps(result.chosen)))
         self.user_properties.append(("steer_fingerprint", result.provenance.fingerprint))
+        self.user_properties.append(("steer_reused", str(result.reused).lower()))
+        self.user_properties.append(("steer_computed_at", result.computed_at or ""))
         verdict = session.verdict(self.case, result, self.nodeid)
         self.steer_verdict = verdict
         if not verdict.passed:

@@ -165,6 +165,8 @@ class CaseResult:
     diagnostics: dict[str, Any]
     timing_s: dict[str, float] = field(default_factory=dict)  # run only
     vector_file: str | None = None  # run only: the staged accepted vector (safetensors)
+    computed_at: str | None = None  # run only: when the numbers were computed (UTC, ISO 8601)
+    reused: bool = False  # run only: judged from the result stored under the same inputs
 
     def to_baseline(self) -> dict[str, Any]:
         """The stored reference: the kept fields only, in the baseline file layout."""
@@ -185,7 +187,8 @@ class CaseResult:
 
     def to_json(self) -> dict[str, Any]:
         """The baseline fields plus the run-only ones (for reports and the xdist channel)."""
-        return {**self.to_baseline(), "timing_s": self.timing_s, "vector_file": self.vector_file}
+        return {**self.to_baseline(), "timing_s": self.timing_s, "vector_file": self.vector_file,
+                "computed_at": self.computed_at, "reused": self.reused}
 
     @classmethod
     def from_baseline(cls, data: dict[str, Any]) -> CaseResult:
@@ -202,5 +205,5 @@ class CaseResult:
             variant=data.get("variant", ""), metrics=Metrics.from_json(data["metrics"]), chosen=dict(data["chosen"]),
             curves=dict(data.get("curves", {})), outcomes=Outcomes.from_json(data["per_item"]), provenance=provenance,
             diagnostics=dict(data.get("diagnostics", {})), timing_s=dict(data.get("timing_s", {})),
-            vector_file=data.get("vector_file"),
+            vector_file=data.get("vector_file"), computed_at=data.get("computed_at"), reused=bool(data.get("reused")),
         )

@@ -64,6 +64,14 @@ def _verdict(report: CaseReport) -> str:
     return f"[{_STYLE.get(report.status, '')}]{report.status}[/]"
 
 
+def _computed(report: CaseReport) -> str:
+    """'now' for a fresh result; 'reused' with the time it was computed (UTC) otherwise."""
+    if report.result is None or not report.result.reused:
+        return "now"
+    when = (report.result.computed_at or "")[:16].replace("T", " ")
+    return f"reused {when}" if when else "reused"
+
+
 def _method(report: CaseReport) -> str:
     return f"{report.method} ({report.variant})" if report.variant else report.method
 
@@ -77,14 +85,15 @@ def build_table(reports: Sequence[CaseReport]) -> Table:
         table.add_column(head, justify="right")
     table.add_column("chosen")
     table.add_column("verdict")
+    table.add_column("computed")
     for r in sorted(reports, key=lambda r: (r.model, r.task, r.method, r.variant)):
         if r.result is None:
-            table.add_row(r.model, r.task, _method(r), "-", "-", "-", "-", "-", _verdict(r))
+            table.add_row(r.model, r.task, _method(r), "-", "-", "-", "-", "-", _verdict(r), "-")
             continue
         m = r.result.metrics
         chosen = ", ".join(f"{k}={v}" for k, v in r.result.chosen.items() if k != "relative_depth")
         table.add_row(r.model, r.task, _method(r), _pct(m.unsteered), _pct(m.steered), _pct(m.icl), _delta(m), chosen,
-                      _verdict(r))
+                      _verdict(r), _computed(r))
     return table
 
 
@@ -104,16 +113,17 @@ def build_dola_table(reports: Sequence[CaseReport]) -> Table:
         table.add_column(head, justify="right")
     table.add_column("top layer")
     table.add_column("verdict")
+    table.add_column("computed")
     for r in sorted(reports, key=lambda r: (r.model, r.task, r.variant)):
         if r.result is None:
-            table.add_row(r.model, r.task, r.variant or "-", *["-"] * 6, _verdict(r))
+            table.add_row(r.model, r.task, r.variant or "-", *["-"] * 6, _verdict(r), "-")
             continue
         m, chosen = r.result.metrics, r.result.chosen
         first = "mc1" if m.metric.startswith("mc") else "accuracy"
         top = f"{chosen['top_premature_layer']} ({chosen['top_share']:.0%})" if "top_premature_layer" in chosen else "-"
         table.add_row(
             r.model, r.task, r.variant or str(chosen.get("bucket", "-")), str(m.n_test), _pair(m, first), _pair(m, "mc2"),
-            _pair(m, "mc3"), f"{m.metric} {_delta(m)}", top, _verdict(r),
+            _pair(m, "mc3"), f"{m.metric} {_delta(m)}", top, _verdict(r), _computed(r),
         )
     return table
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,9 +20,10 @@ from pytest_steer.cases import Case
 from pytest_steer.options import SteerOptions
 from pytest_steer.methods import load_method
 from pytest_steer.methods.base import MethodOutcome, Progress, RunContext
-from pytest_steer.models.loader import ModelHandle, load_model
+from pytest_steer.models.loader import ModelHandle, Resolved, load_model, resolve
 from pytest_steer.models.spec import ModelSpec
 from pytest_steer.record import CaseResult, Outcomes, Provenance, TaskData
+from pytest_steer.results import ResultInputs, ResultStore, now
 from pytest_steer.settings import settings_dict
 from pytest_steer.store import VectorCache, cache_key, write_tensors
 from pytest_steer.tasks import load_task
@@ -53,6 +55,21 @@ class SteerSession:
     load_counts: dict[str, int] = field(default_factory=dict)
     _loaded: tuple[ModelSpec, ModelHandle] | None = None
     _results: dict[Case, CaseResult] = field(default_factory=dict)
+    _resolved: dict[ModelSpec, Resolved] = field(default_factory=dict)
+    _store: ResultStore | None = None
+
+    @property
+    def store(self) -> ResultStore:
+        """Computed results keyed by their inputs."""
+        if self._store is None:
+            self._store = ResultStore(self.options.cache_dir / "results")
+        return self._store
+
+    def resolve(self, spec: ModelSpec) -> Resolved:
+        """The model's location and fingerprint (fetched or converted if needed, not loaded)."""
+        if spec not in self._resolved:
+            self._resolved[spec] = resolve(spec, self.options.cache_dir, self.progress)
+        return self._resolved[spec]
 
     @property
     def baselines(self) -> BaselineStore:
@@ -63,7 +80,7 @@ class SteerSession:
         if self._loaded is not None and self._loaded[0] == spec:
             return self._loaded[1]
         self._loaded = None
-        handle = load_model(spec, self.options.cache_dir, self.progress)
+        handle = load_model(spec, self.options.cache_dir, self.progress, self.resolve(spec))
         self._loaded = (spec, handle)
         self.load_counts[spec.name] = self.load_counts.get(spec.name, 0) + 1
         return handle
@@ -75,12 +92,30 @@ class SteerSession:
         return self._results[case]
 
     def run_case(self, case: Case) -> CaseResult:
-        """Run one case end to end: task, model, method, then the typed result."""
+        """Run one case end to end (task, model, method, then the typed result), or reuse the result
+        stored under exactly the same inputs without loading the model."""
         started = time.perf_counter()
         method = load_method(case.method)
         o = case.options
         task = load_task(case.task, case.task_path)
         splits, counts = method.prepare(task, o.n_dev, o.n_test, o.seed)
+        inputs = ResultInputs(
+            case=case.id, model_source=case.model.describe(), fingerprint=self.resolve(case.model).fingerprint,
+            device="cpu", dtype="float32", threads=torch.get_num_threads(), method=case.method,
+            task_sha256=task.data_hash(), counts=counts, seed=o.seed, settings=settings_dict(case.settings),
+            versions=versions(),
+        )
+        if not self.options.rerun:
+            stored = self.store.get(inputs)
+            if stored is not None:
+                return stored
+        result = self._compute(case, method, task, splits, counts, started)
+        self.store.put(inputs, result)
+        return result
+
+    def _compute(self, case: Case, method: Any, task: Any, splits: Any, counts: dict[str, int],
+                 started: float) -> CaseResult:
+        o = case.options
         handle = self.model(case.model)
         loaded = time.perf_counter()
         context = RunContext(cache=VectorCache(self.options.cache_dir / "vectors"), seed=o.seed, progress=self.progress)
@@ -98,7 +133,7 @@ class SteerSession:
             chosen=outcome.chosen, curves=outcome.curves, outcomes=_outcomes(outcome), provenance=provenance,
             diagnostics=outcome.diagnostics,
             timing_s={"model": round(loaded - started, 2), "method": round(time.perf_counter() - loaded, 2)},
-            vector_file=self._stage_vectors(case, provenance, outcome),
+            vector_file=self._stage_vectors(case, provenance, outcome), computed_at=now(),
         )
 
     def _stage_vectors(self, case: Case, provenance: Provenance, outcome: MethodOutcome) -> str | None:

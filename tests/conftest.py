@@ -61,3 +61,52 @@ def tiny_handle(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     from pytest_steer.models.loader import ModelSpec, load_model
 
     return load_model(ModelSpec("tiny", "folder", str(tiny_model_dir)), tmp_path_factory.mktemp("cache"))
+
+
+CASE_FILE = """
+[defaults]
+n_dev = 10
+n_test = 12
+threshold = {threshold}
+tolerance = 0.0
+
+[methods.task_vector]
+n_prompts = 6
+n_shots = 3
+batch_size = 8
+
+[models.tinya]
+path = "{model}"
+
+[models.tinyb]
+path = "{model}"
+
+[tasks.tinytask]
+path = "{task}"
+
+[tasks.othertask]
+path = "{task}"
+
+[[suite]]
+models = {models}
+methods = ["task_vector"]
+tasks = ["tinytask", "othertask"]
+{extra}
+"""
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester, tiny_model_dir: Path, tiny_task_file: Path):
+    """Write a case file; returns a function running pytest on it in a subprocess."""
+    cache = pytester.path / "cache"
+
+    def write(threshold: float = -1.0, models: str = '["tinya"]', extra: str = "", name: str = "steer_tiny.toml") -> Path:
+        text = CASE_FILE.format(threshold=threshold, model=tiny_model_dir, task=tiny_task_file, models=models, extra=extra)
+        path = pytester.path / name
+        path.write_text(text)
+        return path
+
+    def run(*args: str) -> pytest.RunResult:
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--steer-cache-dir={cache}", *args)
+
+    return write, run

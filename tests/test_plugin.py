@@ -7,55 +7,6 @@ from pathlib import Path
 
 import pytest
 
-CASE_FILE = """
-[defaults]
-n_dev = 10
-n_test = 12
-threshold = {threshold}
-tolerance = 0.0
-
-[methods.task_vector]
-n_prompts = 6
-n_shots = 3
-batch_size = 8
-
-[models.tinya]
-path = "{model}"
-
-[models.tinyb]
-path = "{model}"
-
-[tasks.tinytask]
-path = "{task}"
-
-[tasks.othertask]
-path = "{task}"
-
-[[suite]]
-models = {models}
-methods = ["task_vector"]
-tasks = ["tinytask", "othertask"]
-{extra}
-"""
-
-
-@pytest.fixture
-def suite(pytester: pytest.Pytester, tiny_model_dir: Path, tiny_task_file: Path):
-    """Write a case file; returns a function running pytest on it in a subprocess."""
-    cache = pytester.path / "cache"
-
-    def write(threshold: float = -1.0, models: str = '["tinya"]', extra: str = "", name: str = "steer_tiny.toml") -> Path:
-        text = CASE_FILE.format(threshold=threshold, model=tiny_model_dir, task=tiny_task_file, models=models, extra=extra)
-        path = pytester.path / name
-        path.write_text(text)
-        return path
-
-    def run(*args: str) -> pytest.RunResult:
-        return pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--steer-cache-dir={cache}", *args)
-
-    return write, run
-
-
 def _report(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -187,7 +138,7 @@ def test_xdist_gives_the_same_numbers_and_writes_baselines_once(suite, pytester:
     write(models='["tinya", "tinyb"]')
     run("--steer-update", "--steer-report=serial.json").assert_outcomes(passed=4)
     serial_files = {p: p.read_text() for p in sorted((pytester.path / "baselines").rglob("*.json"))}
-    result = run("-n", "2", "--dist", "loadgroup", "--steer-update", "--steer-report=parallel.json")
+    result = run("-n", "2", "--dist", "loadgroup", "--steer-group=model", "--steer-update", "--steer-report=parallel.json")
     result.assert_outcomes(passed=4)
     serial = {c["id"]: c for c in _report(pytester.path / "serial.json")["cases"]}
     parallel = {c["id"]: c for c in _report(pytester.path / "parallel.json")["cases"]}
@@ -199,11 +150,22 @@ def test_xdist_gives_the_same_numbers_and_writes_baselines_once(suite, pytester:
         assert parallel[cid]["model_loads"] == 1
         assert parallel[cid]["verdict"]["passed"] is True and parallel[cid]["verdict"]["baseline"] == "updating"
     workers = {parallel[c]["worker"] for c in parallel if c.startswith("tinya")}
-    assert len(workers) == 1  # one xdist_group per model: a model's cases share a worker
+    assert len(workers) == 1  # --steer-group=model: one xdist_group per model, so a model's cases share a worker
     for path, text in serial_files.items():
         a, b = json.loads(text), json.loads(path.read_text())
         assert a["metrics"] == b["metrics"] and a["per_item"] == b["per_item"]
     assert not list((pytester.path / "baselines").rglob("*.tmp"))
+
+
+def test_by_default_cases_spread_over_the_workers(suite, pytester: pytest.Pytester) -> None:
+    write, run = suite
+    write(models='["tinya"]')
+    run("-n", "2", "--dist", "loadgroup", "--steer-update", "--steer-report=parallel.json").assert_outcomes(passed=2)
+    cases = _report(pytester.path / "parallel.json")["cases"]
+    assert {c["worker"] for c in cases} == {"gw0", "gw1"}  # one model, two cases: both cores work
+    result = run("--steer-group=models")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--steer-group: expected one of case, model, got 'models'*"])
 
 
 DOLA_FILE = """

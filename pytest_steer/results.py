@@ -1,0 +1,108 @@
+"""Results keyed by their inputs: a case whose every input is unchanged is judged from its stored result.
+
+The key covers everything that can change a result (model fingerprint, device, dtype, torch threads,
+task data, split sizes, seed, method settings, library versions, the plugin's own source). Gates,
+tolerances and baselines are not inputs: they are applied afresh on every run. A stored result
+carries a checksum of its content; one that does not verify is recomputed, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pytest_steer.files import atomic_write_json
+from pytest_steer.record import CaseResult
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class ResultInputs:
+    """Everything a case's result depends on."""
+
+    case: str
+    model_source: dict[str, Any]
+    fingerprint: str
+    device: str
+    dtype: str
+    threads: int
+    method: str
+    task_sha256: str
+    counts: dict[str, int]
+    seed: int
+    settings: dict[str, Any]
+    versions: dict[str, str]
+    source: str = field(default_factory=lambda: plugin_source_hash())
+
+    def key(self) -> str:
+        return hashlib.sha256(_canonical(asdict(self))).hexdigest()[:32]
+
+
+def _canonical(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+@lru_cache(maxsize=1)
+def plugin_source_hash() -> str:
+    """Hash of the installed plugin's own files: an editable install changes code, not its version."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*")):
+        if path.is_file() and path.suffix in (".py", ".json") and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class ResultStore:
+    """`<cache>/results/<key>.json`: one computed result per set of inputs, written atomically."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, inputs: ResultInputs) -> Path:
+        return self.root / f"{inputs.key()}.json"
+
+    def get(self, inputs: ResultInputs) -> CaseResult | None:
+        """The stored result for exactly these inputs, marked as reused; None if absent or not trustworthy."""
+        path = self.path(inputs)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            return self._reject(path, f"unreadable ({exc})")
+        try:
+            body = data["body"]
+            if hashlib.sha256(_canonical(body)).hexdigest() != data["sha256"]:
+                return self._reject(path, "content does not match its checksum")
+            if body["inputs"] != json.loads(_canonical(asdict(inputs))):
+                return self._reject(path, "stored for other inputs")
+            result = CaseResult.from_baseline(body["result"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            return self._reject(path, f"malformed ({type(exc).__name__}: {exc})")
+        if result.vector_file and not Path(result.vector_file).is_file():
+            return self._reject(path, f"its vector file {result.vector_file} is gone")
+        return replace(result, reused=True)
+
+    def _reject(self, path: Path, why: str) -> None:
+        warnings.warn(f"pytest-steer: stored result {path} not used: {why}; recomputing", stacklevel=2)
+        return None
+
+    def put(self, inputs: ResultInputs, result: CaseResult) -> None:
+        """Store a freshly computed result under its inputs (atomically; a read-only cache only skips it)."""
+        body = {"inputs": asdict(inputs), "result": result.to_json()}
+        body = json.loads(_canonical(body))
+        try:
+            atomic_write_json(self.path(inputs), {"sha256": hashlib.sha256(_canonical(body)).hexdigest(), "body": body})
+        except OSError:
+            pass
