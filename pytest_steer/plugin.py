@@ -23,7 +23,7 @@ from pytest_steer.methods import methods
 from pytest_steer.options import SteerOptions, add_options, resolve_options
 from pytest_steer.record import CaseResult
 from pytest_steer.report import CaseReport, counts, render_table, write_json_report
-from pytest_steer.verdict import Verdict
+from pytest_steer.verdict import BaselineMissing, Verdict
 
 if TYPE_CHECKING:
     from pytest_steer.session import SteerSession
@@ -62,6 +62,8 @@ class SteerRun:
         self._session: SteerSession | None = None
         self._changes: list[Any] | None = None
         self.saved: dict[str, CaseReport] = {}
+        self.durations: dict[str, float] = {}  # case id -> seconds its run took (controller)
+        self.broken: list[BrokenCase] = []  # cases collected in this process that cannot run
         if self.options.compare_path:  # read now: a bad file is a usage error before anything runs
             from pytest_steer.compare import CompareError, load_saved
 
@@ -74,14 +76,29 @@ class SteerRun:
         self.worker = is_xdist_worker(session)
         self.worker_id = get_xdist_worker_id(session)
 
+    def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
+        """On the controller (also under xdist, where workers report their starts): one line per case."""
+        if not self.worker and _is_case(nodeid):
+            self._line(f"steer: start {nodeid.rsplit('::', 1)[-1]}")
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """On the controller (or a serial run): collect each case's report."""
         raw = getattr(report, "steer_report", None)
         if raw is not None and report.when == "call" and not self.worker:
             case = CaseReport.from_json(json.loads(raw))
             self.reports.append(case)
+            self.durations[case.id] = report.duration
+            reused = " (reused)" if case.result is not None and case.result.reused else ""
+            self._line(f"steer: {case.status:7} {case.id} in {report.duration:.1f} s{reused} on {case.worker} "
+                       f"[{len(self.reports)} done]")
             if self.options.update:
                 self._accept(case)
+
+    def _line(self, text: str) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and self.config.getoption("verbose") >= 0:
+            reporter.ensure_newline()
+            reporter.write_line(text)
 
     def _accept(self, case: CaseReport) -> None:
         """Write a case's baseline as soon as its report arrives: a later crash or kill loses nothing
@@ -127,8 +144,17 @@ class SteerRun:
             write_json_report(self.options.report_path, sorted(self.reports, key=lambda r: r.id),
                               {"unused_baselines": self.unused_baselines()})
 
+    def filtered(self) -> bool:
+        """A slice of the suite (-m, -k, a node id or a single case file): other cases' baselines are not stale."""
+        option = self.config.option
+        if getattr(option, "markexpr", "") or getattr(option, "keyword", ""):
+            return True
+        here = self.config.invocation_params.dir
+        return any("::" in arg or (here / arg).is_file() for arg in self.config.args)
+
     def unused_baselines(self) -> list[str]:
-        if not self.collected_any or self.crashed_workers:
+        """Stored baselines that no selected case used (only on an unfiltered run, where that means stale)."""
+        if not self.collected_any or self.crashed_workers or self.filtered():
             return []
         return [str(self.store.json_path(*ids)) for ids in sorted(self.store.all_ids()) if case_id(*ids) not in self.selected]
 
@@ -143,10 +169,21 @@ class SteerRun:
                 tr.write(render_table(reports, tr._tw.fullwidth, tr.hasmarkup))
             tally = ", ".join(f"{n} {status}" for status, n in sorted(counts(reports).items()))
             tr.write_line(f"{len(reports)} steering cases: {tally}")
+            missing = [r for r in reports if r.status == "missing"]
+            if missing:
+                tr.write_line(f"{len(missing)} case(s) computed but not judged, no stored baseline: "
+                              f"{', '.join(r.id for r in missing)}; run them with --steer-update to store one", yellow=True)
             reused = [r for r in reports if r.result is not None and r.result.reused]
             if reused:
                 tr.write_line(f"{len(reused)} of them judged from results stored under unchanged inputs (no model "
                               "loaded for those); --steer-rerun recomputes")
+        if self.broken and not self.reports:  # --collect-only: say now what would fail, and why
+            tr.write_line(f"{len(self.broken)} case(s) cannot run:", red=True)
+            for case in self.broken:
+                tr.write_line(f"  {case.id}: {case.message}", red=True)
+        slowest = sorted(self.durations.items(), key=lambda kv: -kv[1])[:5]
+        if len(self.durations) > 1 and verbose:
+            tr.write_line("slowest cases: " + ", ".join(f"{case} {seconds:.1f} s" for case, seconds in slowest))
         for path in self.written:
             tr.write_line(f"baseline written: {path}")
         for error in self.write_errors:
@@ -170,6 +207,10 @@ class SteerRun:
 
 
 RUN_KEY = pytest.StashKey[SteerRun]()
+
+
+def _is_case(nodeid: str) -> bool:
+    return "::" in nodeid and Path(nodeid.split("::", 1)[0]).match(CASE_GLOB)
 
 
 def _share_cores_between_workers() -> None:
@@ -219,6 +260,7 @@ class CaseFile(pytest.File):
                            "case ids must be unique across case files (rename a model, task or variant)")
                 case = BrokenCase(case.id, message, self.path, case.model.name, case.method, case.task)
             if isinstance(case, BrokenCase):
+                self.config.stash[RUN_KEY].broken.append(case)
                 yield BrokenCaseItem.from_parent(self, name=case.id, broken=case)
             else:
                 yield _case_item(self, case)
@@ -282,8 +324,6 @@ class CaseItem(pytest.Item):
             raise SteerFailure(message)
 
     def repr_failure(self, excinfo, style=None):  # type: ignore[no-untyped-def,override]
-        from pytest_steer.session import BaselineMissing
-
         if isinstance(excinfo.value, (SteerFailure, SteerRegression, BaselineMissing)):
             return str(excinfo.value)
         if isinstance(excinfo.value, _input_errors()):
@@ -326,7 +366,9 @@ class BrokenCaseItem(pytest.Item):
         return self.path, None, f"broken steer case {self.broken.id}"
 
 
-def _status(report: pytest.TestReport, error: bool) -> str:
+def _status(report: pytest.TestReport, error: bool, missing: bool = False) -> str:
+    if missing:
+        return "missing"  # the numbers were computed; there is nothing stored to judge them against
     if error:
         return "error"
     if hasattr(report, "wasxfail"):
@@ -346,7 +388,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if isinstance(item, CaseItem):
         c = item.case
         loads = run._session.load_counts.get(c.model.name, 0) if run._session else 0
-        steer = CaseReport(c.id, c.model.name, c.method, c.task, c.variant, _status(report, error), item.steer_result,
+        missing = call.excinfo is not None and isinstance(call.excinfo.value, BaselineMissing)
+        steer = CaseReport(c.id, c.model.name, c.method, c.task, c.variant, _status(report, error, missing),
+                           item.steer_result,
                            item.steer_verdict, message, run.worker_id, loads)
     else:
         b = item.broken

@@ -15,7 +15,7 @@ from pytest_steer.files import atomic_write_json
 from pytest_steer.record import CaseResult, Metrics
 from pytest_steer.verdict import Verdict
 
-_STYLE = {"pass": "green", "xpass": "yellow", "fail": "red", "xfail": "dim", "error": "bold red"}
+_STYLE = {"pass": "green", "xpass": "yellow", "fail": "red", "xfail": "dim", "error": "bold red", "missing": "yellow"}
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class CaseReport:
     method: str
     task: str
     variant: str
-    status: str  # pass, fail, xfail, xpass, error
+    status: str  # pass, fail, xfail, xpass, error, missing (computed, but no stored baseline to judge against)
     result: CaseResult | None = None
     verdict: Verdict | None = None
     message: str = ""
@@ -64,6 +64,19 @@ def _verdict(report: CaseReport) -> str:
     return f"[{_STYLE.get(report.status, '')}]{report.status}[/]"
 
 
+def _baseline(report: CaseReport) -> str:
+    """The stored baseline's gated score and this run's change from it; 'missing' when none is stored."""
+    if report.status == "missing":
+        return "missing"
+    v = report.verdict
+    if v is None or v.stored_steered is None:
+        return "new" if v is not None and v.baseline == "updating" else "-"
+    if report.result is None:
+        return f"{v.stored_steered:.2f}"
+    change = report.result.metrics.steered - v.stored_steered
+    return f"{v.stored_steered:.2f} ({change:+.2f})"
+
+
 def _computed(report: CaseReport) -> str:
     """'now' for a fresh result; 'reused' with the time it was computed (UTC) otherwise."""
     if report.result is None or not report.result.reused:
@@ -81,19 +94,19 @@ def build_table(reports: Sequence[CaseReport]) -> Table:
     table = Table(title="pytest-steer results (test split)", show_lines=False)
     for head in ("model", "task", "method"):
         table.add_column(head)
-    for head in ("unsteered", "steered", "5-shot", "delta [95% CI]"):
+    for head in ("unsteered", "steered", "5-shot", "delta [95% CI]", "baseline (change)"):
         table.add_column(head, justify="right")
     table.add_column("chosen")
     table.add_column("verdict")
     table.add_column("computed")
     for r in sorted(reports, key=lambda r: (r.model, r.task, r.method, r.variant)):
         if r.result is None:
-            table.add_row(r.model, r.task, _method(r), "-", "-", "-", "-", "-", _verdict(r), "-")
+            table.add_row(r.model, r.task, _method(r), "-", "-", "-", "-", _baseline(r), "-", _verdict(r), "-")
             continue
         m = r.result.metrics
         chosen = ", ".join(f"{k}={v}" for k, v in r.result.chosen.items() if k != "relative_depth")
-        table.add_row(r.model, r.task, _method(r), _pct(m.unsteered), _pct(m.steered), _pct(m.icl), _delta(m), chosen,
-                      _verdict(r), _computed(r))
+        table.add_row(r.model, r.task, _method(r), _pct(m.unsteered), _pct(m.steered), _pct(m.icl), _delta(m),
+                      _baseline(r), chosen, _verdict(r), _computed(r))
     return table
 
 
@@ -109,21 +122,21 @@ def build_dola_table(reports: Sequence[CaseReport]) -> Table:
     table = Table(title="pytest-steer DoLa results (unsteered>DoLa, test split)", show_lines=False)
     for head in ("model", "task", "variant"):
         table.add_column(head)
-    for head in ("n", "MC1/acc", "MC2", "MC3", "gated delta [95% CI]"):
+    for head in ("n", "MC1/acc", "MC2", "MC3", "gated delta [95% CI]", "baseline (change)"):
         table.add_column(head, justify="right")
     table.add_column("top layer")
     table.add_column("verdict")
     table.add_column("computed")
     for r in sorted(reports, key=lambda r: (r.model, r.task, r.variant)):
         if r.result is None:
-            table.add_row(r.model, r.task, r.variant or "-", *["-"] * 6, _verdict(r), "-")
+            table.add_row(r.model, r.task, r.variant or "-", *["-"] * 5, _baseline(r), "-", _verdict(r), "-")
             continue
         m, chosen = r.result.metrics, r.result.chosen
         first = "mc1" if m.metric.startswith("mc") else "accuracy"
         top = f"{chosen['top_premature_layer']} ({chosen['top_share']:.0%})" if "top_premature_layer" in chosen else "-"
         table.add_row(
             r.model, r.task, r.variant or str(chosen.get("bucket", "-")), str(m.n_test), _pair(m, first), _pair(m, "mc2"),
-            _pair(m, "mc3"), f"{m.metric} {_delta(m)}", top, _verdict(r), _computed(r),
+            _pair(m, "mc3"), f"{m.metric} {_delta(m)}", _baseline(r), top, _verdict(r), _computed(r),
         )
     return table
 

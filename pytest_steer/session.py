@@ -27,11 +27,7 @@ from pytest_steer.results import ResultInputs, ResultStore, now
 from pytest_steer.settings import settings_dict
 from pytest_steer.store import VectorCache, cache_key, write_tensors
 from pytest_steer.tasks import load_task
-from pytest_steer.verdict import Gate, Verdict, judge, metrics_from_outcomes
-
-
-class BaselineMissing(Exception):
-    """No stored baseline for a case; the message holds the command that creates it."""
+from pytest_steer.verdict import BaselineMissing, Gate, Verdict, judge, metrics_from_outcomes
 
 
 def versions() -> dict[str, str]:

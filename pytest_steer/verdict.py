@@ -24,6 +24,10 @@ class Gate:
 BaselineStatus = Literal["ok", "regressed", "mismatch", "updating", "new"]
 
 
+class BaselineMissing(Exception):
+    """No stored baseline for a case; the message holds the command that creates it."""
+
+
 @dataclass(frozen=True)
 class Verdict:
     """Whether the case passed, every reason why not, and how it compares with its baseline."""

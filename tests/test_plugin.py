@@ -31,6 +31,10 @@ def test_missing_baseline_fails_with_the_command_that_creates_it(suite) -> None:
     result = run("-k", "tinytask")
     result.assert_outcomes(failed=1, deselected=1)
     result.stdout.fnmatch_lines(["*no baseline for tinya-task_vector-tinytask*", "*pytest 'steer_tiny.toml::tinya-task_vector-tinytask' --steer-update*"])
+    # the numbers were computed: the table says the baseline is missing (not an error) and how to create it
+    result.stdout.fnmatch_lines(["*tinytask*task_vector*missing*missing*",
+                                 "*1 case(s) computed but not judged, no stored baseline: tinya-task_vector-tinytask*"])
+    assert "error" not in result.stdout.str().split("pytest-steer ===")[-1]
 
 
 def test_update_then_compare_then_regression(suite, pytester: pytest.Pytester) -> None:
@@ -120,15 +124,17 @@ def test_a_broken_case_file_does_not_stop_the_others(suite, pytester: pytest.Pyt
     result.stdout.fnmatch_lines(["*steer_broken.toml*threshold*expected a number*", "*steer_syntax.toml*cannot read case file*"])
 
 
-def test_unused_baselines_are_reported_respecting_selection(suite, pytester: pytest.Pytester) -> None:
+def test_unused_baselines_are_listed_only_on_an_unfiltered_run(suite, pytester: pytest.Pytester) -> None:
     write, run = suite
-    write()
+    path = write()
     run("--steer-update").assert_outcomes(passed=2)
     stale = pytester.path / "baselines" / "gone" / "task_vector" / "oldtask.json"
     stale.parent.mkdir(parents=True)
     stale.write_text('{"metrics": {}}')
-    result = run("-k", "tinytask")
-    result.stdout.fnmatch_lines(["*2 baseline(s) not used by any selected case:*"])
+    for selection in (("-k", "tinytask"), ("-m", "task_vector and tinytask"), (f"{path.name}::tinya-task_vector-tinytask",),
+                      (path.name,)):  # a slice: the other cases' baselines are not stale, so no noise
+        result = run(*selection)
+        assert "not used by any selected case" not in result.stdout.str(), selection
     result = run()
     result.stdout.fnmatch_lines(["*1 baseline(s) not used by any selected case:*", "*gone*oldtask.json"])
 
@@ -387,3 +393,18 @@ def test_a_bad_saved_report_is_a_usage_error_naming_it(suite, pytester: pytest.P
     result.stderr.fnmatch_lines([f"*--steer-compare *old.json: {fragment}*"])
     result = run("--steer-compare-fail=0.1", "--collect-only")
     result.stderr.fnmatch_lines(["*--steer-compare-fail needs --steer-compare PATH*"])
+
+
+def test_collect_only_names_the_cases_a_task_is_too_small_for(pytester: pytest.Pytester) -> None:
+    """One rule per method (README, "Task sizes"), checked without running anything."""
+    (pytester.path / "pairs.json").write_text(json.dumps({f"x{i}": f"y{i}" for i in range(130)}))
+    (pytester.path / "steer_size.toml").write_text(
+        '[tasks.mine]\npath = "pairs.json"\n[[suite]]\nmodels = ["smollm2-135m"]\n'
+        'methods = ["function_vector", "task_vector"]\ntasks = ["mine"]\n')
+    result = pytester.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines([
+        "*1 case(s) cannot run:*",
+        "*smollm2-135m-function_vector-mine: *steer_size.toml: case smollm2-135m-function_vector-mine: *pairs.json has "
+        "130 items, but n_dev = 40, n_test = 80 and the 11 demonstrations that function_vector.n_shots = 10 needs make 131",
+    ])
+    assert "task_vector-mine:" not in result.stdout.str()  # 130 = 40 + 80 + 10 is enough for task vectors

@@ -75,3 +75,19 @@ def test_json_report_holds_counts_and_round_trips(tmp_path: Path) -> None:
     assert [c["id"] for c in data["cases"]] == [r.id for r in REPORTS]
     assert [CaseReport.from_json(c) for c in data["cases"]] == REPORTS
     assert not list(path.parent.glob("*.tmp"))
+
+
+def test_the_table_shows_the_stored_baseline_and_the_change_and_missing_ones() -> None:
+    from dataclasses import replace
+
+    base = REPORTS[0]
+    compared = replace(base, verdict=Verdict(passed=True, stored_steered=0.45))
+    missing = replace(base, id="m-task_vector-present", task="present", status="missing", verdict=None)
+    reused = replace(base, id="m-task_vector-plural", task="plural",
+                     result=replace(base.result, reused=True, computed_at="2026-11-25T10:00:00+00:00"))
+    text = render_table([compared, missing, reused], 80, markup=False)
+    assert "baseline (change)" in text
+    assert "0.45 (+0.05)" in _row(text, " antonym ")
+    row = _row(text, " present ")
+    assert "missing" in row and "error" not in row
+    assert "reused 2026-11-25 10:00" in _row(text, " plural ") and "now" in _row(text, " antonym ")
