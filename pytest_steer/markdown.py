@@ -1,0 +1,135 @@
+"""Markdown tables of the stored baselines, so a README's figures are generated, never retyped.
+
+    python -m pytest_steer.markdown README.md           # rewrite every generated block
+    python -m pytest_steer.markdown README.md --check   # exit 1 if a block is out of date
+
+A block is the text between `<!-- steer-table METHOD -->` and `<!-- /steer-table -->`;
+METHOD is task_vector, function_vector or dola. Verdicts are the ones the stored results
+get from their case files' gates (with the default threshold 0.1 unless a case sets one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pytest_steer.baselines import BaselineStore
+from pytest_steer.cases import Case, load_case_file
+from pytest_steer.record import CaseResult, Comparison
+from pytest_steer.verdict import Gate, judge
+
+BLOCK = re.compile(r"(<!-- steer-table (\w+) -->\n)(.*?)(<!-- /steer-table -->)", re.S)
+
+
+def expected_status(case: Case, stored: CaseResult, threshold: float = 0.1, tolerance: float = 0.05) -> str:
+    """The status a run reproducing `stored` gets from the case's gate and expectation."""
+    o = case.options
+    gate = Gate(threshold if o.threshold is None else o.threshold, tolerance if o.tolerance is None else o.tolerance,
+                o.min_recovery, o.gate)
+    passed = judge(stored, gate, None, False).passed
+    if o.expect == "fail":
+        return "xpass" if passed else "xfail"
+    return "pass" if passed else "fail"
+
+
+def _verdict(case: Case, stored: CaseResult) -> str:
+    status = expected_status(case, stored)
+    return "xfail (declared)" if status == "xfail" else status
+
+
+def _interval(c: Comparison) -> str:
+    return f"{c.delta:+.2f} [{c.delta_ci[0]:+.2f}, {c.delta_ci[1]:+.2f}]"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _vector_row(case: Case, r: CaseResult) -> list[str]:
+    m, chosen = r.metrics, r.chosen
+    if r.method == "function_vector":
+        setting = f"{chosen['layer']}, {chosen['heads']}, {chosen['strength']:g}"
+    else:
+        setting = f"{chosen['layer']} ({r.provenance.adapter.get('num_layers', '?')})"
+    return [r.model, r.task, _pct(m.unsteered), _pct(m.steered), _pct(m.icl), _interval(m.gated), setting,
+            _verdict(case, r)]
+
+
+def _pair(r: CaseResult, name: str) -> str:
+    m = r.metrics
+    c = m.gated if m.metric == name else m.secondary.get(name)
+    if c is None:
+        return "-"
+    label = {"accuracy": "acc", "mc1": "MC1", "mc2": "MC2", "mc3": "MC3"}[name]
+    return f"{label} {c.unsteered:.2f} > {c.steered:.2f}, {_interval(c)}"
+
+
+def _dola_row(case: Case, r: CaseResult) -> list[str]:
+    chosen, near = r.chosen, r.diagnostics.get("near_tie_share")
+    top = f"{chosen['top_premature_layer']} ({chosen['top_share']:.0%})" if "top_premature_layer" in chosen else "-"
+    return [r.model, r.task, r.variant or "-", str(r.metrics.n_test), _pair(r, r.metrics.metric), _pair(r, "mc2"),
+            _pair(r, "mc3"), top, "-" if near is None else f"{near:.2f}", _verdict(case, r)]
+
+
+TABLES: dict[str, tuple[tuple[str, ...], Callable[[Case, CaseResult], list[str]]]] = {
+    "task_vector": (("model", "task", "zero-shot", "steered", "5-shot ICL", "delta [95% CI]", "layer (of L)",
+                     "verdict"), _vector_row),
+    "function_vector": (("model", "task", "zero-shot", "steered", "5-shot ICL", "delta [95% CI]",
+                         "layer, heads, lambda", "verdict"), _vector_row),
+    "dola": (("model", "task", "variant", "n", "gated: unsteered > DoLa, delta [95% CI]", "MC2 (CI of delta)",
+              "MC3 (CI of delta)", "top premature layer (share)", "near-tie share", "verdict"), _dola_row),
+}
+
+
+def table(method: str, cases: Sequence[Case], store: BaselineStore) -> str:
+    """One markdown table of the stored baselines of `method`, a row per case that has one."""
+    head, row = TABLES[method]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for case in sorted((c for c in cases if c.method == method), key=lambda c: (c.model.name, c.task, c.variant)):
+        stored = store.load(case.model.name, case.method, case.slot)
+        if stored is not None:
+            lines.append("| " + " | ".join(row(case, stored)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render(text: str, cases: Sequence[Case], store: BaselineStore) -> str:
+    """`text` with every generated block rewritten from the baselines."""
+    def block(match: re.Match[str]) -> str:
+        method = match.group(2)
+        if method not in TABLES:
+            raise ValueError(f"unknown table '{method}' (expected one of {', '.join(TABLES)})")
+        return match.group(1) + table(method, cases, store) + match.group(4)
+
+    return BLOCK.sub(block, text)
+
+
+def load_cases(folder: Path) -> list[Case]:
+    return [c for path in sorted(folder.glob("steer_*.toml")) for c in load_case_file(path) if isinstance(c, Case)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pytest_steer.markdown", description=__doc__.splitlines()[0])
+    parser.add_argument("document", type=Path)
+    parser.add_argument("--baselines", type=Path, default=Path("baselines"))
+    parser.add_argument("--cases", type=Path, default=Path("steering_cases"))
+    parser.add_argument("--check", action="store_true", help="exit 1 if a block differs from the baselines")
+    args = parser.parse_args(argv)
+    text = args.document.read_text()
+    new = render(text, load_cases(args.cases), BaselineStore(args.baselines))
+    if args.check:
+        if new != text:
+            print(f"{args.document}: generated tables differ from {args.baselines}; run "
+                  f"python -m pytest_steer.markdown {args.document}", file=sys.stderr)
+            return 1
+        return 0
+    if new != text:
+        args.document.write_text(new)
+        print(f"{args.document}: tables rewritten from {args.baselines}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
