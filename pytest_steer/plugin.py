@@ -52,6 +52,7 @@ class SteerRun:
         self.store = BaselineStore(self.options.baseline_dir)
         self.reports: list[CaseReport] = []
         self.selected: set[str] = set()
+        self.selected_cases: list[Case] = []  # the runnable cases selected in this process
         self.written: list[Path] = []
         self.collected_any = False
         self.crashed_workers = 0
@@ -122,7 +123,8 @@ class SteerRun:
             capman = self.config.pluginmanager.getplugin("capturemanager")
             uses_xdist = self.worker or bool(getattr(self.config.option, "numprocesses", None))
             show = not uses_xdist and self.config.getoption("verbose") >= 0 and sys.stderr.isatty()
-            self._session = SteerSession(self.options, ProgressBars(capman) if show else None)
+            self._session = SteerSession(self.options, ProgressBars(capman) if show else None,
+                                         selected=self.selected_cases)
         return self._session
 
     def compared(self) -> list[Any]:
@@ -284,6 +286,8 @@ def _case_item(parent: CaseFile, case: Case) -> CaseItem:
     item.add_marker("steer")
     if parent.config.stash[RUN_KEY].options.group == "model":
         item.add_marker(pytest.mark.xdist_group(name=case.model.name))
+    elif methods()[case.method].shares_work:  # its variants run in one pass: keep them on one worker
+        item.add_marker(pytest.mark.xdist_group(name=f"{case.model.name}-{case.method}-{case.task}"))
     if case.options.expect == "fail":
         reason = case.options.reason or "declared expected-to-fail in the case file"
         item.add_marker(pytest.mark.xfail(reason=reason, raises=SteerFailure, strict=False))
@@ -441,6 +445,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if isinstance(item, (CaseItem, BrokenCaseItem)):
             run.selected.add(item.name)
             run.collected_any = True
+        if isinstance(item, CaseItem):
+            run.selected_cases.append(item.case)
     if run.worker:
         session.config.workeroutput["steer_selected"] = sorted(run.selected)  # type: ignore[attr-defined]
 

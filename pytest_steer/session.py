@@ -6,6 +6,7 @@ imports torch, so the plugin imports it only when a case runs or a steering fixt
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import time
 from dataclasses import dataclass, field
@@ -13,12 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from pytest_steer import __version__
 from pytest_steer.baselines import BaselineStore
 from pytest_steer.cases import Case
 from pytest_steer.options import SteerOptions
-from pytest_steer.methods import load_method
+from pytest_steer.methods import load_method, methods
 from pytest_steer.methods.base import MethodOutcome, Progress, RunContext
 from pytest_steer.models.loader import ModelHandle, Resolved, load_model, resolve
 from pytest_steer.models.spec import ModelSpec
@@ -53,6 +55,7 @@ class SteerSession:
     _results: dict[Case, CaseResult] = field(default_factory=dict)
     _resolved: dict[ModelSpec, Resolved] = field(default_factory=dict)
     _store: ResultStore | None = None
+    selected: list[Case] = field(default_factory=list)  # the cases this process may run (for shared work)
 
     @property
     def store(self) -> ResultStore:
@@ -84,39 +87,76 @@ class SteerSession:
     def result(self, case: Case) -> CaseResult:
         """The case's result, computed once per process (the suite and user tests share it)."""
         if case not in self._results:
-            self._results[case] = self.run_case(case)
+            group = self.siblings(case)
+            if len(group) == 1:
+                self._results.update(self._run(group))
+            else:
+                # another worker (xdist without loadgroup) may be running the same group: wait for it,
+                # then find its results stored instead of computing them twice
+                self.store.root.mkdir(parents=True, exist_ok=True)
+                with FileLock(str(self.store.root / f".{_work_hash(case)}.lock")):
+                    self._results.update(self._run(group))
         return self._results[case]
+
+    def siblings(self, case: Case) -> list[Case]:
+        """`case` and the selected cases that can share its work (same model, method, task data and
+        test items, other settings) when its method runs several settings in one pass."""
+        if not methods()[case.method].shares_work:
+            return [case]
+        same = _work_key(case)
+        return [case] + [c for c in self.selected if c != case and c not in self._results and _work_key(c) == same]
 
     def run_case(self, case: Case) -> CaseResult:
         """Run one case end to end (task, model, method, then the typed result), or reuse the result
         stored under exactly the same inputs without loading the model."""
-        started = time.perf_counter()
-        method = load_method(case.method)
-        o = case.options
-        task = load_task(case.task, case.task_path)
-        splits, counts = method.prepare(task, o.n_dev, o.n_test, o.seed)
-        inputs = ResultInputs(
-            case=case.id, model_source=case.model.describe(), fingerprint=self.resolve(case.model).fingerprint,
-            device="cpu", dtype="float32", threads=torch.get_num_threads(), method=case.method,
-            task_sha256=task.data_hash(), counts=counts, seed=o.seed, settings=settings_dict(case.settings),
-            versions=versions(),
-        )
-        if not self.options.rerun:
-            stored = self.store.get(inputs)
-            if stored is not None:
-                return stored
-        result = self._compute(case, method, task, splits, counts, started)
-        self.store.put(inputs, result)
-        return result
+        return self._run([case])[case]
 
-    def _compute(self, case: Case, method: Any, task: Any, splits: Any, counts: dict[str, int],
-                 started: float) -> CaseResult:
-        o = case.options
-        handle = self.model(case.model)
+    def _run(self, cases: list[Case]) -> dict[Case, CaseResult]:
+        """Run cases that share model, method, task and split; several at once where the method can."""
+        started = time.perf_counter()
+        first = cases[0]
+        method = load_method(first.method)
+        o = first.options
+        task = load_task(first.task, first.task_path)
+        splits, counts = method.prepare(task, o.n_dev, o.n_test, o.seed)
+        out: dict[Case, CaseResult] = {}
+        todo: list[tuple[Case, ResultInputs]] = []
+        for case in cases:
+            inputs = self._inputs(case, task.data_hash(), counts)
+            stored = None if self.options.rerun else self.store.get(inputs)
+            if stored is not None:
+                out[case] = stored
+            else:
+                todo.append((case, inputs))
+        if not todo:
+            return out
+        handle = self.model(first.model)
         loaded = time.perf_counter()
         context = RunContext(cache=VectorCache(self.options.cache_dir / "vectors"), seed=o.seed, progress=self.progress)
         torch.manual_seed(o.seed)
-        outcome = method.run(handle, task, splits, case.settings, context)
+        if len(todo) == 1:
+            outcomes = [method.run(handle, task, splits, todo[0][0].settings, context)]
+        else:
+            outcomes = method.run_many(handle, task, splits, [case.settings for case, _ in todo], context)  # type: ignore[attr-defined]
+        timing = {"model": round(loaded - started, 2), "method": round(time.perf_counter() - loaded, 2)}
+        if len(todo) > 1:
+            timing["shared_by"] = float(len(todo))  # one pass for all of them: the time is theirs together
+        for (case, inputs), outcome in zip(todo, outcomes):
+            out[case] = self._record(case, handle, task, counts, outcome, timing)
+            self.store.put(inputs, out[case])
+        return out
+
+    def _inputs(self, case: Case, task_sha256: str, counts: dict[str, int]) -> ResultInputs:
+        return ResultInputs(
+            case=case.id, model_source=case.model.describe(), fingerprint=self.resolve(case.model).fingerprint,
+            device="cpu", dtype="float32", threads=torch.get_num_threads(), method=case.method,
+            task_sha256=task_sha256, counts=counts, seed=case.options.seed, settings=settings_dict(case.settings),
+            versions=versions(),
+        )
+
+    def _record(self, case: Case, handle: ModelHandle, task: Any, counts: dict[str, int], outcome: MethodOutcome,
+                timing: dict[str, float]) -> CaseResult:
+        o = case.options
         provenance = Provenance(
             fingerprint=handle.fingerprint, model_source=case.model.describe(), adapter=handle.adapter.describe(),
             versions=versions(), task_data=TaskData(task.source, task.data_hash(), len(task.items)), seed=o.seed,
@@ -127,8 +167,7 @@ class SteerSession:
             metrics=metrics_from_outcomes(outcome.unsteered, outcome.steered, outcome.icl, o.seed, outcome.metric,
                                           outcome.secondary),
             chosen=outcome.chosen, curves=outcome.curves, outcomes=_outcomes(outcome), provenance=provenance,
-            diagnostics=outcome.diagnostics,
-            timing_s={"model": round(loaded - started, 2), "method": round(time.perf_counter() - loaded, 2)},
+            diagnostics=outcome.diagnostics, timing_s=dict(timing),
             vector_file=self._stage_vectors(case, provenance, outcome), computed_at=now(),
         )
 
@@ -179,3 +218,12 @@ def per_item_values(values: np.ndarray) -> tuple[float, ...]:
     if np.isin(values, (0, 1)).all():
         return tuple(values.astype(int).tolist())
     return tuple(round(float(v), 6) for v in values)
+
+
+def _work_key(case: Case) -> tuple[Any, ...]:
+    o = case.options
+    return case.model, case.method, case.task, case.task_path, o.n_dev, o.n_test, o.seed
+
+
+def _work_hash(case: Case) -> str:
+    return hashlib.sha256(repr(_work_key(case)).encode()).hexdigest()[:24]

@@ -268,7 +268,7 @@ def test_a_scoring_error_names_the_file_and_item(tiny_handle, completion_file, t
     def refuse(*args, **kwargs):
         raise ValueError("answer adds no token")
 
-    monkeypatch.setattr(dola, "score_answers", refuse)
+    monkeypatch.setattr(dola, "score_answers_many", refuse)
     with pytest.raises(TaskError, match=r"completion\.json: item 0: answer adds no token") as info:
         _run(tiny_handle, completion_file, 4, DolaSettings(), tmp_path)
     assert str(completion_file) in str(info.value)
@@ -299,3 +299,30 @@ def test_settings_validation() -> None:
                        ({"alpha": 1.5}, "alpha"), ({"metric": "mc4"}, "metric"), ({"bucket": [-1]}, "bucket")):
         with pytest.raises(SettingsError, match=f"w.{field}"):
             build_settings(DolaSettings, bad, "w")
+
+
+@pytest.mark.parametrize("fixture", ["mc_file", "completion_file"])
+def test_variants_in_one_pass_get_exactly_their_own_numbers(tiny_handle, fixture, request, tmp_path, monkeypatch) -> None:
+    from pytest_steer.methods import dola
+    from pytest_steer.methods.base import RunContext
+    from pytest_steer.store import VectorCache
+
+    path = request.getfixturevalue(fixture)
+    variants = [DolaSettings(bucket="lower"), DolaSettings(bucket="upper"), DolaSettings(bucket="upper", premature_norm=True)]
+    method = DolaMethod()
+    task = load_task("t", path)
+    indices, _ = method.prepare(task, 0, 6, seed=3)
+    context = RunContext(VectorCache(tmp_path / "v"), 3)
+    passes = []
+    real = dola._answer_pass
+    monkeypatch.setattr(dola, "_answer_pass", lambda *a: passes.append(1) or real(*a))
+    together = method.run_many(tiny_handle, task, indices, variants, context)
+    assert len(passes) == len(indices)  # one forward pass per question for all three settings
+    for settings, shared in zip(variants, together):
+        alone = method.run(tiny_handle, task, indices, settings, context)
+        for side in ("unsteered", "steered"):
+            assert getattr(shared, side).tolist() == getattr(alone, side).tolist()
+        assert {k: (u.tolist(), s.tolist()) for k, (u, s) in shared.secondary.items()} == \
+               {k: (u.tolist(), s.tolist()) for k, (u, s) in alone.secondary.items()}
+        assert (shared.chosen, shared.curves, shared.diagnostics, shared.metric) == \
+               (alone.chosen, alone.curves, alone.diagnostics, alone.metric)

@@ -408,3 +408,31 @@ def test_collect_only_names_the_cases_a_task_is_too_small_for(pytester: pytest.P
         "130 items, but n_dev = 40, n_test = 80 and the 11 demonstrations that function_vector.n_shots = 10 needs make 131",
     ])
     assert "task_vector-mine:" not in result.stdout.str()  # 130 = 40 + 80 + 10 is enough for task vectors
+
+
+def test_dola_variants_share_one_pass_and_keep_their_own_numbers(suite, pytester: pytest.Pytester,
+                                                                  tiny_model_dir: Path) -> None:
+    _, run = suite
+    quiz = pytester.path / "quiz.json"
+    quiz.write_text(json.dumps([
+        {"question": f"w{i} w{i + 1}", "best_answer": f"v{i}", "correct_answers": [f"v{i}"],
+         "incorrect_answers": [f"w{i + 2}", f"v{i + 3}"]} for i in range(8)]))
+    (pytester.path / "steer_dola.toml").write_text(DOLA_FILE.format(model=tiny_model_dir, quiz=quiz))
+    run("--steer-update", "--steer-report=together.json", "-n", "2", "--dist", "loadgroup").assert_outcomes(passed=2)
+    together = {c["id"]: c for c in _report(pytester.path / "together.json")["cases"]}
+    assert {c["worker"] for c in together.values()} in ({"gw0"}, {"gw1"})  # one xdist group for the variants
+    assert all(c["result"]["timing_s"].get("shared_by") == 2 for c in together.values())
+    for case_id, case in together.items():
+        run("-k", case_id.rsplit("-", 1)[-1], "--steer-rerun", "--steer-report=alone.json", "-n", "2")
+        (alone,) = _report(pytester.path / "alone.json")["cases"]
+        assert "shared_by" not in alone["result"]["timing_s"]
+        for key in ("metrics", "per_item", "chosen", "curves", "diagnostics"):
+            assert alone["result"][key] == case["result"][key], (case_id, key)
+    # without loadgroup the variants may start on two workers at once: one computes both, the other waits and reuses
+    import shutil
+
+    shutil.rmtree(pytester.path / "cache" / "results")
+    run("--steer-report=load.json", "-n", "2", "--dist", "load").assert_outcomes(passed=2)
+    load = _report(pytester.path / "load.json")["cases"]
+    assert {c["worker"] for c in load} == {"gw0", "gw1"}
+    assert sorted(c["result"]["reused"] for c in load) == [False, True]

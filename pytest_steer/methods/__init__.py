@@ -31,6 +31,7 @@ class MethodEntry:
     name: str
     settings_type: type
     target: str  # "module:attribute" of the method class (or instance)
+    shares_work: bool = False  # has `run_many`: cases differing only in settings run in one pass
 
     def load(self) -> Method:
         module, _, attr = self.target.partition(":")
@@ -41,7 +42,7 @@ class MethodEntry:
 _BUILTINS = (
     MethodEntry("task_vector", TaskVectorSettings, "pytest_steer.methods.task_vector:TaskVectorMethod"),
     MethodEntry("function_vector", FunctionVectorSettings, "pytest_steer.methods.function_vector:FunctionVectorMethod"),
-    MethodEntry("dola", DolaSettings, "pytest_steer.methods.dola:DolaMethod"),
+    MethodEntry("dola", DolaSettings, "pytest_steer.methods.dola:DolaMethod", shares_work=True),
 )
 
 
@@ -57,7 +58,7 @@ def _from_entry_point(ep: object) -> MethodEntry:
             f"entry point {ENTRY_POINT_GROUP}:{name} = {value!r} is not a method: expected a class with "
             "`settings_type` (a dataclass), `prepare` and `run`"
         )
-    return MethodEntry(name, settings_type, value)
+    return MethodEntry(name, settings_type, value, shares_work=callable(getattr(obj, "run_many", None)))
 
 
 @cache

@@ -120,11 +120,20 @@ class AnswerStates:
     forward_tokens: int
 
 
-def _answer_states(
-    handle: ModelHandle, prompt: str, answers: list[str], layers: list[int], settings: DolaSettings,
-    context: PromptCache | None,
-) -> AnswerStates:
-    """Run the prompt once and all answers as one batch on its cache; gather the answer positions."""
+@dataclass
+class AnswerPass:
+    """The prompt and its answers run through the model once: everything the scoring reads."""
+
+    fulls: list[list[int]]
+    starts: list[int]
+    shared: int  # tokens every answer shares with the prompt
+    first: Any  # the prefix's output (last position only)
+    second: Any  # the answers' output, one row per answer
+    forward_tokens: int
+
+
+def _answer_pass(handle: ModelHandle, prompt: str, answers: list[str], context: PromptCache | None) -> AnswerPass:
+    """Run the prompt once and all answers as one batch on its cache, keeping every hidden state."""
     model = handle.model
     fulls, starts = _answer_ids(handle.tokenizer, prompt, answers)
     shared = min(starts)  # tokens every answer shares with the prompt: encoded once
@@ -150,6 +159,12 @@ def _answer_states(
         position_ids=(shared + torch.arange(width)).unsqueeze(0).expand(n, -1), use_cache=True,
         output_hidden_states=True, **{cache_kwarg(model): cache},
     )
+    return AnswerPass(fulls, starts, shared, first, second, shared - skip + n * width)
+
+
+def _answer_states(handle: ModelHandle, run: AnswerPass, layers: list[int], settings: DolaSettings) -> AnswerStates:
+    """Gather the answer positions of one pass for the bucket's layers."""
+    fulls, starts, shared, n = run.fulls, run.starts, run.shared, len(run.fulls)
     # every scored position of every answer; hidden index k predicts the token at absolute
     # position shared + k (k = 0 is the prefix's last token)
     owner = torch.tensor([i for i, f in enumerate(fulls) for _ in range(starts[i], len(f))])
@@ -159,14 +174,14 @@ def _answer_states(
     def at_positions(last: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
         return torch.cat([last.expand(n, -1, -1), rest], dim=1)[owner, ks]
 
-    mature = at_positions(first.logits[:, -1:], second.logits).float()  # (P, V)
-    states = torch.stack([at_positions(first.hidden_states[j][:, -1:], second.hidden_states[j]) for j in layers])
+    mature = at_positions(run.first.logits[:, -1:], run.second.logits).float()  # (P, V)
+    states = torch.stack([at_positions(run.first.hidden_states[j][:, -1:], run.second.hidden_states[j]) for j in layers])
     if settings.premature_norm:
-        norm = handle.adapter.final_norm(model)
+        norm = handle.adapter.final_norm(handle.model)
         if norm is None:
             raise SettingsError(f"dola.premature_norm: {handle.adapter.model_type} has no final norm to apply")
         states = norm(states)
-    return AnswerStates(mature, states, targets, owner, shared - skip + n * width)
+    return AnswerStates(mature, states, targets, owner, run.forward_tokens)
 
 
 def score_answers(
@@ -177,34 +192,48 @@ def score_answers(
     With `context`, the prompt's leading tokens that equal `context.ids` come from its cache
     (same numbers up to float rounding); otherwise the whole prompt is encoded here.
     """
-    layers = candidate_layers(settings.bucket, handle.adapter.num_layers)
+    return score_answers_many(handle, prompt, answers, [settings], context)[0]
+
+
+def score_answers_many(
+    handle: ModelHandle, prompt: str, answers: list[str], variants: list[DolaSettings],
+    context: PromptCache | None = None,
+) -> list[AnswerScores]:
+    """`score_answers` under several settings from one forward pass: each one's numbers are
+    exactly those it gets alone, since only the scoring after the pass differs."""
     unembed = handle.adapter.unembedding(handle.model)
-    n = len(answers)
     with torch.inference_mode():
-        s = _answer_states(handle, prompt, answers, layers, settings, context)
-        base_tok, dola_tok, choices = [], [], []
-        near_ties = 0
-        # layer logits for many positions per matmul: the unembedding (up to 262k x hidden) is read once per chunk
-        step = max(1, LOGIT_ROWS // len(layers))
-        for lo in range(0, len(s.targets), step):
-            mature = s.mature[lo : lo + step]
-            premature_logits = (s.states[:, lo : lo + step] @ unembed.T).float()  # (C, p, V)
-            divergence = jsd(mature.unsqueeze(0), premature_logits)  # (C, p)
-            choice = divergence.argmax(dim=0)  # first candidate wins ties
-            if len(layers) > 1:
-                top2 = divergence.topk(2, dim=0).values
-                near_ties += int(((top2[0] - top2[1]) < NEAR_TIE).sum())
-            rows = torch.arange(len(mature))
-            f = contrast(mature, premature_logits[choice, rows], settings)
-            tgt = s.targets[lo : lo + step]
-            base_tok.append(torch.log_softmax(mature, dim=-1)[rows, tgt])
-            dola_tok.append(f[rows, tgt])
-            choices.append(choice)
-        unsteered = torch.zeros(n).index_add_(0, s.owner, torch.cat(base_tok)).tolist()
-        dola = torch.zeros(n).index_add_(0, s.owner, torch.cat(dola_tok)).tolist()
-        premature: list[list[int]] = [[] for _ in range(n)]
-        for i, c in zip(s.owner.tolist(), torch.cat(choices).tolist()):
-            premature[i].append(layers[c])
+        run = _answer_pass(handle, prompt, answers, context)
+        return [_score(handle, run, unembed, settings) for settings in variants]
+
+
+def _score(handle: ModelHandle, run: AnswerPass, unembed: torch.Tensor, settings: DolaSettings) -> AnswerScores:
+    layers = candidate_layers(settings.bucket, handle.adapter.num_layers)
+    n = len(run.fulls)
+    s = _answer_states(handle, run, layers, settings)
+    base_tok, dola_tok, choices = [], [], []
+    near_ties = 0
+    # layer logits for many positions per matmul: the unembedding (up to 262k x hidden) is read once per chunk
+    step = max(1, LOGIT_ROWS // len(layers))
+    for lo in range(0, len(s.targets), step):
+        mature = s.mature[lo : lo + step]
+        premature_logits = (s.states[:, lo : lo + step] @ unembed.T).float()  # (C, p, V)
+        divergence = jsd(mature.unsqueeze(0), premature_logits)  # (C, p)
+        choice = divergence.argmax(dim=0)  # first candidate wins ties
+        if len(layers) > 1:
+            top2 = divergence.topk(2, dim=0).values
+            near_ties += int(((top2[0] - top2[1]) < NEAR_TIE).sum())
+        rows = torch.arange(len(mature))
+        f = contrast(mature, premature_logits[choice, rows], settings)
+        tgt = s.targets[lo : lo + step]
+        base_tok.append(torch.log_softmax(mature, dim=-1)[rows, tgt])
+        dola_tok.append(f[rows, tgt])
+        choices.append(choice)
+    unsteered = torch.zeros(n).index_add_(0, s.owner, torch.cat(base_tok)).tolist()
+    dola = torch.zeros(n).index_add_(0, s.owner, torch.cat(dola_tok)).tolist()
+    premature: list[list[int]] = [[] for _ in range(n)]
+    for i, c in zip(s.owner.tolist(), torch.cat(choices).tolist()):
+        premature[i].append(layers[c])
     return AnswerScores(unsteered, dola, premature, forward_tokens=s.forward_tokens, near_ties=near_ties)
 
 
@@ -258,50 +287,80 @@ class DolaMethod:
     def run(
         self, handle: ModelHandle, task: Task, splits: tuple[int, ...], settings: DolaSettings, context: RunContext
     ) -> MethodOutcome:
+        return self.run_many(handle, task, splits, [settings], context)[0]
+
+    def run_many(
+        self, handle: ModelHandle, task: Task, splits: tuple[int, ...], variants: list[DolaSettings],
+        context: RunContext,
+    ) -> list[MethodOutcome]:
+        """Several settings on the same test items: one forward pass per question for all of them,
+        and each outcome exactly the one `run` gives alone."""
+        tallies = [_Tally.start(handle, task, splits, settings) for settings in variants]
+        label = f"DoLa {'+'.join(settings.bucket_name() for settings in variants)} on {task.name}"
+        context_cache = encode_context(handle, mc_context()) if task.kind == "mc" else None
+        for row, index in enumerate(splits):
+            context.report(label, row, len(splits))
+            try:
+                _score_item(handle, task.items[index], variants, context_cache, row, tallies)
+            except ValueError as exc:
+                raise TaskError(f"{task.source}: item {index}: {exc}") from exc
+        context.report(label, len(splits), len(splits))
+        return [tally.outcome(handle, task, splits) for tally in tallies]
+
+
+@dataclass
+class _Tally:
+    """One setting's running scores over the test items."""
+
+    settings: DolaSettings
+    metric: str
+    layers: list[int]
+    unsteered: dict[str, np.ndarray]
+    dola: dict[str, np.ndarray]
+    histogram: Counter[int]
+    forward_tokens: int = 0
+    near_ties: int = 0
+
+    @classmethod
+    def start(cls, handle: ModelHandle, task: Task, splits: tuple[int, ...], settings: DolaSettings) -> _Tally:
         metric = resolve_metric(settings, task.kind, f"dola settings for task {task.name}")
         try:
             layers = candidate_layers(settings.bucket, handle.adapter.num_layers)
         except ValueError as exc:
             raise SettingsError(f"dola.bucket: {exc}") from exc
         names = MC_METRICS if task.kind == "mc" else ("accuracy",)
-        unsteered = {m: np.zeros(len(splits)) for m in names}
-        dola = {m: np.zeros(len(splits)) for m in names}
-        histogram: Counter[int] = Counter()
-        forward_tokens = near_ties = 0
-        label = f"DoLa {settings.bucket_name()} on {task.name}"
-        context_cache = encode_context(handle, mc_context()) if task.kind == "mc" else None
-        for row, index in enumerate(splits):
-            context.report(label, row, len(splits))
-            try:
-                scores = _score_item(handle, task.items[index], settings, context_cache, row, unsteered, dola)
-            except ValueError as exc:
-                raise TaskError(f"{task.source}: item {index}: {exc}") from exc
-            forward_tokens += scores.forward_tokens
-            near_ties += scores.near_ties
-            for chosen in scores.premature:
-                histogram.update(chosen)
-        context.report(label, len(splits), len(splits))
+        return cls(settings, metric, layers, {m: np.zeros(len(splits)) for m in names},
+                   {m: np.zeros(len(splits)) for m in names}, Counter())
+
+    def add(self, scores: AnswerScores) -> None:
+        self.forward_tokens += scores.forward_tokens
+        self.near_ties += scores.near_ties
+        for chosen in scores.premature:
+            self.histogram.update(chosen)
+
+    def outcome(self, handle: ModelHandle, task: Task, splits: tuple[int, ...]) -> MethodOutcome:
+        layers, histogram, unsteered, dola = self.layers, self.histogram, self.unsteered, self.dola
         total = sum(histogram.values())
         shares = [histogram[l] / total for l in layers]
         top = layers[int(np.argmax(shares))]
         return MethodOutcome(
-            unsteered=unsteered[metric],
-            steered=dola[metric],
+            unsteered=unsteered[self.metric],
+            steered=dola[self.metric],
             icl=None,
-            chosen={"bucket": settings.bucket_name(), "top_premature_layer": top, "top_share": round(max(shares), 3)},
+            chosen={"bucket": self.settings.bucket_name(), "top_premature_layer": top, "top_share": round(max(shares), 3)},
             curves={"premature_layers": layers, "premature_share": [round(s, 4) for s in shares]},
             vectors={},
             vector_metadata={},
             diagnostics={
                 "premature_histogram": {str(l): histogram[l] for l in layers},
                 "scored_tokens": total,
-                "forward_tokens": forward_tokens,
-                "near_tie_share": round(near_ties / total, 4),
+                "forward_tokens": self.forward_tokens,
+                "near_tie_share": round(self.near_ties / total, 4),
                 "num_layers": handle.adapter.num_layers,
             },
             test_items=[_item_text(task.items[i]) for i in splits],
-            metric=metric,
-            secondary={m: (unsteered[m], dola[m]) for m in names if m != metric},
+            metric=self.metric,
+            secondary={m: (unsteered[m], dola[m]) for m in unsteered if m != self.metric},
         )
 
 
@@ -310,22 +369,24 @@ def _item_text(item: MCQuestion | Completion) -> str:
 
 
 def _score_item(
-    handle: ModelHandle, item: MCQuestion | Completion, settings: DolaSettings, context_cache: PromptCache | None,
-    row: int, unsteered: dict[str, np.ndarray], dola: dict[str, np.ndarray],
-) -> AnswerScores:
-    """Score one question (MC1/MC2/MC3) or passage (accuracy) into `row` of both sides."""
+    handle: ModelHandle, item: MCQuestion | Completion, variants: list[DolaSettings], context_cache: PromptCache | None,
+    row: int, tallies: list[_Tally],
+) -> None:
+    """Score one question (MC1/MC2/MC3) or passage (accuracy) into `row` of every setting's tally."""
     if isinstance(item, MCQuestion):
         answers = [mc_answer(a) for a in item.correct + item.incorrect]
-        scores = score_answers(handle, mc_prompt(item.question), answers, settings, context_cache)
         n_true = len(item.correct)
-        for side, values in ((unsteered, scores.unsteered), (dola, scores.dola)):
-            result = mc_metrics(values[:n_true], values[n_true:])
-            for m in MC_METRICS:
-                side[m][row] = getattr(result, m)
-        return scores
+        for tally, scores in zip(tallies, score_answers_many(handle, mc_prompt(item.question), answers, variants,
+                                                             context_cache)):
+            for side, values in ((tally.unsteered, scores.unsteered), (tally.dola, scores.dola)):
+                result = mc_metrics(values[:n_true], values[n_true:])
+                for m in MC_METRICS:
+                    side[m][row] = getattr(result, m)
+            tally.add(scores)
+        return
     prompt, true = completion_text(item.prefix, item.completion)
     answers = [true] + [completion_text(item.prefix, c)[1] for c in item.contradictions]
-    scores = score_answers(handle, prompt, answers, settings)
-    unsteered["accuracy"][row] = completion_correct(scores.unsteered[0], scores.unsteered[1:])
-    dola["accuracy"][row] = completion_correct(scores.dola[0], scores.dola[1:])
-    return scores
+    for tally, scores in zip(tallies, score_answers_many(handle, prompt, answers, variants)):
+        tally.unsteered["accuracy"][row] = completion_correct(scores.unsteered[0], scores.unsteered[1:])
+        tally.dola["accuracy"][row] = completion_correct(scores.dola[0], scores.dola[1:])
+        tally.add(scores)
