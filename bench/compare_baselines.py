@@ -33,13 +33,19 @@ FIELDS = {
 }
 
 
-def _diff(a: object, b: object, path: str, out: list[str]) -> None:
+ADDED: list[str] = []  # fields the run has and the stored result lacks (with --allow-added)
+
+
+def _diff(a: object, b: object, path: str, out: list[str], allow_added: bool = False) -> None:
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
-            _diff(a.get(key), b.get(key), f"{path}.{key}", out)
+            if allow_added and key in a and key not in b:
+                ADDED.append(f"{path}.{key}")
+                continue
+            _diff(a.get(key), b.get(key), f"{path}.{key}", out, allow_added)
     elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
         for i, (x, y) in enumerate(zip(a, b)):
-            _diff(x, y, f"{path}[{i}]", out)
+            _diff(x, y, f"{path}[{i}]", out, allow_added)
     elif a != b:
         out.append(f"{path}: run {a!r} != stored {b!r}")
 
@@ -54,6 +60,8 @@ def main() -> int:
     parser.add_argument("--except", dest="skip", action="append", default=[], choices=sorted(FIELDS),
                         help="leave a field out (e.g. fingerprint after a change of what it covers); the verdict is "
                              "then the one the run's own numbers get from the gate, not the run's status")
+    parser.add_argument("--allow-added", action="store_true",
+                        help="fields the run records and the stored result lacks are listed, not counted as differences")
     args = parser.parse_args()
     store = BaselineStore(args.baselines)
     cases = {c.id: c for f in sorted(args.cases.glob("steer_*.toml")) for c in load_case_file(f) if isinstance(c, Case)}
@@ -73,13 +81,17 @@ def main() -> int:
             for name, get in FIELDS.items():
                 if name in args.skip:
                     continue
-                _diff(json.loads(json.dumps(get(r.result))), json.loads(json.dumps(get(stored))), name, problems)
+                _diff(json.loads(json.dumps(get(r.result))), json.loads(json.dumps(get(stored))), name, problems,
+                      args.allow_added)
         bad += bool(problems)
         print(f"{'SAME' if not problems else 'DIFF'}  {r.status:5}  {r.id}")
         for p in problems[:20]:
             print(f"      {p}")
     print(f"{len(reports)} cases compared field by field ({', '.join(f for f in FIELDS if f not in args.skip)}) and by verdict: "
           f"{len(reports) - bad} identical, {bad} different")
+    if ADDED:
+        fields = sorted({a.split(".", 1)[0] + "." + a.split(".", 1)[1].split(".")[0] for a in ADDED if "." in a})
+        print(f"fields the run added (not in the stored results): {', '.join(fields)} in {len(ADDED)} places")
     return 1 if bad else 0
 
 

@@ -236,6 +236,12 @@ def test_function_vector_run_on_tiny_model(tiny_handle, tmp_path: Path) -> None:
     assert all(b >= c for b, c in zip(best_per_layer, chosen_curve, strict=True))
     assert max(best_per_layer) == max(chosen_curve) == chosen_curve[first.chosen["layer"]]
     assert first.test_items == [p.input for p in splits.test]
+    # the (heads, strength) grid at the chosen layer, for the report's heatmap
+    grid = first.curves["grid_dev_accuracy"]
+    assert first.curves["grid_strengths"] == [1.0, 8.0] and len(first.curves["grid_heads"]) == len(grid) == 3
+    row = first.curves["grid_heads"].index(first.chosen["heads"])
+    column = first.curves["grid_strengths"].index(first.chosen["strength"])
+    assert grid[row][column] == chosen_curve[first.chosen["layer"]] == max(max(r) for r in grid)
     second = FunctionVectorMethod().run(tiny_handle, task, splits, SMALL, context)
     assert second.diagnostics["cache"]["hit"] is True
     assert np.array_equal(first.steered, second.steered) and first.chosen == second.chosen

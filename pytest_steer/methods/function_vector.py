@@ -269,6 +269,7 @@ class FunctionVectorMethod(LayerSearch):
                 "dev_layers": found.layers,
                 "dev_accuracy": [float(acc[i]) for i, p in enumerate(grid) if (p.n_heads, p.strength) == (best.n_heads, best.strength)],
                 "dev_best_per_layer": [float(max(acc[i] for i, p in enumerate(grid) if p.layer == l)) for l in found.layers],
+                **_grid_at_layer(grid, acc, best.layer),
             },
             vectors={"function_vector": fv, "cie": tensors["cie"]},
             vector_metadata={
@@ -286,6 +287,15 @@ class FunctionVectorMethod(LayerSearch):
             },
             test_items=[p.input for p in splits.test],
         )
+
+
+def _grid_at_layer(grid: list[GridPoint], acc: Any, layer: int) -> dict[str, list[Any]]:
+    """Dev accuracy over (heads, strength) at the chosen layer: rows are head counts, columns strengths."""
+    heads = sorted({p.n_heads for p in grid if p.layer == layer})
+    strengths = sorted({p.strength for p in grid if p.layer == layer})
+    cell = {(p.n_heads, p.strength): float(acc[i]) for i, p in enumerate(grid) if p.layer == layer}
+    return {"grid_heads": heads, "grid_strengths": strengths,
+            "grid_dev_accuracy": [[cell[(h, s)] for s in strengths] for h in heads]}
 
 
 def _last_token_residual_norm(handle: ModelHandle, prompts: list[str], layer: int) -> float:
