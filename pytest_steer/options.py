@@ -19,6 +19,7 @@ _OPTIONS = (
     ("threshold", "store", "minimum improvement steered - unsteered for a case to pass (default 0.1)"),
     ("tolerance", "store", "allowed drop of steered accuracy below the stored baseline (default 0.05)"),
     ("min-recovery", "store", "optional minimum of steered / ICL accuracy"),
+    ("html", "store", "write a self-contained HTML report (heatmaps, curves, provenance) to this path"),
     ("compare", "store", "compare this run with a saved --steer-report JSON file"),
     ("compare-fail", "store", "with --steer-compare: fail the run when a case's steered score dropped by more than this"),
     ("group", "store", "unit of work for xdist --dist loadgroup: 'case' (default; every worker busy, a model may load "
@@ -40,6 +41,7 @@ class SteerOptions:
     compare_path: Path | None = None
     compare_fail: float | None = None
     rerun: bool = False
+    html_path: Path | None = None
     group: str = "case"
 
 
@@ -100,6 +102,7 @@ def resolve_options(config: pytest.Config) -> SteerOptions:
         compare_path=_optional_path(config, "steer_compare"),
         compare_fail=_float_option(config, "steer_compare_fail", None),
         rerun=bool(config.getoption("steer_rerun") or config.getini("steer_rerun")),
+        html_path=_optional_path(config, "steer_html"),
         group=_choice_option(config, "steer_group", ("case", "model"), "case"),
     )
 

@@ -65,6 +65,13 @@ class SteerRun:
         self.saved: dict[str, CaseReport] = {}
         self.durations: dict[str, float] = {}  # case id -> seconds its run took (controller)
         self.broken: list[BrokenCase] = []  # cases collected in this process that cannot run
+        if self.options.html_path and not hasattr(config, "workerinput"):  # say now, not after an hour, that it cannot be written
+            from pytest_steer.html import HtmlUnavailable, require
+
+            try:
+                require()
+            except HtmlUnavailable as exc:
+                raise pytest.UsageError(f"--steer-html: {exc}") from None
         if self.options.compare_path:  # read now: a bad file is a usage error before anything runs
             from pytest_steer.compare import CompareError, load_saved
 
@@ -141,10 +148,21 @@ class SteerRun:
         return [] if limit is None else [c for c in self.compared() if c.drop > limit + 1e-12]
 
     def finish(self) -> None:
-        """On the controller (or a serial run): write the JSON report."""
+        """On the controller (or a serial run): write the JSON and HTML reports."""
         if self.options.report_path and self.reports:
             write_json_report(self.options.report_path, sorted(self.reports, key=lambda r: r.id),
                               {"unused_baselines": self.unused_baselines()})
+        if self.options.html_path and self.reports:
+            from pytest_steer.html import write_html
+
+            write_html(self.options.html_path, self.reports, self._stored)
+
+    def _stored(self, report: CaseReport) -> CaseResult | None:
+        """A case's stored baseline for the report's pictures (None if absent or unreadable)."""
+        try:
+            return self.store.load(report.model, report.method, task_slot(report.task, report.variant))
+        except (StoreError, OSError):
+            return None
 
     def filtered(self) -> bool:
         """A slice of the suite (-m, -k, a node id or a single case file): other cases' baselines are not stale."""
@@ -199,6 +217,8 @@ class SteerRun:
             tr.write_line(f"{self.crashed_workers} xdist worker(s) crashed: unused baselines were not listed")
         if self.options.report_path and reports:
             tr.write_line(f"report written: {self.options.report_path}")
+        if self.options.html_path and reports:
+            tr.write_line(f"HTML report written: {self.options.html_path}")
         if self.options.compare_path:
             from pytest_steer.compare import render
 

@@ -41,8 +41,10 @@ def test_update_then_compare_then_regression(suite, pytester: pytest.Pytester) -
     write, run = suite
     write()
     report = pytester.path / "report.json"
-    result = run("--steer-update", f"--steer-report={report}", "--junitxml=junit.xml")
+    result = run("--steer-update", f"--steer-report={report}", "--junitxml=junit.xml", "--steer-html=page.html")
     result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*HTML report written: *page.html"])
+    assert "accuracy against layer" in (pytester.path / "page.html").read_text()
     stored = pytester.path / "baselines" / "tinya" / "task_vector" / "tinytask.json"
     vector = stored.with_suffix(".safetensors")
     assert stored.is_file() and vector.is_file()

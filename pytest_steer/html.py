@@ -1,0 +1,239 @@
+"""The HTML report: one self-contained page (plotly figures, a jinja2 template) of a run.
+
+    pytest steering_cases --steer-html report.html            # during a run
+    python -m pytest_steer.html run.json -o report.html       # from a saved --steer-report
+
+Per method a heatmap of models x tasks coloured by the steering gain (a button switches to
+recovery, steered / 5-shot), each cell marked with its verdict; per case the dev curve over
+layers with the chosen layer, the unsteered and 5-shot levels and the test score with its
+interval (the stored baseline's curve beside it when the case failed), the function-vector
+(heads, strength) grid at the chosen layer, DoLa's premature-layer histogram and MC bars;
+and the run's provenance. plotly.js is inlined, so the file opens without a network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pytest_steer.files import atomic_write_bytes
+from pytest_steer.record import CaseResult
+from pytest_steer.report import CaseReport, counts
+
+EXTRA_HINT = "pip install 'pytest-steer[html]'"
+MARK = {"pass": "pass", "fail": "FAIL", "xfail": "xfail", "xpass": "XPASS", "error": "ERROR", "missing": "missing"}
+
+
+class HtmlUnavailable(Exception):
+    """plotly or jinja2 is not installed."""
+
+
+def require() -> None:
+    """Raise HtmlUnavailable (naming the extra to install) unless plotly and jinja2 import."""
+    missing = []
+    for module in ("plotly", "jinja2"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise HtmlUnavailable(f"the HTML report needs {' and '.join(missing)}: {EXTRA_HINT}")
+
+
+def _html(figure: Any) -> str:
+    return figure.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
+
+
+def _column(report: CaseReport) -> str:
+    return f"{report.task} ({report.variant})" if report.variant else report.task
+
+
+def heatmap(method: str, reports: Sequence[CaseReport]) -> Any:
+    """Models x tasks coloured by steered - unsteered, text = verdict; vector methods get a recovery button."""
+    import plotly.graph_objects as go
+
+    models = sorted({r.model for r in reports})
+    columns = sorted({_column(r) for r in reports})
+    gain = [[None] * len(columns) for _ in models]
+    recovery = [[None] * len(columns) for _ in models]
+    text = [[""] * len(columns) for _ in models]
+    for r in reports:
+        i, j = models.index(r.model), columns.index(_column(r))
+        reused = " (reused)" if r.result is not None and r.result.reused else ""
+        if r.result is not None:
+            m = r.result.metrics
+            gain[i][j], recovery[i][j] = round(m.delta, 3), None if m.recovery is None else round(m.recovery, 3)
+            text[i][j] = f"{MARK.get(r.status, r.status)}{reused}<br>{m.delta:+.2f}"
+        else:
+            text[i][j] = MARK.get(r.status, r.status)
+    figure = go.Figure(go.Heatmap(z=gain, x=columns, y=models, text=text, texttemplate="%{text}", colorscale="RdBu",
+                                  zmid=0, colorbar={"title": "gain"}, hovertemplate="%{y} / %{x}<br>%{z}<extra></extra>"))
+    figure.update_layout(title=f"{method}: steered - unsteered (test split)", height=140 + 60 * len(models),
+                         width=max(520, 140 + 120 * len(columns)), margin={"l": 160})
+    if method != "dola":
+        figure.update_layout(updatemenus=[{"type": "buttons", "direction": "right", "x": 0, "y": 1.25, "buttons": [
+            {"label": "gain", "method": "restyle", "args": [{"z": [gain], "zmid": 0, "colorbar.title.text": "gain"}]},
+            {"label": "recovery (steered over 5-shot)", "method": "restyle",
+             "args": [{"z": [recovery], "zmid": 1, "colorbar.title.text": "recovery"}]},
+        ]}])
+    return figure
+
+
+def layer_curve(result: CaseResult, stored: CaseResult | None) -> Any:
+    """Dev accuracy over layers, the chosen layer, unsteered and 5-shot test levels, the test score with its interval."""
+    import plotly.graph_objects as go
+
+    m, curves = result.metrics, result.curves
+    layers, accuracy = curves["dev_layers"], curves["dev_accuracy"]
+    figure = go.Figure(go.Scatter(x=layers, y=accuracy, mode="lines+markers", name="dev accuracy (this run)"))
+    if stored is not None and stored.curves.get("dev_accuracy"):
+        figure.add_trace(go.Scatter(x=stored.curves["dev_layers"], y=stored.curves["dev_accuracy"], mode="lines",
+                                    line={"dash": "dash"}, name="dev accuracy (stored baseline)"))
+    layer = result.chosen["layer"]
+    low, high = m.delta_ci
+    figure.add_trace(go.Scatter(x=[layer], y=[m.steered], mode="markers", marker={"size": 11, "symbol": "diamond"},
+                                name=f"test, steered {m.steered:.2f}",
+                                error_y={"type": "data", "symmetric": False, "array": [m.unsteered + high - m.steered],
+                                         "arrayminus": [m.steered - m.unsteered - low]}))
+    figure.add_vline(x=layer, line_dash="dot", annotation_text=f"chosen layer {layer}")
+    figure.add_hline(y=m.unsteered, line_color="gray", annotation_text=f"unsteered {m.unsteered:.2f}")
+    if m.icl is not None:
+        figure.add_hline(y=m.icl, line_color="green", annotation_text=f"5-shot {m.icl:.2f}")
+    figure.update_layout(title="accuracy against layer", xaxis_title="layer", yaxis_title="accuracy",
+                         yaxis_range=[-0.02, 1.02], width=620, height=380)
+    return figure
+
+
+def strength_grid(result: CaseResult) -> Any | None:
+    """The function-vector (heads, strength) dev grid at the chosen layer."""
+    import plotly.graph_objects as go
+
+    c = result.curves
+    if "grid_dev_accuracy" not in c:
+        return None
+    figure = go.Figure(go.Heatmap(z=c["grid_dev_accuracy"], x=[f"{s:g}" for s in c["grid_strengths"]],
+                                  y=[str(h) for h in c["grid_heads"]], colorscale="Viridis", zmin=0, zmax=1,
+                                  texttemplate="%{z:.2f}", colorbar={"title": "dev acc"}))
+    figure.update_layout(title=f"(heads, strength) at layer {result.chosen['layer']}", xaxis_title="strength (lambda)",
+                         yaxis_title="heads", width=520, height=380)
+    return figure
+
+
+def dola_figures(result: CaseResult) -> list[Any]:
+    """The premature-layer histogram and unsteered vs DoLa bars for every metric."""
+    import plotly.graph_objects as go
+
+    c, m = result.curves, result.metrics
+    histogram = go.Figure(go.Bar(x=[str(l) for l in c["premature_layers"]], y=c["premature_share"]))
+    histogram.update_layout(title="premature layer chosen (share of scored tokens)", xaxis_title="layer",
+                            yaxis_title="share", width=520, height=360)
+    comparisons = {m.metric: m.gated, **m.secondary}
+    names = sorted(comparisons)
+    bars = go.Figure([
+        go.Bar(name="unsteered", x=names, y=[comparisons[n].unsteered for n in names]),
+        go.Bar(name="DoLa", x=names, y=[comparisons[n].steered for n in names],
+               error_y={"type": "data", "symmetric": False,
+                        "array": [comparisons[n].unsteered + comparisons[n].delta_ci[1] - comparisons[n].steered for n in names],
+                        "arrayminus": [comparisons[n].steered - comparisons[n].unsteered - comparisons[n].delta_ci[0]
+                                       for n in names]}),
+    ])
+    bars.update_layout(title=f"unsteered vs DoLa (gated: {m.metric})", barmode="group", yaxis_range=[0, 1.02],
+                       width=520, height=360)
+    return [histogram, bars]
+
+
+def case_figures(report: CaseReport, stored: CaseResult | None) -> list[Any]:
+    result = report.result
+    if result is None:
+        return []
+    if result.method == "dola" or "premature_layers" in result.curves:
+        return dola_figures(result)
+    figures = []
+    if "dev_layers" in result.curves:
+        compare_with = stored if report.status in ("fail", "error") or (
+            report.verdict is not None and report.verdict.baseline == "regressed") else None
+        figures.append(layer_curve(result, compare_with))
+    grid = strength_grid(result)
+    if grid is not None:
+        figures.append(grid)
+    return figures
+
+
+def render(reports: Sequence[CaseReport], stored: Callable[[CaseReport], CaseResult | None],
+           expand: Sequence[str] = ()) -> str:
+    """The page as a string; `stored(report)` gives the case's stored baseline (or None). Failed
+    cases and those named in `expand` start unfolded."""
+    require()
+    import jinja2
+    from markupsafe import Markup
+    from plotly.offline import get_plotlyjs
+
+    results = [r.result for r in reports if r.result is not None]
+    models: dict[str, dict[str, str]] = {}
+    for r in results:
+        models.setdefault(r.model, {"name": r.model, "fingerprint": r.provenance.fingerprint,
+                                    "source": json.dumps(r.provenance.model_source)})
+    versions = results[0].provenance.versions if results else {}
+    cases = []
+    for report in sorted(reports, key=lambda r: r.id):
+        reasons = "; ".join(report.verdict.reasons) if report.verdict is not None else report.message
+        cases.append({
+            "id": report.id, "status": report.status, "reasons": reasons, "open": report.status in ("fail", "error") or report.id in expand,
+            "reused": bool(report.result and report.result.reused),
+            "computed_at": report.result.computed_at if report.result else "",
+            "figures": [Markup(_html(f)) for f in case_figures(report, stored(report))],
+        })
+    by_method: dict[str, list[CaseReport]] = {}
+    for report in reports:
+        by_method.setdefault(report.method, []).append(report)
+    template = jinja2.Environment(autoescape=True).from_string(
+        resources.files("pytest_steer").joinpath("templates/report.html.j2").read_text(encoding="utf-8"))
+    return template.render(
+        plotly_js=Markup(f'<script type="text/javascript">{get_plotlyjs()}</script>'),
+        counts=sorted(counts(reports).items()), versions=", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
+        device="cpu", dtype="float32", seeds=", ".join(str(s) for s in sorted({r.provenance.seed for r in results})),
+        models=list(models.values()),
+        heatmaps=[Markup(_html(heatmap(method, rs))) for method, rs in sorted(by_method.items())],
+        cases=cases,
+    )
+
+
+def write_html(path: Path, reports: Sequence[CaseReport], stored: Callable[[CaseReport], CaseResult | None],
+               expand: Sequence[str] = ()) -> None:
+    """Write the page atomically."""
+    atomic_write_bytes(Path(path), render(reports, stored, expand).encode("utf-8"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pytest_steer.baselines import BaselineStore
+    from pytest_steer.cases import task_slot
+
+    parser = argparse.ArgumentParser(prog="python -m pytest_steer.html", description=__doc__.splitlines()[0])
+    parser.add_argument("report", type=Path, help="a JSON report written by --steer-report")
+    parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("--baselines", type=Path, default=Path("baselines"))
+    parser.add_argument("--expand", action="append", default=[], metavar="CASE_ID", help="unfold this case's section")
+    args = parser.parse_args(argv)
+    try:
+        require()
+        data = json.loads(args.report.read_text())
+        reports = [CaseReport.from_json(c) for c in data["cases"]]
+    except HtmlUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"{args.report}: not a readable --steer-report file ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 2
+    store = BaselineStore(args.baselines)
+    write_html(args.output, reports, lambda r: store.load(r.model, r.method, task_slot(r.task, r.variant)), args.expand)
+    print(f"report written: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
