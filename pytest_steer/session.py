@@ -142,7 +142,7 @@ class SteerSession:
         if len(todo) > 1:
             timing["shared_by"] = float(len(todo))  # one pass for all of them: the time is theirs together
         for (case, inputs), outcome in zip(todo, outcomes):
-            out[case] = self._record(case, handle, task, counts, outcome, timing)
+            out[case] = self._record(case, handle, task, counts, outcome, {**timing, **outcome.phases})
             self.store.put(inputs, out[case])
         return out
 

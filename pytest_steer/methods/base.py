@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,6 +49,20 @@ class MethodOutcome:
     test_items: list[str] = field(default_factory=list)
     metric: str = "accuracy"
     secondary: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase (run only, never stored in a baseline)
+
+
+class Phases:
+    """Wall seconds of consecutive phases of a run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 3)
+        self._last = now
 
 
 class Method(Protocol):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pytest_steer.methods.base import MethodOutcome, RunContext
+from pytest_steer.methods.base import MethodOutcome, Phases, RunContext
 from pytest_steer.methods.scoring import cache_kwarg
 from pytest_steer.methods.settings import BUCKETS, DolaSettings
 from pytest_steer.models.loader import ModelHandle
@@ -197,14 +197,19 @@ def score_answers(
 
 def score_answers_many(
     handle: ModelHandle, prompt: str, answers: list[str], variants: list[DolaSettings],
-    context: PromptCache | None = None,
+    context: PromptCache | None = None, clock: Phases | None = None,
 ) -> list[AnswerScores]:
     """`score_answers` under several settings from one forward pass: each one's numbers are
     exactly those it gets alone, since only the scoring after the pass differs."""
     unembed = handle.adapter.unembedding(handle.model)
+    clock = clock or Phases()
     with torch.inference_mode():
+        clock.lap("other")
         run = _answer_pass(handle, prompt, answers, context)
-        return [_score(handle, run, unembed, settings) for settings in variants]
+        clock.lap("forward")
+        scores = [_score(handle, run, unembed, settings) for settings in variants]
+        clock.lap("layer_logits_and_contrast")
+        return scores
 
 
 def _score(handle: ModelHandle, run: AnswerPass, unembed: torch.Tensor, settings: DolaSettings) -> AnswerScores:
@@ -296,16 +301,20 @@ class DolaMethod:
         """Several settings on the same test items: one forward pass per question for all of them,
         and each outcome exactly the one `run` gives alone."""
         tallies = [_Tally.start(handle, task, splits, settings) for settings in variants]
+        clock = Phases()
         label = f"DoLa {'+'.join(settings.bucket_name() for settings in variants)} on {task.name}"
         context_cache = encode_context(handle, mc_context()) if task.kind == "mc" else None
         for row, index in enumerate(splits):
             context.report(label, row, len(splits))
             try:
-                _score_item(handle, task.items[index], variants, context_cache, row, tallies)
+                _score_item(handle, task.items[index], variants, context_cache, row, tallies, clock)
             except ValueError as exc:
                 raise TaskError(f"{task.source}: item {index}: {exc}") from exc
         context.report(label, len(splits), len(splits))
-        return [tally.outcome(handle, task, splits) for tally in tallies]
+        outcomes = [tally.outcome(handle, task, splits) for tally in tallies]
+        for outcome in outcomes:
+            outcome.phases = dict(clock.seconds)
+        return outcomes
 
 
 @dataclass
@@ -370,14 +379,14 @@ def _item_text(item: MCQuestion | Completion) -> str:
 
 def _score_item(
     handle: ModelHandle, item: MCQuestion | Completion, variants: list[DolaSettings], context_cache: PromptCache | None,
-    row: int, tallies: list[_Tally],
+    row: int, tallies: list[_Tally], clock: Phases | None = None,
 ) -> None:
     """Score one question (MC1/MC2/MC3) or passage (accuracy) into `row` of every setting's tally."""
     if isinstance(item, MCQuestion):
         answers = [mc_answer(a) for a in item.correct + item.incorrect]
         n_true = len(item.correct)
         for tally, scores in zip(tallies, score_answers_many(handle, mc_prompt(item.question), answers, variants,
-                                                             context_cache)):
+                                                             context_cache, clock)):
             for side, values in ((tally.unsteered, scores.unsteered), (tally.dola, scores.dola)):
                 result = mc_metrics(values[:n_true], values[n_true:])
                 for m in MC_METRICS:
@@ -386,7 +395,7 @@ def _score_item(
         return
     prompt, true = completion_text(item.prefix, item.completion)
     answers = [true] + [completion_text(item.prefix, c)[1] for c in item.contradictions]
-    for tally, scores in zip(tallies, score_answers_many(handle, prompt, answers, variants)):
+    for tally, scores in zip(tallies, score_answers_many(handle, prompt, answers, variants, clock=clock)):
         tally.unsteered["accuracy"][row] = completion_correct(scores.unsteered[0], scores.unsteered[1:])
         tally.dola["accuracy"][row] = completion_correct(scores.dola[0], scores.dola[1:])
         tally.add(scores)

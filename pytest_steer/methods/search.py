@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pytest_steer.methods.base import MethodOutcome, RunContext
+from pytest_steer.methods.base import MethodOutcome, Phases, RunContext
 from pytest_steer.methods.hooks import HookReport, Intervene, silent_layers
 from pytest_steer.methods.scoring import TokenCounter, first_target_ids, score_interventions
 from pytest_steer.models.loader import ModelHandle
@@ -154,9 +154,12 @@ class LayerSearch(ABC):
             "splits": [len(splits.demos), len(splits.dev), len(splits.test)],
             "settings": {k: v for k, v in settings_dict(settings).items() if k in self.cached},
         }
+        clock = Phases()
         tensors, cache = context.cache.get_or_build(
             self.name, key, lambda: self.extract(handle, splits, settings, counter, context))
+        clock.lap("extract")
         grid, state = self.grid(handle, layers, tensors, settings, key, context)
+        clock.lap("grid")
 
         scoring = Scoring(settings.batch_size, settings.max_rows, settings.reuse_prefix)
         dev = PromptSet.zero_shot(handle, splits.dev)
@@ -171,15 +174,20 @@ class LayerSearch(ABC):
         context.report(label, 1, 1)
         dev_accuracy = dev_correct.mean(axis=0)
         best = grid[int(np.argmax(dev_accuracy))]  # the first in grid order wins ties
+        clock.lap("dev_search")
 
         unsteered = unsteered_scores(handle, splits, dev, test, settings.icl_shots, scoring, counter)
+        clock.lap("unsteered_and_icl")
         reports: dict[int, HookReport] = {}
         steered = scoring.correct(handle, test, 1, self.intervention(handle, [best], state, reports), counter)[:, 0]
         report = reports.get(best.layer, HookReport())
         if not report.fired_and_changed:
             raise RuntimeError(f"steering hook on block {best.layer} did not fire or changed nothing: {report}")
         found = Search(layers, dev, grid, dev_accuracy, best, unsteered, steered, report, sweep, counter, cache)
-        return self.outcome(handle, splits, settings, found, state, tensors)
+        clock.lap("test")
+        outcome = self.outcome(handle, splits, settings, found, state, tensors)
+        outcome.phases = clock.seconds
+        return outcome
 
 
 def common_diagnostics(found: Search) -> dict[str, Any]:
