@@ -87,7 +87,7 @@ class SteerRun:
     def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
         """On the controller (also under xdist, where workers report their starts): one line per case."""
         if not self.worker and _is_case(nodeid):
-            self._line(f"steer: start {nodeid.rsplit('::', 1)[-1]}")
+            self._line(f"steer: start {nodeid.rsplit('::', 1)[-1].split('@', 1)[0]}")  # xdist appends @group
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """On the controller (or a serial run): collect each case's report."""
