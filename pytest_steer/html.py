@@ -64,7 +64,7 @@ def heatmap(method: str, reports: Sequence[CaseReport]) -> Any:
     text = [[""] * len(columns) for _ in models]
     for r in reports:
         i, j = models.index(r.model), columns.index(_column(r))
-        reused = " (reused)" if r.result is not None and r.result.reused else ""
+        reused = " ↺" if r.result is not None and r.result.reused else ""
         if r.result is not None:
             m = r.result.metrics
             gain[i][j], recovery[i][j] = round(m.delta, 3), None if m.recovery is None else round(m.recovery, 3)
@@ -73,7 +73,7 @@ def heatmap(method: str, reports: Sequence[CaseReport]) -> Any:
             text[i][j] = MARK.get(r.status, r.status)
     figure = go.Figure(go.Heatmap(z=gain, x=columns, y=models, text=text, texttemplate="%{text}", colorscale="RdBu",
                                   zmid=0, colorbar={"title": "gain"}, hovertemplate="%{y} / %{x}<br>%{z}<extra></extra>"))
-    figure.update_layout(title=f"{method}: steered - unsteered (test split)", height=140 + 60 * len(models),
+    figure.update_layout(title=f"{method}: steered - unsteered (test split; ↺ reused result)", height=140 + 60 * len(models),
                          width=max(520, 140 + 120 * len(columns)), margin={"l": 160})
     if method != "dola":
         figure.update_layout(updatemenus=[{"type": "buttons", "direction": "right", "x": 0, "y": 1.25, "buttons": [
