@@ -1,6 +1,6 @@
 """How far each case is from its FLOP floor, and the suite's wall time cold, fresh and reused.
 
-    python bench/floor_bench.py cases -k smollm2-135m-task_vector --threads 1
+    python bench/floor_bench.py cases -k smollm2-135m-task_vector-antonym -k smollm2-135m-dola-fact --threads 1
     python bench/floor_bench.py states -m "smollm2_135m and task_vector" --tree /work/old --tree .
 
 `cases` measures this machine's float32 matmul rate at the given torch thread count, then runs
@@ -46,7 +46,7 @@ def cases(args: argparse.Namespace) -> int:
 
     rate = matmul_rate(args.threads)
     print(f"float32 matmul rate at {args.threads} thread(s): {rate / 1e9:.1f} GFLOP/s")
-    selected = [c for c in load_cases(Path(args.cases)) if args.k in c.id]
+    selected = [c for c in load_cases(Path(args.cases)) if any(k in c.id for k in args.k or [""])]
     cache = Path(args.cache_dir or os.environ.get("PYTEST_STEER_CACHE_DIR", Path.home() / ".cache" / "pytest-steer"))
     options = SteerOptions(cache_dir=cache, baseline_dir=Path("baselines"), update=False, threshold=0.1,
                            tolerance=0.05, min_recovery=None, report_path=None, rerun=True)
@@ -105,7 +105,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
     c = sub.add_parser("cases")
-    c.add_argument("-k", default="", help="run the cases whose id contains this")
+    c.add_argument("-k", action="append", help="run the cases whose id contains this (repeatable: any of them)")
     c.add_argument("--cases", default="steering_cases")
     c.add_argument("--threads", type=int, default=1)
     c.add_argument("--cache-dir")
