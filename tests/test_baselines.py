@@ -266,11 +266,17 @@ def test_committed_task_vector_baseline_loads_as_a_typed_result() -> None:
 
 @pytest.mark.parametrize("ident", sorted(BaselineStore(COMMITTED).all_ids()), ids="/".join)
 def test_committed_baselines_rewrite_to_the_same_content(ident: tuple[str, str, str]) -> None:
-    """Loading and re-storing a committed baseline changes nothing but the added schema number."""
+    """Loading and re-storing a committed baseline changes nothing but the added schema number; the
+    store's own `vector_sha256` (added when it writes the file) is the checksum of the vector beside it."""
     store = BaselineStore(COMMITTED)
     on_disk = json.loads(store.json_path(*ident).read_text(encoding="utf-8"))
+    checksum = on_disk.pop("vector_sha256", None)
     rewritten = store.load(*ident).to_baseline()
     assert rewritten == {**on_disk, "schema": SCHEMA}
+    vector = store.vector_path(*ident)
+    assert (checksum is None) == (not vector.exists())
+    if checksum is not None:
+        assert read_verified(vector)[1]["content_sha256"] == checksum
 
 
 def test_a_result_without_vector_removes_the_slots_old_vector(tmp_path: Path) -> None:
