@@ -93,9 +93,17 @@ class SteerSession:
             else:
                 # another worker (xdist without loadgroup) may be running the same group: wait for it,
                 # then find its results stored instead of computing them twice
-                self.store.root.mkdir(parents=True, exist_ok=True)
-                with FileLock(str(self.store.root / f".{_work_hash(case)}.lock")):
+                try:
+                    self.store.root.mkdir(parents=True, exist_ok=True)
+                    lock: Any = FileLock(str(self.store.root / f".{_work_hash(case)}.lock"))
+                    lock.acquire()
+                except OSError:  # a read-only cache: nothing is stored there to wait for
+                    lock = None
+                try:
                     self._results.update(self._run(group))
+                finally:
+                    if lock is not None:
+                        lock.release()
         return self._results[case]
 
     def siblings(self, case: Case) -> list[Case]:
