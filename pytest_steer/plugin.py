@@ -189,6 +189,8 @@ class SteerRun:
                 tr.write(render_table(reports, tr._tw.fullwidth, tr.hasmarkup))
             tally = ", ".join(f"{n} {status}" for status, n in sorted(counts(reports).items()))
             tr.write_line(f"{len(reports)} steering cases: {tally}")
+            for line in _model_changes(reports):
+                tr.write_line(line, red=True)
             missing = [r for r in reports if r.status == "missing"]
             if missing:
                 tr.write_line(f"{len(missing)} case(s) computed but not judged, no stored baseline: "
@@ -229,6 +231,18 @@ class SteerRun:
 
 
 RUN_KEY = pytest.StashKey[SteerRun]()
+
+
+def _model_changes(reports: list[CaseReport]) -> list[str]:
+    """One line per model whose fingerprint differs from the one its baselines were accepted for."""
+    changed: dict[tuple[str, str, str], int] = {}
+    for r in reports:
+        v = r.verdict
+        if v is not None and v.model_changed and r.result is not None:
+            key = (r.model, str(v.stored_fingerprint), r.result.provenance.fingerprint)
+            changed[key] = changed.get(key, 0) + 1
+    return [f"model changed: {model}: {old} -> {new} ({n} case(s) judged against baselines of the old model)"
+            for (model, old, new), n in sorted(changed.items())]
 
 
 def _is_case(nodeid: str) -> bool:

@@ -261,6 +261,9 @@ def test_a_baseline_of_another_model_or_split_never_passes(suite, pytester: pyte
     result = run()
     result.assert_outcomes(failed=2)  # an expected failure does not cover a changed model
     result.stdout.fnmatch_lines(["*tinya-task_vector-othertask: model changed: 00000000000000000000000000000000 -> *"])
+    # the summary names the change once per model, not only inside each case's reasons
+    result.stdout.fnmatch_lines(["model changed: tinya: 00000000000000000000000000000000 -> * (2 case(s) judged against "
+                                 "baselines of the old model)"])
 
     run("--steer-update").assert_outcomes(passed=1, xpassed=1)
     text = (pytester.path / "steer_tiny.toml").read_text().replace("n_test = 12", "n_test = 10")
