@@ -440,7 +440,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 @pytest.fixture
 def steer_case(request: pytest.FixtureRequest) -> Callable[..., CaseResult]:
-    """Run (or reuse, within this process) one case and return its `CaseResult`.
+    """Run one case (or reuse its result: from this process, or stored under unchanged inputs) and return its `CaseResult`.
 
         def test_qwen_keeps_its_layer(steer_case):
             result = steer_case("steering_cases/steer_task_vectors.toml", "qwen2.5-coder-0.5b-task_vector-present-past")
