@@ -59,11 +59,16 @@ def add_options(parser: pytest.Parser) -> None:
             parser.addini(key, help_text + " (ini)", default="")
 
 
-def _float_option(config: pytest.Config, key: str, default: float | None) -> float | None:
+def _raw_option(config: pytest.Config, key: str) -> tuple[Any, str]:
+    """The option's raw value (command line first, then ini) and where it came from, for messages."""
     raw = config.getoption(key)
-    origin = f"--{key.replace('_', '-')}"
     if raw is None:
-        raw, origin = config.getini(key), f"ini key {key}"
+        return config.getini(key), f"ini key {key}"
+    return raw, f"--{key.replace('_', '-')}"
+
+
+def _float_option(config: pytest.Config, key: str, default: float | None) -> float | None:
+    raw, origin = _raw_option(config, key)
     if raw in (None, ""):
         return default
     try:
@@ -108,10 +113,7 @@ def resolve_options(config: pytest.Config) -> SteerOptions:
 
 
 def _choice_option(config: pytest.Config, key: str, choices: tuple[str, ...], default: str) -> str:
-    raw = config.getoption(key)
-    origin = f"--{key.replace('_', '-')}"
-    if raw is None:
-        raw, origin = config.getini(key), f"ini key {key}"
+    raw, origin = _raw_option(config, key)
     if raw in (None, ""):
         return default
     if raw not in choices:

