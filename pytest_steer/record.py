@@ -149,6 +149,27 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class Replay:
+    """The accepted vector (from the baseline's safetensors) applied to this run's model at the accepted setting."""
+
+    vector_sha256: str
+    setting: dict[str, Any]  # the accepted chosen setting it was applied at
+    accepted: float  # the accepted steered score
+    score: float = 0.0  # the stored vector's score on this model (test split)
+    steered: tuple[float, ...] = ()  # its per-item outcomes
+    error: str = ""  # why it could not be applied (then score and steered mean nothing)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"vector_sha256": self.vector_sha256, "setting": self.setting, "accepted": self.accepted,
+                "score": self.score, "steered": list(self.steered), "error": self.error}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Replay:
+        return cls(str(data["vector_sha256"]), dict(data["setting"]), float(data["accepted"]), float(data["score"]),
+                   tuple(data["steered"]), str(data.get("error", "")))
+
+
+@dataclass(frozen=True)
 class CaseResult:
     """Everything one run of a case measured. Built once; judging never changes it."""
 
@@ -167,6 +188,7 @@ class CaseResult:
     vector_file: str | None = None  # run only: the staged accepted vector (safetensors)
     computed_at: str | None = None  # run only: when the numbers were computed (UTC, ISO 8601)
     reused: bool = False  # run only: judged from the result stored under the same inputs
+    replay: Replay | None = None  # run only: the accepted vector on this model (when the model changed)
 
     def to_baseline(self) -> dict[str, Any]:
         """The stored reference: the kept fields only, in the baseline file layout."""
@@ -188,7 +210,8 @@ class CaseResult:
     def to_json(self) -> dict[str, Any]:
         """The baseline fields plus the run-only ones (for reports and the xdist channel)."""
         return {**self.to_baseline(), "timing_s": self.timing_s, "vector_file": self.vector_file,
-                "computed_at": self.computed_at, "reused": self.reused}
+                "computed_at": self.computed_at, "reused": self.reused,
+                "replay": None if self.replay is None else self.replay.to_json()}
 
     @classmethod
     def from_baseline(cls, data: dict[str, Any]) -> CaseResult:
@@ -206,4 +229,5 @@ class CaseResult:
             curves=dict(data.get("curves", {})), outcomes=Outcomes.from_json(data["per_item"]), provenance=provenance,
             diagnostics=dict(data.get("diagnostics", {})), timing_s=dict(data.get("timing_s", {})),
             vector_file=data.get("vector_file"), computed_at=data.get("computed_at"), reused=bool(data.get("reused")),
+            replay=None if data.get("replay") is None else Replay.from_json(data["replay"]),
         )

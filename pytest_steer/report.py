@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ class CaseReport:
     model_loads: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        verdict = None if self.verdict is None else {**asdict(self.verdict), "reasons": list(self.verdict.reasons)}
+        verdict = None if self.verdict is None else self.verdict.to_json()
         return {
             "id": self.id, "model": self.model, "method": self.method, "task": self.task, "variant": self.variant,
             "status": self.status, "message": self.message, "worker": self.worker, "model_loads": self.model_loads,
@@ -45,7 +45,7 @@ class CaseReport:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CaseReport:
         v = data.get("verdict")
-        verdict = None if v is None else Verdict(**{**v, "reasons": tuple(v["reasons"])})
+        verdict = None if v is None else Verdict.from_json(v)
         result = None if data.get("result") is None else CaseResult.from_baseline(data["result"])
         return cls(data["id"], data["model"], data["method"], data["task"], data["variant"], data["status"], result,
                    verdict, data.get("message", ""), data.get("worker", "main"), data.get("model_loads", 0))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import numpy as np
 
+from pytest_steer.drift import Drift, drift
 from pytest_steer.record import CaseResult, Comparison, Metrics, Provenance
-from pytest_steer.stats import paired_bootstrap
+from pytest_steer.stats import Power, minimum_detectable, paired_bootstrap, paired_test
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,51 @@ class Gate:
     tolerance: float
     min_recovery: float | None
     gate: str  # "mean": the point estimate of the improvement; "ci_low": its lower bound
+    rule: str = "significant"  # a regression: a drop beyond the tolerance that is "significant", or any such drop ("tolerance")
+    alpha: float = 0.05
+
+
+@dataclass(frozen=True)
+class ScoreChange:
+    """One score of this run against the accepted one, on the same test items."""
+
+    score: str  # "steered", "unsteered" or "5-shot"
+    before: float
+    after: float
+    n: int
+    difference: float | None = None  # paired mean of after - before; None when the items cannot be paired
+    interval: tuple[float, float] | None = None  # its 95% paired bootstrap interval
+    test: str = ""  # "mcnemar", "permutation" or "" (not paired)
+    p_value: float | None = None
+    lost: int = 0  # items that scored lower now
+    gained: int = 0
+    beyond_tolerance: bool = False
+    regression: bool = False  # what the rule decided
+
+    def describe(self) -> str:
+        """'steered 0.412 vs accepted 0.762: -0.350 [-0.46, -0.24], McNemar p=0.0001, 30 lost / 2 gained of 80'."""
+        text = f"{self.score} {self.after:.3f} vs accepted {self.before:.3f}"
+        if self.difference is None or self.interval is None:
+            return text + " (not paired: the test items differ)"
+        name = "McNemar" if self.test == "mcnemar" else "sign-flip permutation"
+        return (f"{text}: {self.difference:+.3f} [{self.interval[0]:+.3f}, {self.interval[1]:+.3f}], {name} "
+                f"p={_p(self.p_value)}, {self.lost} lost / {self.gained} gained of {self.n}")
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["interval"] = None if self.interval is None else list(self.interval)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScoreChange:
+        interval = data.get("interval")
+        return cls(**{**data, "interval": None if interval is None else (float(interval[0]), float(interval[1]))})
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2g}" if value >= 0.001 else f"{value:.1e}"
 
 
 BaselineStatus = Literal["ok", "regressed", "mismatch", "updating", "new"]
@@ -38,6 +84,30 @@ class Verdict:
     stored_steered: float | None = None
     stored_fingerprint: str | None = None
     model_changed: bool = False
+    changes: tuple[ScoreChange, ...] = ()  # this run's scores against the accepted ones, paired by item
+    notes: tuple[str, ...] = ()  # what is worth saying but fails nothing (a drop within noise)
+    power: Power | None = None  # the smallest drop of the gated score this split can detect
+    drift: Drift | None = None  # how the chosen setting moved (when the model changed)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed, "reasons": list(self.reasons), "baseline": self.baseline,
+            "stored_steered": self.stored_steered, "stored_fingerprint": self.stored_fingerprint,
+            "model_changed": self.model_changed, "changes": [c.to_json() for c in self.changes],
+            "notes": list(self.notes), "power": None if self.power is None else asdict(self.power),
+            "drift": None if self.drift is None else self.drift.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Verdict:
+        power, moved = data.get("power"), data.get("drift")
+        return cls(
+            passed=bool(data["passed"]), reasons=tuple(data["reasons"]), baseline=data["baseline"],
+            stored_steered=data.get("stored_steered"), stored_fingerprint=data.get("stored_fingerprint"),
+            model_changed=bool(data.get("model_changed")),
+            changes=tuple(ScoreChange.from_json(c) for c in data.get("changes", [])), notes=tuple(data.get("notes", [])),
+            power=None if power is None else Power(**power), drift=None if moved is None else Drift.from_json(moved),
+        )
 
 
 def compare(unsteered: np.ndarray, steered: np.ndarray, seed: int) -> Comparison:
@@ -61,28 +131,91 @@ def metrics_from_outcomes(
     return Metrics(gated, metric, icl_score, recovery, others)
 
 
-def judge(result: CaseResult, gate: Gate, stored: CaseResult | None, updating: bool) -> Verdict:
+def judge(result: CaseResult, gate: Gate, stored: CaseResult | None, updating: bool, candidate: bool = False) -> Verdict:
     """(a) improvement >= threshold (and recovery >= minimum); (b) the stored result is comparable
-    (same model, task data, split sizes and seed) and the run has not fallen below it beyond the
-    tolerance: neither the steered score nor the unsteered or 5-shot scores."""
+    (same model unless this is a candidate run, same task data, split sizes and seed) and no score
+    (steered, unsteered, 5-shot) fell below it: a drop beyond the tolerance that is significant under
+    the paired test (`gate.rule == "significant"`), or any drop beyond the tolerance ("tolerance")."""
     metrics = result.metrics
     reasons = _gate_reasons(metrics, gate)
+    notes: list[str] = []
     status: BaselineStatus = "updating" if updating else ("new" if stored is None else "ok")
-    if not updating and stored is not None:
+    changes: tuple[ScoreChange, ...] = ()
+    model_changed = stored is not None and stored.provenance.fingerprint != result.provenance.fingerprint
+    if stored is not None:
         mismatch = provenance_mismatch(result.provenance, stored.provenance)
-        regressions = _regressions(metrics, stored.metrics, gate.tolerance)
-        if mismatch:
-            status = "mismatch"
-            reasons.extend(mismatch)
-        elif regressions:
-            status = "regressed"
-            reasons.extend(regressions)
+        if candidate:  # the model is meant to differ: the paired comparison judges it
+            mismatch = [m for m in mismatch if not m.startswith("model changed")]
+        comparable = not any(not m.startswith("model changed") for m in mismatch)
+        changes = score_changes(result, stored, gate) if comparable else ()
+        if not updating:
+            if mismatch:
+                status = "mismatch"
+                reasons.extend(mismatch)
+            elif any(c.regression for c in changes):
+                status = "regressed"
+                reasons.extend(_regression_reason(c, gate) for c in changes if c.regression)
+            notes.extend(_noise_note(c, gate) for c in changes if c.beyond_tolerance and not c.regression)
     return Verdict(
         passed=not reasons, reasons=tuple(reasons), baseline=status,
         stored_steered=None if stored is None else stored.metrics.steered,
         stored_fingerprint=None if stored is None else stored.provenance.fingerprint,
-        model_changed=stored is not None and stored.provenance.fingerprint != result.provenance.fingerprint,
+        model_changed=model_changed, changes=changes, notes=tuple(notes),
+        power=power(result, stored if changes else None, gate),
+        drift=drift(stored, result) if stored is not None and model_changed else None,
     )
+
+
+def score_changes(result: CaseResult, stored: CaseResult, gate: Gate) -> tuple[ScoreChange, ...]:
+    """Steered, unsteered and 5-shot scores against the accepted ones: paired by item where the items match."""
+    now, then = result.outcomes, stored.outcomes
+    out = []
+    for name, after, before, a_items, b_items in (
+        ("steered", result.metrics.steered, stored.metrics.steered, now.steered, then.steered),
+        ("unsteered", result.metrics.unsteered, stored.metrics.unsteered, now.unsteered, then.unsteered),
+        ("5-shot", result.metrics.icl, stored.metrics.icl, now.icl, then.icl),
+    ):
+        if after is None or before is None:
+            continue
+        beyond = after < before - gate.tolerance - 1e-12
+        paired = now.items == then.items and a_items is not None and b_items is not None and len(a_items) == len(b_items) > 0
+        if not paired:  # nothing to pair: only the plain tolerance rule can judge
+            out.append(ScoreChange(name, before, after, result.metrics.n_test, beyond_tolerance=beyond, regression=beyond))
+            continue
+        test = paired_test(b_items, a_items, seed=result.provenance.seed)
+        interval = paired_bootstrap(a_items, b_items, seed=result.provenance.seed)
+        significant = test.p_value < gate.alpha
+        out.append(ScoreChange(
+            name, before, after, len(a_items), interval.estimate, (interval.low, interval.high), test.test,
+            test.p_value, test.lost, test.gained, beyond, beyond and (significant or gate.rule == "tolerance"),
+        ))
+    return tuple(out)
+
+
+def power(result: CaseResult, accepted: CaseResult | None, gate: Gate) -> Power:
+    """The smallest drop of the gated score this test split detects at `gate.alpha` with power 0.8.
+
+    The spread of the paired differences is the one this run saw against the accepted result on the
+    same items (none when nothing changed, leaving only the exact floor of a paired test on n items)."""
+    steered = np.asarray(result.outcomes.steered, dtype=float)
+    binary = bool(np.isin(steered, (0, 1)).all())
+    sd = 0.0
+    if accepted is not None and accepted.outcomes.items == result.outcomes.items and steered.size > 1 \
+            and len(accepted.outcomes.steered) == steered.size:
+        sd = float(np.std(steered - np.asarray(accepted.outcomes.steered, dtype=float), ddof=1))
+    return minimum_detectable(max(steered.size, 1), sd, gate.tolerance, binary=binary, alpha=gate.alpha)
+
+
+def _regression_reason(c: ScoreChange, gate: Gate) -> str:
+    rule = "" if c.test == "" or gate.rule == "tolerance" else f", significant at alpha {gate.alpha:g}"
+    return (f"regression: {c.score} {c.after:.3f} is below the stored baseline {c.before:.3f} minus tolerance "
+            f"{gate.tolerance:.3f}{rule}" + ("" if c.test == "" else f" ({c.describe()})"))
+
+
+def _noise_note(c: ScoreChange, gate: Gate) -> str:
+    return (f"{c.score} fell {c.before - c.after:.3f} below the accepted {c.before:.3f}, beyond the tolerance "
+            f"{gate.tolerance:.3f} but within noise (p={_p(c.p_value)} >= alpha {gate.alpha:g}): not a regression; "
+            f"{c.describe()}")
 
 
 def _gate_reasons(metrics: Metrics, gate: Gate) -> list[str]:
@@ -119,13 +252,3 @@ def provenance_mismatch(run: Provenance, stored: Provenance) -> list[str]:
 
 def _split(p: Provenance) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(p.counts.items())) + f", seed={p.seed}"
-
-
-def _regressions(run: Metrics, stored: Metrics, tolerance: float) -> list[str]:
-    """Every score of the run that fell below its stored value by more than the tolerance."""
-    out = []
-    for name, now, then in (("steered", run.steered, stored.steered), ("unsteered", run.unsteered, stored.unsteered),
-                            ("5-shot", run.icl, stored.icl)):
-        if now is not None and then is not None and now < then - tolerance - 1e-12:
-            out.append(f"regression: {name} {now:.3f} is below the stored baseline {then:.3f} minus tolerance {tolerance:.3f}")
-    return out

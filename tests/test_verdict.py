@@ -81,8 +81,9 @@ def judge_m(m: Metrics, g: Gate, s: CaseResult | None, fingerprint: str, updatin
     return judge(result(m, provenance(fingerprint)), g, s, updating)
 
 
-def gate(threshold=0.2, tolerance=0.05, min_recovery=None, mode="mean"):
-    return Gate(threshold=threshold, tolerance=tolerance, min_recovery=min_recovery, gate=mode)
+def gate(threshold=0.2, tolerance=0.05, min_recovery=None, mode="mean", rule="tolerance", alpha=0.05):
+    """The plain tolerance rule by default: these results carry one token outcome per item, not real pairs."""
+    return Gate(threshold=threshold, tolerance=tolerance, min_recovery=min_recovery, gate=mode, rule=rule, alpha=alpha)
 
 
 def test_passes_when_delta_at_or_above_threshold():
@@ -201,3 +202,72 @@ def test_judging_never_changes_the_result():
     before = run.to_json()
     judge(run, gate(threshold=2.0), stored(0.9), False)
     assert run.to_json() == before
+
+
+# ---------------------------------------------------------------- paired regression rule
+
+
+def paired_result(steered: list[int], fingerprint: str = FP, unsteered: list[int] | None = None) -> CaseResult:
+    """A result whose metrics are the means of its per-item outcomes (as every real result's are)."""
+    n = len(steered)
+    base = unsteered if unsteered is not None else [0] * n
+    m = metrics_from_outcomes(np.array(base, float), np.array(steered, float), None, seed=0)
+    outcomes = Outcomes(tuple(f"q{i}" for i in range(n)), tuple(base), tuple(steered))
+    p = Provenance(fingerprint, {}, {}, {}, TaskData("t.json", "0" * 64, n), 0, {"test": n}, {})
+    return CaseResult("m-task_vector-t", "m", "task_vector", "t", "", m, {"layer": 3}, {"dev_accuracy": [0.1, 0.5, 0.9]},
+                      outcomes, p, {})
+
+
+def test_a_significant_drop_beyond_the_tolerance_is_a_regression_with_its_statistics():
+    accepted = paired_result([1] * 40 + [0] * 40)  # 0.50
+    now = paired_result([0] * 10 + [1] * 30 + [0] * 40)  # 10 items lost: 0.375, McNemar p = 2 / 2**10
+    v = judge(now, gate(threshold=-1, rule="significant"), accepted, False)
+    assert not v.passed and v.baseline == "regressed"
+    steered = v.changes[0]
+    assert (steered.score, steered.lost, steered.gained, steered.n, steered.test) == ("steered", 10, 0, 80, "mcnemar")
+    assert steered.p_value == pytest.approx(2 / 2**10)
+    assert steered.difference == pytest.approx(-0.125) and steered.interval[0] < -0.125 < steered.interval[1] < 0
+    assert "significant at alpha 0.05" in v.reasons[0] and "McNemar p=0.002, 10 lost / 0 gained of 80" in v.reasons[0]
+
+
+def test_a_drop_within_noise_is_reported_not_failed():
+    accepted = paired_result([1] * 40 + [0] * 40)
+    now = paired_result([0] * 9 + [1] * 31 + [1] * 3 + [0] * 37)  # 9 lost, 3 gained: -0.075, p = 0.146
+    v = judge(now, gate(threshold=-1, rule="significant"), accepted, False)
+    assert v.passed and v.baseline == "ok"
+    assert v.changes[0].beyond_tolerance and not v.changes[0].regression
+    assert v.changes[0].p_value == pytest.approx(0.146, abs=1e-3)
+    assert "within noise (p=0.15 >= alpha 0.05)" in v.notes[0]
+    # the plain tolerance rule stays available and fails the same drop
+    v = judge(now, gate(threshold=-1, rule="tolerance"), accepted, False)
+    assert not v.passed and v.baseline == "regressed" and not v.notes
+    # and a looser alpha makes it significant
+    assert not judge(now, gate(threshold=-1, rule="significant", alpha=0.2), accepted, False).passed
+
+
+def test_a_candidate_model_is_judged_by_the_paired_comparison_not_by_its_fingerprint():
+    accepted = paired_result([1] * 40 + [0] * 40, fingerprint="a" * 32)
+    same_scores = paired_result([1] * 40 + [0] * 40)
+    v = judge(same_scores, gate(threshold=-1, rule="significant"), accepted, False, candidate=True)
+    assert v.passed and v.model_changed and v.baseline == "ok"
+    assert v.drift is not None and v.drift.moved == () and v.drift.correlation == 1.0
+    # outside a candidate run the same change is a mismatch, and the comparison is still shown
+    v = judge(same_scores, gate(threshold=-1, rule="significant"), accepted, False)
+    assert not v.passed and v.baseline == "mismatch" and v.changes[0].lost == 0
+
+
+def test_power_is_the_exact_floor_when_nothing_changed_and_grows_with_the_spread():
+    accepted = paired_result([1] * 40 + [0] * 40)
+    v = judge(accepted, gate(threshold=-1, rule="significant"), accepted, False)
+    assert v.power.n == 80 and v.power.sd == 0 and v.power.detectable == pytest.approx(6 / 80)
+    assert v.power.blind and v.power.needed == 120  # 0.05 of 80 items is 4 discordant pairs: never significant
+    flipped = paired_result([0] * 20 + [1] * 20 + [1] * 20 + [0] * 20)  # 20 lost, 20 gained
+    v = judge(flipped, gate(threshold=-1, rule="significant"), accepted, False)
+    assert v.power.sd > 0.7 and v.power.detectable > 0.2
+
+
+def test_verdict_round_trips_through_json():
+    accepted = paired_result([1] * 40 + [0] * 40, fingerprint="a" * 32)
+    now = paired_result([0] * 10 + [1] * 30 + [0] * 40)
+    v = judge(now, gate(threshold=-1, rule="significant"), accepted, False, candidate=True)
+    assert Verdict.from_json(v.to_json()) == v
