@@ -51,6 +51,7 @@ class CaseOptions:
     seed: int = 0
     expect: Literal["pass", "fail"] = "pass"
     reason: str = ""
+    gate_vector: Literal["extracted", "replay"] = "extracted"  # replay: gate on the accepted vector applied anew
 
     def validate(self, where: str) -> None:
         for name in ("n_dev", "n_test"):
@@ -369,6 +370,9 @@ def _build_case(
                         options[key] = value
                 option_where = f"{path}: case[{j}] (for {cid})"
         case_options = build_settings(CaseOptions, options, option_where)
+        if case_options.gate_vector == "replay" and not hasattr(methods()[method], "replay"):
+            raise CaseFileError(f"{option_where}.gate_vector: 'replay' needs a method that stores a vector "
+                                f"(task_vector, function_vector); {method} stores none")
         method_settings = build_settings(methods()[method].settings_type, settings, f"{path}: settings of {cid}")
         _check_task_fits(method_settings, task_path, task, case_options, f"{path}: case {cid}")
         return Case(spec, method, task, task_path, case_options, method_settings, path, combo.variant)

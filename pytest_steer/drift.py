@@ -54,7 +54,8 @@ class Drift:
 def drift(accepted: CaseResult, now: CaseResult) -> Drift:
     """Compare the accepted result's choice and curves with this run's."""
     before = {k: accepted.chosen[k] for k in _SETTING_KEYS if k in accepted.chosen}
-    after = {k: now.chosen[k] for k in _SETTING_KEYS if k in now.chosen}
+    found = now.diagnostics.get("extracted_chosen", now.chosen)  # a case gated on the replay keeps the accepted setting
+    after = {k: found[k] for k in _SETTING_KEYS if k in found}
     curve = next((name for name in ("dev_accuracy", "premature_share") if name in accepted.curves and name in now.curves), "")
     correlation = _correlation(accepted.curves[curve], now.curves[curve]) if curve else None
     shared = total = None

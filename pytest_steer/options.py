@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from pytest_steer.candidate import Candidate, CandidateError, parse_candidates
 
 _OPTIONS = (
     ("update", "store_true", "write or refresh the baselines of the cases that ran (controller only, atomic)"),
@@ -17,7 +19,14 @@ _OPTIONS = (
     ("baseline-dir", "store", "directory of baselines (default: <rootdir>/baselines)"),
     ("report", "store", "write the run's results as JSON to this path"),
     ("threshold", "store", "minimum improvement steered - unsteered for a case to pass (default 0.1)"),
-    ("tolerance", "store", "allowed drop of steered accuracy below the stored baseline (default 0.05)"),
+    ("tolerance", "store", "allowed drop of a score (steered, unsteered, 5-shot) below the stored baseline (default 0.05)"),
+    ("regression", "store", "what a drop beyond the tolerance must also be to fail: 'significant' (default; paired "
+                            "McNemar or sign-flip test against the baseline's per-item outcomes at --steer-alpha) or "
+                            "'tolerance' (any such drop fails)"),
+    ("alpha", "store", "significance level of the paired regression test (default 0.05)"),
+    ("candidate", "append", "ALIAS=SOURCE: run the selected cases of model ALIAS on SOURCE (a packaged alias, a folder, "
+                            "a .gguf file or a hub id org/name[@revision]) and judge them against ALIAS's accepted "
+                            "baselines (repeatable; baselines change only with --steer-update)"),
     ("min-recovery", "store", "optional minimum of steered / ICL accuracy"),
     ("html", "store", "write a self-contained HTML report (heatmaps, curves, provenance) to this path"),
     ("compare", "store", "compare this run with a saved --steer-report JSON file"),
@@ -43,6 +52,9 @@ class SteerOptions:
     rerun: bool = False
     html_path: Path | None = None
     group: str = "case"
+    regression: str = "significant"
+    alpha: float = 0.05
+    candidates: dict[str, Candidate] = field(default_factory=dict)
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -50,9 +62,11 @@ def add_options(parser: pytest.Parser) -> None:
     for name, action, help_text in _OPTIONS:
         key = "steer_" + name.replace("-", "_")
         kwargs: dict[str, Any] = {"action": action, "dest": key, "help": help_text}
-        if action == "store":
+        if action in ("store", "append"):
             kwargs["default"] = None
         group.addoption(f"--steer-{name}", **kwargs)
+        if action == "append":
+            continue  # per run only: a candidate in an ini file would silently replace a model on every run
         if name == "rerun":
             parser.addini(key, help_text + " (ini)", type="bool", default=False)
         elif name != "update":
@@ -109,7 +123,24 @@ def resolve_options(config: pytest.Config) -> SteerOptions:
         rerun=bool(config.getoption("steer_rerun") or config.getini("steer_rerun")),
         html_path=_optional_path(config, "steer_html"),
         group=_choice_option(config, "steer_group", ("case", "model"), "case"),
+        regression=_choice_option(config, "steer_regression", ("significant", "tolerance"), "significant"),
+        alpha=_alpha(config),
+        candidates=_candidates(config),
     )
+
+
+def _alpha(config: pytest.Config) -> float:
+    alpha = _float_option(config, "steer_alpha", 0.05)
+    if not 0.0 < alpha < 1.0:  # type: ignore[operator]
+        raise pytest.UsageError(f"--steer-alpha: expected a level between 0 and 1 (exclusive), got {alpha}")
+    return alpha  # type: ignore[return-value]
+
+
+def _candidates(config: pytest.Config) -> dict[str, Candidate]:
+    try:
+        return parse_candidates(config.getoption("steer_candidate") or [], config.invocation_params.dir)
+    except CandidateError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _choice_option(config: pytest.Config, key: str, choices: tuple[str, ...], default: str) -> str:

@@ -39,10 +39,18 @@ class ResultInputs:
     seed: int
     settings: dict[str, Any]
     versions: dict[str, str]
+    adapter_override: dict[str, Any] | None = None
+    gate_vector: str = "extracted"
+    replay: str | None = None  # checksum of the accepted vector replayed on this model, if any
     source: str = field(default_factory=lambda: plugin_source_hash())
 
+    def keyed(self) -> dict[str, Any]:
+        """The inputs the key covers: all but where the model came from (the fingerprint covers its files,
+        so the same weights from another folder or alias reuse the result)."""
+        return {k: v for k, v in asdict(self).items() if k != "model_source"}
+
     def key(self) -> str:
-        return hashlib.sha256(_canonical(asdict(self))).hexdigest()[:32]
+        return hashlib.sha256(_canonical(self.keyed())).hexdigest()[:32]
 
 
 def _canonical(data: Any) -> bytes:
@@ -85,7 +93,7 @@ class ResultStore:
             body = data["body"]
             if hashlib.sha256(_canonical(body)).hexdigest() != data["sha256"]:
                 return self._reject(path, "content does not match its checksum")
-            if body["inputs"] != json.loads(_canonical(asdict(inputs))):
+            if {k: v for k, v in body["inputs"].items() if k != "model_source"} != json.loads(_canonical(inputs.keyed())):
                 return self._reject(path, "stored for other inputs")
             result = CaseResult.from_baseline(body["result"])
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

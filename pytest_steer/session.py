@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,11 +24,13 @@ from pytest_steer.options import SteerOptions
 from pytest_steer.methods import load_method, methods
 from pytest_steer.methods.base import MethodOutcome, Progress, RunContext
 from pytest_steer.models.loader import ModelHandle, Resolved, load_model, resolve
+from pytest_steer.files import StoreError, read_verified
+from pytest_steer.methods.search import ReplayError
 from pytest_steer.models.spec import ModelSpec
-from pytest_steer.record import CaseResult, Outcomes, Provenance, TaskData
+from pytest_steer.record import CaseResult, Outcomes, Provenance, Replay, TaskData
 from pytest_steer.results import ResultInputs, ResultStore, now
 from pytest_steer.settings import settings_dict
-from pytest_steer.store import VectorCache, cache_key, write_tensors
+from pytest_steer.store import VectorCache, cache_key, read_tensors, write_tensors
 from pytest_steer.tasks import load_task
 from pytest_steer.verdict import BaselineMissing, Gate, Verdict, judge, metrics_from_outcomes
 
@@ -130,11 +133,15 @@ class SteerSession:
         out: dict[Case, CaseResult] = {}
         todo: list[tuple[Case, ResultInputs]] = []
         task_sha256 = task.data_hash()
+        replays: dict[Case, Accepted] = {}
         for case in cases:
-            inputs = self._inputs(case, task_sha256, counts)
+            accepted = self._accepted_vector(case)
+            if accepted is not None:
+                replays[case] = accepted
+            inputs = self._inputs(case, task_sha256, counts, accepted)
             stored = None if self.options.rerun else self.store.get(inputs)
-            if stored is not None:
-                out[case] = stored
+            if stored is not None:  # the same weights from another source reuse it: say where this run's came from
+                out[case] = replace(stored, provenance=replace(stored.provenance, model_source=inputs.model_source))
             else:
                 todo.append((case, inputs))
         if not todo:
@@ -151,16 +158,53 @@ class SteerSession:
         if len(todo) > 1:
             timing["shared_by"] = float(len(todo))  # one pass for all of them: the time is theirs together
         for (case, inputs), outcome in zip(todo, outcomes):
-            out[case] = self._record(case, handle, task, inputs, outcome, {**timing, **outcome.phases})
+            replayed = None
+            if case in replays:
+                replayed = self._replay(method, handle, splits, case, replays[case])
+                if case.options.gate_vector == "replay" and not replayed.error:
+                    outcome = _gate_on_replay(outcome, replayed, replays[case])
+            out[case] = replace(self._record(case, handle, task, inputs, outcome, {**timing, **outcome.phases}),
+                                replay=replayed)
             self.store.put(inputs, out[case])
         return out
 
-    def _inputs(self, case: Case, task_sha256: str, counts: dict[str, int]) -> ResultInputs:
+    def _accepted_vector(self, case: Case) -> Accepted | None:
+        """The accepted vector to replay on this run's model: when the model differs from the one the
+        baseline was accepted for, or when the case gates on the replay. None for methods without vectors."""
+        if not hasattr(methods()[case.method], "replay"):
+            return None
+        try:
+            stored = self.baselines.load(case.model.name, case.method, case.slot)
+        except (StoreError, OSError):
+            return None  # judging the case says what is wrong with its baseline
+        path = self.baselines.vector_path(case.model.name, case.method, case.slot)
+        if stored is None or not path.is_file():
+            return None
+        changed = stored.provenance.fingerprint != self.resolve(case.model).fingerprint
+        if not changed and case.options.gate_vector != "replay":
+            return None
+        return Accepted(path, read_verified(path)[1]["content_sha256"], stored)
+
+    def _replay(self, method: Any, handle: ModelHandle, splits: Any, case: Case, accepted: Accepted) -> Replay:
+        """The accepted vector on this model at the accepted setting; a vector that does not fit is recorded, not raised."""
+        chosen = {k: v for k, v in accepted.result.chosen.items() if k != "relative_depth"}
+        base = Replay(accepted.sha256, chosen, accepted.result.metrics.steered)
+        try:
+            tensors, _ = read_tensors(accepted.path)
+            with torch.inference_mode():
+                steered = method.replay(handle, splits, case.settings, tensors, accepted.result.chosen)
+        except ReplayError as exc:
+            return replace(base, error=str(exc))
+        return replace(base, score=float(np.mean(steered)), steered=per_item_values(steered))
+
+    def _inputs(self, case: Case, task_sha256: str, counts: dict[str, int], accepted: Accepted | None) -> ResultInputs:
+        override = case.model.override
         return ResultInputs(
             case=case.id, model_source=case.model.describe(), fingerprint=self.resolve(case.model).fingerprint,
             device="cpu", dtype="float32", threads=torch.get_num_threads(), method=case.method,
             task_sha256=task_sha256, counts=counts, seed=case.options.seed, settings=settings_dict(case.settings),
-            versions=versions(),
+            versions=versions(), adapter_override=None if override is None else asdict(override),
+            gate_vector=case.options.gate_vector, replay=None if accepted is None else accepted.sha256,
         )
 
     def _record(self, case: Case, handle: ModelHandle, task: Any, inputs: ResultInputs, outcome: MethodOutcome,
@@ -200,7 +244,7 @@ class SteerSession:
             threshold=self.options.threshold if o.threshold is None else o.threshold,
             tolerance=self.options.tolerance if o.tolerance is None else o.tolerance,
             min_recovery=self.options.min_recovery if o.min_recovery is None else o.min_recovery,
-            gate=o.gate,
+            gate=o.gate, rule=self.options.regression, alpha=self.options.alpha,
         )
 
     def verdict(self, case: Case, result: CaseResult, nodeid: str) -> Verdict:
@@ -212,7 +256,27 @@ class SteerSession:
                 f"no baseline for {case.id} at {path}. Create it with:\n"
                 f"    pytest '{nodeid}' --steer-update"
             )
-        return judge(result, self.gate(case), stored, self.options.update)
+        return judge(result, self.gate(case), stored, self.options.update,
+                     candidate=case.model.name in self.options.candidates)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A case's accepted vector file, its checksum and the accepted result it belongs to."""
+
+    path: Path
+    sha256: str
+    result: CaseResult
+
+
+def _gate_on_replay(outcome: MethodOutcome, replayed: Replay, accepted: Accepted) -> MethodOutcome:
+    """The gated steered outcomes are the accepted vector's at the accepted setting (`gate_vector = "replay"`);
+    the re-extracted choice stays in the diagnostics, for drift."""
+    tensors, _ = read_tensors(accepted.path)
+    return replace(
+        outcome, steered=np.asarray(replayed.steered, dtype=float), chosen=dict(accepted.result.chosen),
+        vectors=tensors, diagnostics={**outcome.diagnostics, "extracted_chosen": outcome.chosen},
+    )
 
 
 def _outcomes(outcome: MethodOutcome) -> Outcomes:

@@ -70,11 +70,22 @@ def test_update_then_compare_then_regression(suite, pytester: pytest.Pytester) -
     result = run()
     result.assert_outcomes(passed=2)
 
-    data["metrics"]["steered"] = 1.5  # a stored result the model cannot reach
+    n = len(data["per_item"]["steered"])
+    data["metrics"]["steered"] = 1.5  # a stored score the model cannot reach, its per-item outcomes unchanged:
+    stored.write_text(json.dumps(data))  # the paired test sees no change, the plain tolerance rule a drop
+    result = run()
+    result.assert_outcomes(passed=2)
+    result = run("--steer-regression=tolerance")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*regression: steered * is below the stored baseline 1.500*"])
+
+    data["per_item"]["steered"] = [1] * n  # every item right before: now each one the model misses is lost
+    data["metrics"]["steered"] = 1.0
     stored.write_text(json.dumps(data))
     result = run()
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*regression: steered * is below the stored baseline 1.500*"])
+    result.stdout.fnmatch_lines(["*regression: steered * is below the stored baseline 1.000 minus tolerance 0.000, "
+                                 "significant at alpha 0.05 (steered * McNemar p=*lost / 0 gained of 12)*"])
 
 
 def test_threshold_failure_and_expected_failures(suite) -> None:
@@ -107,9 +118,9 @@ def test_a_regression_fails_even_where_the_gate_is_expected_to_fail(suite, pytes
     stored = pytester.path / "baselines" / "tinya" / "task_vector" / "tinytask.json"
     data = json.loads(stored.read_text())
     assert "expect" not in data and "gate" not in data  # they live in the case file only
-    data["metrics"]["steered"] = 1.5
+    data["metrics"]["steered"] = 1.5  # the score only: the plain tolerance rule sees the drop
     stored.write_text(json.dumps(data))
-    result = run("--steer-report=r.json")
+    result = run("--steer-report=r.json", "--steer-regression=tolerance")
     result.assert_outcomes(failed=1, xfailed=1)
     result.stdout.fnmatch_lines(["*tinya-task_vector-tinytask*regression: steered * is below the stored baseline 1.500*"])
     statuses = {c["id"]: c["status"] for c in _report(pytester.path / "r.json")["cases"]}
@@ -229,9 +240,9 @@ def test_dola_cases_run_store_their_baselines_by_variant_and_report(suite, pytes
     result = run()  # compared with the stored baselines, nothing unused
     result.assert_outcomes(passed=2)
     assert "not used by any selected case" not in result.stdout.str()
-    stored["metrics"]["steered"] = 1.5
+    stored["metrics"]["steered"] = 1.5  # the score only: the plain tolerance rule sees the drop
     (folder / "quiz-upper.json").write_text(json.dumps(stored))
-    result = run()
+    result = run("--steer-regression=tolerance")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*tiny-dola-quiz-upper*regression*"])
 

@@ -24,13 +24,24 @@ CHANGED = {
     "device": "cuda:0", "dtype": "bfloat16", "threads": 2, "method": "function_vector", "task_sha256": "b" * 64,
     "counts": {"dev": 10, "test": 13}, "seed": 1, "settings": {"n_shots": 4},
     "versions": {"torch": "2.14", "transformers": "5.24"}, "source": "fedcba9876543210",
+    "adapter_override": {"blocks": "model.layers"}, "gate_vector": "replay", "replay": "c" * 64,
 }
 
 
 def test_every_input_is_part_of_the_key() -> None:
     assert set(CHANGED) == {f.name for f in fields(ResultInputs)}
-    keys = {INPUTS.key()} | {replace(INPUTS, **{name: value}).key() for name, value in CHANGED.items()}
-    assert len(keys) == len(CHANGED) + 1
+    keyed = {name: value for name, value in CHANGED.items() if name != "model_source"}
+    keys = {INPUTS.key()} | {replace(INPUTS, **{name: value}).key() for name, value in keyed.items()}
+    assert len(keys) == len(keyed) + 1
+
+
+def test_the_same_weights_from_another_source_share_the_key(tmp_path: Path, stored_result) -> None:
+    """The fingerprint covers the model's files: a copy in another folder (same fingerprint) reuses the result."""
+    moved = replace(INPUTS, model_source=CHANGED["model_source"])
+    assert moved.key() == INPUTS.key()
+    store = ResultStore(tmp_path)
+    store.put(INPUTS, stored_result)
+    assert store.get(moved) is not None
 
 
 def _result(baseline_file: Path) -> CaseResult:

@@ -24,7 +24,7 @@ import torch
 from pytest_steer.methods.base import MethodOutcome, RunContext
 from pytest_steer.methods.hooks import HookReport, Intervene, capture_last_token, edits_at, last_token_hooks
 from pytest_steer.methods.scoring import TokenCounter, encode, score_interventions
-from pytest_steer.methods.search import LayerSearch, PromptSet, Search, common_diagnostics
+from pytest_steer.methods.search import LayerSearch, PromptSet, Search, check_replay, common_diagnostics
 from pytest_steer.methods.settings import FunctionVectorSettings
 from pytest_steer.models.loader import ModelHandle
 from pytest_steer.tasks import Pair, Splits
@@ -244,6 +244,13 @@ class FunctionVectorMethod(LayerSearch):
     def intervention(self, handle: ModelHandle, points: list[GridPoint], state: Steering,
                      reports: dict[int, HookReport]) -> Intervene:
         return add_at_layers(handle, points, state.vectors, reports)
+
+    def replay_point(self, handle: ModelHandle, tensors: dict[str, torch.Tensor],
+                     chosen: dict[str, Any]) -> tuple[GridPoint, Steering]:
+        vector, layer = tensors["function_vector"], int(chosen["layer"])
+        check_replay(handle, vector, layer, "function vector")
+        n_heads = int(chosen["heads"])
+        return GridPoint(layer, n_heads, float(chosen["strength"])), Steering({n_heads: vector}, {})
 
     def outcome(self, handle: ModelHandle, splits: Splits, settings: FunctionVectorSettings, found: Search,
                 state: Steering, tensors: dict[str, torch.Tensor]) -> MethodOutcome:

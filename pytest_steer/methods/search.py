@@ -143,6 +143,23 @@ class LayerSearch(ABC):
                 tensors: dict[str, torch.Tensor]) -> MethodOutcome:
         """The method's record of what it found."""
 
+    @abstractmethod
+    def replay_point(self, handle: ModelHandle, tensors: dict[str, torch.Tensor], chosen: dict[str, Any]) -> tuple[Any, Any]:
+        """The intervention and steering state that apply a stored vector at a stored chosen setting
+        (ReplayError when it does not fit this model)."""
+
+    def replay(self, handle: ModelHandle, splits: Splits, settings: Any, tensors: dict[str, torch.Tensor],
+               chosen: dict[str, Any]) -> np.ndarray:
+        """Per-item test outcomes of a stored (accepted) vector on this model: no extraction, no search."""
+        point, state = self.replay_point(handle, tensors, chosen)
+        scoring = Scoring(settings.batch_size, settings.max_rows, settings.reuse_prefix)
+        reports: dict[int, HookReport] = {}
+        test = PromptSet.zero_shot(handle, splits.test)
+        steered = scoring.correct(handle, test, 1, self.intervention(handle, [point], state, reports), TokenCounter())
+        if not reports.get(point.layer, HookReport()).fired_and_changed:
+            raise RuntimeError(f"replayed steering hook on block {point.layer} did not fire or changed nothing")
+        return steered[:, 0]
+
     def run(self, handle: ModelHandle, task: Task, splits: Splits, settings: Any, context: RunContext) -> MethodOutcome:
         counter = TokenCounter()
         layers = search_layers(settings.layers, handle.adapter.num_layers, self.name)
@@ -188,6 +205,19 @@ class LayerSearch(ABC):
         outcome = self.outcome(handle, splits, settings, found, state, tensors)
         outcome.phases = clock.seconds
         return outcome
+
+
+class ReplayError(ValueError):
+    """A stored vector cannot be applied to this model (its width or setting does not fit)."""
+
+
+def check_replay(handle: ModelHandle, vector: torch.Tensor, layer: int, what: str) -> None:
+    """The stored vector fits this model's residual stream and the stored layer exists."""
+    width = handle.adapter.hidden_size
+    if vector.ndim != 1 or vector.shape[0] != width:
+        raise ReplayError(f"the stored {what} has shape {tuple(vector.shape)}; this model's residual stream is {width} wide")
+    if not 0 <= layer < handle.adapter.num_layers:
+        raise ReplayError(f"the stored {what} was accepted at block {layer}; this model has {handle.adapter.num_layers}")
 
 
 def common_diagnostics(found: Search) -> dict[str, Any]:

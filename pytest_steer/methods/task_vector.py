@@ -17,7 +17,7 @@ import torch
 from pytest_steer.methods.base import MethodOutcome, RunContext
 from pytest_steer.methods.hooks import HookReport, Intervene, capture_last_token, edits_at
 from pytest_steer.methods.scoring import TokenCounter, encode
-from pytest_steer.methods.search import LayerSearch, Search, common_diagnostics
+from pytest_steer.methods.search import LayerSearch, Search, check_replay, common_diagnostics
 from pytest_steer.methods.settings import TaskVectorSettings
 from pytest_steer.models.loader import ModelHandle
 from pytest_steer.tasks import Pair, Splits
@@ -87,6 +87,12 @@ class TaskVectorMethod(LayerSearch):
     def intervention(self, handle: ModelHandle, points: list[LayerPoint], state: torch.Tensor,
                      reports: dict[int, HookReport]) -> Intervene:
         return replace_at_layers(handle, [p.layer for p in points], state, reports)
+
+    def replay_point(self, handle: ModelHandle, tensors: dict[str, torch.Tensor],
+                     chosen: dict[str, Any]) -> tuple[LayerPoint, dict[int, torch.Tensor]]:
+        vector, layer = tensors["task_vector"], int(chosen["layer"])
+        check_replay(handle, vector, layer, "task vector")
+        return LayerPoint(layer), {layer: vector}
 
     def outcome(self, handle: ModelHandle, splits: Splits, settings: TaskVectorSettings, found: Search,
                 state: torch.Tensor, tensors: dict[str, torch.Tensor]) -> MethodOutcome:
