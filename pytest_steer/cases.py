@@ -370,7 +370,7 @@ def _build_case(
                         options[key] = value
                 option_where = f"{path}: case[{j}] (for {cid})"
         case_options = build_settings(CaseOptions, options, option_where)
-        if case_options.gate_vector == "replay" and not hasattr(methods()[method], "replay"):
+        if case_options.gate_vector == "replay" and not methods()[method].replays:
             raise CaseFileError(f"{option_where}.gate_vector: 'replay' needs a method that stores a vector "
                                 f"(task_vector, function_vector); {method} stores none")
         method_settings = build_settings(methods()[method].settings_type, settings, f"{path}: settings of {cid}")

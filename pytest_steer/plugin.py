@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,6 +135,19 @@ class SteerRun:
                                          selected=self.selected_cases)
         return self._session
 
+    def check_candidates(self, session: pytest.Session) -> None:
+        """A candidate whose alias no selected case uses would test nothing and pass: refuse it."""
+        controller = not self.worker and bool(getattr(self.config.option, "numprocesses", None))
+        if not self.options.candidates or controller:  # an xdist controller collects nothing; its workers check
+            return
+        used = {item.case.model.name for item in session.items if isinstance(item, CaseItem)}
+        unused = sorted(set(self.options.candidates) - used)
+        if unused:
+            raise pytest.UsageError(
+                f"--steer-candidate {unused[0]}=...: no selected case uses model {unused[0]!r} "
+                f"(models of the selected cases: {', '.join(sorted(used)) or 'none'})"
+            )
+
     def compared(self) -> list[Any]:
         """Changes against the saved report of `--steer-compare` (computed once)."""
         if self._changes is None:
@@ -191,6 +205,17 @@ class SteerRun:
             tr.write_line(f"{len(reports)} steering cases: {tally}")
             for line in _model_changes(reports):
                 tr.write_line(line, red=True)
+            for line in self._candidate_lines(reports):
+                tr.write_line(line, yellow=True)
+            if any(r.verdict is not None and r.verdict.changes and r.verdict.model_changed for r in reports):
+                from pytest_steer.report import render_changes
+
+                tr.write(render_changes(reports, tr._tw.fullwidth, tr.hasmarkup))
+            for r in reports:
+                for note in () if r.verdict is None else r.verdict.notes:
+                    tr.write_line(f"{r.id}: {note}")
+            for line in _power_lines(reports):
+                tr.write_line(line, yellow=True)
             missing = [r for r in reports if r.status == "missing"]
             if missing:
                 tr.write_line(f"{len(missing)} case(s) computed but not judged, no stored baseline: "
@@ -230,7 +255,39 @@ class SteerRun:
                               f"{change.before:.3f} (more than --steer-compare-fail {self.options.compare_fail})", red=True)
 
 
+    def _candidate_lines(self, reports: list[CaseReport]) -> list[str]:
+        """What each candidate run judged, and whether the accepted baselines moved."""
+        out = []
+        for alias, candidate in sorted(self.options.candidates.items()):
+            mine = [r for r in reports if r.model == alias]
+            if not mine:
+                continue
+            if self.options.update:
+                out.append(f"accepted model changed: {alias} is now {candidate.describe()}: --steer-update wrote the "
+                           f"candidate's results as the baselines of {len(mine)} case(s)")
+            else:
+                out.append(f"candidate {alias} = {candidate.describe()}: {len(mine)} case(s) judged against the accepted "
+                           f"baselines, which this run leaves unchanged (accept the candidate with --steer-update)")
+        return out
+
+
 RUN_KEY = pytest.StashKey[SteerRun]()
+
+
+def _power_lines(reports: list[CaseReport], shown: int = 3) -> list[str]:
+    """Cases whose test split cannot see a drop as small as their tolerance (the JSON report has every case's)."""
+    blind = [r for r in reports if r.verdict is not None and r.verdict.power is not None and r.verdict.power.blind]
+    if not blind:
+        return []
+    lines = [f"power: {len(blind)} case(s) cannot see a drop as small as their tolerance (paired test, alpha "
+             f"{blind[0].verdict.power.alpha:g}, power 0.8):"]  # type: ignore[union-attr]
+    for r in sorted(blind, key=lambda r: -r.verdict.power.detectable)[:shown]:  # type: ignore[union-attr]
+        p = r.verdict.power  # type: ignore[union-attr]
+        lines.append(f"  {r.id}: {p.n} items cannot see a drop of {p.wanted:.2f} (smallest detectable "
+                     f"{p.detectable:.3f}); use at least {p.needed}")
+    if len(blind) > shown:
+        lines.append(f"  ... and {len(blind) - shown} more (verdict.power in the JSON report)")
+    return lines
 
 
 def _model_changes(reports: list[CaseReport]) -> list[str]:
@@ -289,7 +346,10 @@ class CaseFile(pytest.File):
 
     def collect(self):  # type: ignore[no-untyped-def]
         first = self.config.stash[RUN_KEY].case_files
+        candidates = self.config.stash[RUN_KEY].options.candidates
         for case in load_case_file(self.path):
+            if isinstance(case, Case) and case.model.name in candidates:  # same id, same baselines, another source
+                case = replace(case, model=candidates[case.model.name].apply(case.model))
             if isinstance(case, Case) and first.setdefault(case.id, self.path) != self.path:
                 # one id is one baseline: a second definition must not share (and overwrite) it
                 message = (f"{self.path}: case {case.id} is already defined in {first[case.id]}; "
@@ -483,6 +543,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             run.selected_cases.append(item.case)
     if run.worker:
         session.config.workeroutput["steer_selected"] = sorted(run.selected)  # type: ignore[attr-defined]
+    run.check_candidates(session)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -141,17 +141,20 @@ def build_dola_table(reports: Sequence[CaseReport]) -> Table:
     return table
 
 
-def render_table(reports: Sequence[CaseReport], width: int, markup: bool) -> str:
-    """The tables as text (steering vectors, then DoLa), coloured only when the terminal supports it."""
+def _text(tables: Sequence[Table], width: int, markup: bool) -> str:
+    """Tables as text, coloured only when the terminal supports it."""
     buffer = io.StringIO()
     console = Console(file=buffer, width=max(width, 160), force_terminal=markup, no_color=not markup, highlight=False)
+    for table in tables:
+        console.print(table)
+    return buffer.getvalue()
+
+
+def render_table(reports: Sequence[CaseReport], width: int, markup: bool) -> str:
+    """The tables as text: steering vectors, then DoLa."""
     vectors = [r for r in reports if r.method != "dola"]
     dola = [r for r in reports if r.method == "dola"]
-    if vectors:
-        console.print(build_table(vectors))
-    if dola:
-        console.print(build_dola_table(dola))
-    return buffer.getvalue()
+    return _text(([build_table(vectors)] if vectors else []) + ([build_dola_table(dola)] if dola else []), width, markup)
 
 
 def counts(reports: Sequence[CaseReport]) -> dict[str, int]:
@@ -164,3 +167,40 @@ def counts(reports: Sequence[CaseReport]) -> dict[str, int]:
 def write_json_report(path: Path, reports: Sequence[CaseReport], extra: dict[str, Any]) -> None:
     """The same content as the tables, with the full results, atomically."""
     atomic_write_json(path, {**extra, "counts": counts(reports), "cases": [r.to_json() for r in reports]})
+
+
+def _replay(report: CaseReport) -> str:
+    replay = None if report.result is None else report.result.replay
+    if replay is None:
+        return "-"
+    if replay.error:
+        return f"cannot apply: {replay.error}"
+    return f"{replay.score:.2f} (accepted {replay.accepted:.2f})"
+
+
+def build_changes_table(reports: Sequence[CaseReport]) -> Table:
+    """Cases run on another model than their baselines were accepted for: the paired comparison of the gated
+    score, the stored vector replayed, and how the chosen setting drifted."""
+    table = Table(title="pytest-steer: against the accepted model (same test items, paired)", show_lines=True)
+    table.add_column("case", no_wrap=True)
+    for head in ("accepted", "now", "difference [95% CI]", "p", "lost / gained"):
+        table.add_column(head, justify="right")
+    for head in ("regression", "replay", "drift"):
+        table.add_column(head)
+    for r in sorted(reports, key=lambda r: r.id):
+        v = r.verdict
+        if v is None or not v.model_changed or not v.changes:
+            continue
+        c = next(c for c in v.changes if c.score == "steered")
+        interval = "not paired" if c.interval is None or c.difference is None else \
+            f"{c.difference:+.3f} [{c.interval[0]:+.3f}, {c.interval[1]:+.3f}]"
+        ruling = "regression" if c.regression else ("within noise" if c.beyond_tolerance else "no")
+        table.add_row(r.id, f"{c.before:.3f}", f"{c.after:.3f}", interval,
+                      "-" if c.p_value is None else f"{c.p_value:.2g}", f"{c.lost} / {c.gained}", ruling, _replay(r),
+                      "-" if v.drift is None else v.drift.describe())
+    return table
+
+
+def render_changes(reports: Sequence[CaseReport], width: int, markup: bool) -> str:
+    """The comparison with the accepted model as text."""
+    return _text([build_changes_table(reports)], width, markup)

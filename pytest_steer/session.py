@@ -171,7 +171,7 @@ class SteerSession:
     def _accepted_vector(self, case: Case) -> Accepted | None:
         """The accepted vector to replay on this run's model: when the model differs from the one the
         baseline was accepted for, or when the case gates on the replay. None for methods without vectors."""
-        if not hasattr(methods()[case.method], "replay"):
+        if not methods()[case.method].replays:
             return None
         try:
             stored = self.baselines.load(case.model.name, case.method, case.slot)

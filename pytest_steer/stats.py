@@ -128,8 +128,8 @@ class Power:
 
     @property
     def blind(self) -> bool:
-        """The wanted drop is below what the split can detect."""
-        return self.wanted < self.detectable - 1e-12
+        """The wanted drop is below what the split can detect (a tolerance of 0 asks for no drop size)."""
+        return 0 < self.wanted < self.detectable - 1e-12
 
 
 def minimum_detectable(n: int, sd: float, wanted: float, *, binary: bool, alpha: float = 0.05,

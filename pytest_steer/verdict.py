@@ -64,7 +64,7 @@ class ScoreChange:
 def _p(value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:.2g}" if value >= 0.001 else f"{value:.1e}"
+    return f"{value:.2g}"
 
 
 BaselineStatus = Literal["ok", "regressed", "mismatch", "updating", "new"]
@@ -156,6 +156,10 @@ def judge(result: CaseResult, gate: Gate, stored: CaseResult | None, updating: b
                 status = "regressed"
                 reasons.extend(_regression_reason(c, gate) for c in changes if c.regression)
             notes.extend(_noise_note(c, gate) for c in changes if c.beyond_tolerance and not c.regression)
+    if result.replay is not None:
+        r = result.replay
+        notes.append(f"stored vector cannot be applied to the new model: {r.error}" if r.error else
+                     f"stored vector on the new model: {r.score:.2f} (accepted {r.accepted:.2f})")
     return Verdict(
         passed=not reasons, reasons=tuple(reasons), baseline=status,
         stored_steered=None if stored is None else stored.metrics.steered,

@@ -32,6 +32,7 @@ class MethodEntry:
     settings_type: type
     target: str  # "module:attribute" of the method class (or instance)
     shares_work: bool = False  # has `run_many`: cases differing only in settings run in one pass
+    replays: bool = False  # has `replay`: a stored (accepted) vector can be applied to another model
 
     def load(self) -> Method:
         module, _, attr = self.target.partition(":")
@@ -40,8 +41,9 @@ class MethodEntry:
 
 
 _BUILTINS = (
-    MethodEntry("task_vector", TaskVectorSettings, "pytest_steer.methods.task_vector:TaskVectorMethod"),
-    MethodEntry("function_vector", FunctionVectorSettings, "pytest_steer.methods.function_vector:FunctionVectorMethod"),
+    MethodEntry("task_vector", TaskVectorSettings, "pytest_steer.methods.task_vector:TaskVectorMethod", replays=True),
+    MethodEntry("function_vector", FunctionVectorSettings, "pytest_steer.methods.function_vector:FunctionVectorMethod",
+                replays=True),
     MethodEntry("dola", DolaSettings, "pytest_steer.methods.dola:DolaMethod", shares_work=True),
 )
 
@@ -58,7 +60,8 @@ def _from_entry_point(ep: object) -> MethodEntry:
             f"entry point {ENTRY_POINT_GROUP}:{name} = {value!r} is not a method: expected a class with "
             "`settings_type` (a dataclass), `prepare` and `run`"
         )
-    return MethodEntry(name, settings_type, value, shares_work=callable(getattr(obj, "run_many", None)))
+    return MethodEntry(name, settings_type, value, shares_work=callable(getattr(obj, "run_many", None)),
+                       replays=callable(getattr(obj, "replay", None)))
 
 
 @cache
