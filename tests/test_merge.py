@@ -273,3 +273,19 @@ def test_the_module_runs_from_the_command_line(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 1, done.stderr
     assert "1 steering cases from 1 shards: 1 fail" in done.stdout and (tmp_path / "m.json").exists()
+
+
+def test_the_example_workflow_runs_one_job_per_model_and_merges_them_all() -> None:
+    yaml = pytest.importorskip("yaml")
+    from pytest_steer.cases import marker_name
+    from pytest_steer.markdown import load_cases
+
+    workflow = yaml.safe_load((ROOT / "examples" / "github-actions-steer.yml").read_text())
+    jobs = workflow["jobs"]
+    matrix = jobs["steer"]["strategy"]["matrix"]["include"]
+    models = {c.model.name for c in load_cases(ROOT / "steering_cases")}
+    assert {m["model"] for m in matrix} == models
+    assert all(m["marker"] == marker_name(m["model"]) for m in matrix)
+    merge_step = next(s["run"] for s in jobs["merge"]["steps"] if s.get("name") == "merge")
+    assert "python -m pytest_steer.merge" in merge_step
+    assert all(f"reports/steer-{m}.json" in merge_step for m in models)
