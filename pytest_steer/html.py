@@ -49,6 +49,17 @@ def _html(figure: Any) -> str:
     return figure.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
 
 
+def _update_lines(report: CaseReport) -> list[str]:
+    """Against the accepted model (when the model changed): each score's paired change, the drift, the notes."""
+    v = report.verdict
+    if v is None:
+        return []
+    lines = [c.describe() for c in v.changes] if v.model_changed else []
+    if v.drift is not None:
+        lines.append("drift: " + v.drift.describe())
+    return lines + list(v.notes)
+
+
 def _column(report: CaseReport) -> str:
     return f"{report.task} ({report.variant})" if report.variant else report.task
 
@@ -187,6 +198,7 @@ def render(reports: Sequence[CaseReport], stored: Callable[[CaseReport], CaseRes
             "reused": bool(report.result and report.result.reused),
             "computed_at": report.result.computed_at if report.result else "",
             "figures": [Markup(_html(f)) for f in case_figures(report, stored(report))],
+            "against_accepted": _update_lines(report),
         })
     by_method: dict[str, list[CaseReport]] = {}
     for report in reports:

@@ -110,7 +110,7 @@ def test_an_exact_copy_passes_with_identical_numbers_and_a_damaged_one_is_caught
     # the damaged copy against an accepted model that got every item right: a significant regression
     _accept_everything(baselines / "tinya" / "task_vector" / "tinytask.json")
     accepted = _baselines(baselines)
-    result = run(f"--steer-candidate=tinya={damaged}", "--steer-report=damaged.json")
+    result = run(f"--steer-candidate=tinya={damaged}", "--steer-report=damaged.json", "--steer-html=page.html")
     result.assert_outcomes(passed=1, failed=1)
     out = result.stdout.str()
     assert "model changed: tinya:" in out and "against the accepted model (same test items, paired)" in out
@@ -125,6 +125,9 @@ def test_an_exact_copy_passes_with_identical_numbers_and_a_damaged_one_is_caught
     assert damaged_case["verdict"]["drift"]["curve"] == "dev_accuracy"
     assert damaged_case["verdict"]["power"]["n"] == 12
     assert "tinya-task_vector-tinytask: stored vector on the new model: 0.00 (accepted 1.00)" in out
+    page = (pytester.path / "page.html").read_text()
+    assert "McNemar p=0.00049, 12 lost / 0 gained of 12" in page and "stored vector on the new model: 0.00" in page
+    assert "<li>drift: " in page
     assert _baselines(baselines) == accepted  # a candidate run never writes the accepted baselines
 
     # accepting the candidate is explicit, and said
