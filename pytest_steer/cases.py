@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pytest_steer.methods import methods
+from pytest_steer.device import DEVICE_FORM, DEVICES, DTYPES
 from pytest_steer.models.packaged import PACKAGED_MODELS
 from pytest_steer.models.spec import AdapterError, ArchitectureOverride, ModelSpec
 from pytest_steer.settings import SettingsError, build_settings
@@ -52,6 +53,7 @@ class CaseOptions:
     expect: Literal["pass", "fail"] = "pass"
     reason: str = ""
     gate_vector: Literal["extracted", "replay"] = "extracted"  # replay: gate on the accepted vector applied anew
+    profile: Literal["default", "large"] = "default"  # large: marked `large`, run only when -m names it
 
     def validate(self, where: str) -> None:
         for name in ("n_dev", "n_test"):
@@ -161,15 +163,16 @@ def _model_spec(name: str, models: Mapping[str, Any], base: Path, where: str) ->
         entry = dict(_table(models[name], f"{where}: [models.{name}]"))
         adapter = entry.pop("adapter", None)
         revision = entry.pop("revision", None)
-        opt_ins = {k: entry.pop(k) for k in ("trust_remote_code", "allow_pickle") if k in entry}
+        opt_ins: dict[str, Any] = {k: entry.pop(k) for k in ("trust_remote_code", "allow_pickle") if k in entry}
         for key, value in opt_ins.items():
             if not isinstance(value, bool):
                 raise CaseFileError(f"{where}: [models.{name}].{key}: expected true or false, got {value!r}")
+        opt_ins.update(_placement(entry, f"{where}: [models.{name}]"))
         kinds = [k for k in ("path", "hub", "gguf", "packaged") if k in entry]
         unknown = sorted(set(entry) - {"path", "hub", "gguf", "packaged"})
         if unknown:
             raise CaseFileError(f"{where}: [models.{name}]: unknown field '{unknown[0]}' (expected path, hub, gguf, packaged, "
-                                "revision, adapter, trust_remote_code, allow_pickle)")
+                                "revision, adapter, trust_remote_code, allow_pickle, device, dtype, device_map)")
         if len(kinds) != 1:
             raise CaseFileError(f"{where}: [models.{name}]: give exactly one of path, hub, gguf or packaged")
         kind = kinds[0]
@@ -198,6 +201,22 @@ def _model_spec(name: str, models: Mapping[str, Any], base: Path, where: str) ->
         f"{where}: unknown model {name!r}: expected a packaged alias ({', '.join(PACKAGED_MODELS)}) "
         f"or a [models.{name}] table with path, hub or gguf"
     )
+
+
+def _placement(entry: dict[str, Any], where: str) -> dict[str, str]:
+    """A model's own device, dtype and device_map (popped from `entry`), checked for form; whether the
+    device exists is checked when the model loads."""
+    out: dict[str, str] = {}
+    for key, allowed in (("device", None), ("dtype", DTYPES), ("device_map", ("auto",))):
+        if key not in entry:
+            continue
+        value = entry.pop(key)
+        if not isinstance(value, str) or (allowed is not None and value not in allowed) or \
+                (key == "device" and not DEVICE_FORM.match(value)):
+            expected = ", ".join(allowed) if allowed is not None else ", ".join(DEVICES)
+            raise CaseFileError(f"{where}.{key}: expected one of {expected}, got {value!r}")
+        out[key] = value
+    return out
 
 
 def _task_path(name: str, tasks: Mapping[str, Any], base: Path, where: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from pytest_steer.candidate import Candidate, CandidateError, parse_candidates
+from pytest_steer.device import DEVICE_FORM, DEVICES, DTYPES
 
 _OPTIONS = (
     ("update", "store_true", "write or refresh the baselines of the cases that ran (controller only, atomic)"),
@@ -24,6 +26,12 @@ _OPTIONS = (
                             "McNemar or sign-flip test against the baseline's per-item outcomes at --steer-alpha) or "
                             "'tolerance' (any such drop fails)"),
     ("alpha", "store", "significance level of the paired regression test (default 0.05)"),
+    ("device", "store", "where models run: auto (default: cuda:0 if a GPU is visible, else mps, else cpu), cpu, cuda, "
+                        "cuda:N or mps; a model's own `device` in its case file wins; under xdist worker k takes GPU k mod G"),
+    ("dtype", "store", "weight dtype: auto (default: float32 on the CPU, bfloat16 on a GPU), float32, bfloat16 or "
+                       "float16; a model's own `dtype` wins. Scores accumulate in float32 whatever the weights"),
+    ("gpus-per-worker", "store", "GPUs each xdist worker takes (default 1; more for models sharded with device_map = "
+                                 "\"auto\")"),
     ("candidate", "append", "ALIAS=SOURCE: run the selected cases of model ALIAS on SOURCE (a packaged alias, a folder, "
                             "a .gguf file or a hub id org/name[@revision]) and judge them against ALIAS's accepted "
                             "baselines (repeatable; baselines change only with --steer-update)"),
@@ -54,6 +62,9 @@ class SteerOptions:
     group: str = "case"
     regression: str = "significant"
     alpha: float = 0.05
+    device: str = "auto"
+    dtype: str = "auto"
+    gpus_per_worker: int = 1
     candidates: dict[str, Candidate] = field(default_factory=dict)
 
 
@@ -126,7 +137,28 @@ def resolve_options(config: pytest.Config) -> SteerOptions:
         regression=_choice_option(config, "steer_regression", ("significant", "tolerance"), "significant"),
         alpha=_alpha(config),
         candidates=_candidates(config),
+        device=_form_option(config, "steer_device", DEVICE_FORM, DEVICES),
+        dtype=_choice_option(config, "steer_dtype", DTYPES, "auto"),
+        gpus_per_worker=_count_option(config, "steer_gpus_per_worker"),
     )
+
+
+def _form_option(config: pytest.Config, key: str, form: re.Pattern[str], expected: tuple[str, ...]) -> str:
+    raw, origin = _raw_option(config, key)
+    if raw in (None, ""):
+        return "auto"
+    if not form.match(str(raw)):
+        raise pytest.UsageError(f"{origin}: expected one of {', '.join(expected)}, got {raw!r}")
+    return str(raw)
+
+
+def _count_option(config: pytest.Config, key: str) -> int:
+    raw, origin = _raw_option(config, key)
+    if raw in (None, ""):
+        return 1
+    if not str(raw).isdigit() or int(raw) < 1:
+        raise pytest.UsageError(f"{origin}: expected a whole number of at least 1, got {raw!r}")
+    return int(raw)
 
 
 def _alpha(config: pytest.Config) -> float:

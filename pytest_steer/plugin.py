@@ -53,6 +53,7 @@ class SteerRun:
         self.store = BaselineStore(self.options.baseline_dir)
         self.reports: list[CaseReport] = []
         self.selected: set[str] = set()
+        self.held: set[str] = set()  # ids of cases held back by their profile (their baselines are not stale)
         self.selected_cases: list[Case] = []  # the runnable cases selected in this process
         self.written: list[Path] = []
         self.collected_any = False
@@ -190,7 +191,8 @@ class SteerRun:
         """Stored baselines that no selected case used (only on an unfiltered run, where that means stale)."""
         if not self.collected_any or self.crashed_workers or self.filtered():
             return []
-        return [str(self.store.json_path(*ids)) for ids in sorted(self.store.all_ids()) if case_id(*ids) not in self.selected]
+        known = self.selected | self.held
+        return [str(self.store.json_path(*ids)) for ids in sorted(self.store.all_ids()) if case_id(*ids) not in known]
 
     def summary(self, tr: Any) -> None:
         if not self.reports and not self.collected_any:
@@ -324,6 +326,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{method}: pytest-steer cases of the {method} method")
     for family in FAMILIES:
         config.addinivalue_line("markers", f"{family}: pytest-steer cases on a {family} model")
+    config.addinivalue_line("markers", "large: pytest-steer cases of the large profile (models of 1B+ parameters); "
+                                       "collected only when -m names 'large'")
     run = SteerRun(config)
     config.stash[RUN_KEY] = run
     config.pluginmanager.register(run, "steer-run")
@@ -378,6 +382,8 @@ def _case_item(parent: CaseFile, case: Case) -> CaseItem:
         _register_marker(parent.config, name, what)
         item.add_marker(name)
     item.add_marker("steer")
+    if case.options.profile != "default":
+        item.add_marker(case.options.profile)
     if parent.config.stash[RUN_KEY].options.group == "model":
         item.add_marker(pytest.mark.xdist_group(name=case.model.name))
     elif methods()[case.method].shares_work:  # its variants run in one pass: keep them on one worker
@@ -526,7 +532,14 @@ def steer_case(request: pytest.FixtureRequest) -> Callable[..., CaseResult]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep the cases of one model together (same order on every xdist worker)."""
+    """Hold back the large profile unless -m names it; keep the cases of one model together (same order
+    on every xdist worker)."""
+    if "large" not in (getattr(config.option, "markexpr", "") or ""):
+        held = [item for item in items if isinstance(item, CaseItem) and item.case.options.profile == "large"]
+        if held:
+            config.stash[RUN_KEY].held.update(item.name for item in held)
+            config.hook.pytest_deselected(items=held)
+            items[:] = [item for item in items if item not in held]
     slots = [i for i, item in enumerate(items) if isinstance(item, CaseItem)]
     ordered = sorted((items[i] for i in slots), key=lambda it: it.case.model.name)  # type: ignore[attr-defined]
     for slot, item in zip(slots, ordered):
@@ -542,7 +555,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if isinstance(item, CaseItem):
             run.selected_cases.append(item.case)
     if run.worker:
-        session.config.workeroutput["steer_selected"] = sorted(run.selected)  # type: ignore[attr-defined]
+        session.config.workeroutput["steer_selected"] = sorted(run.selected | run.held)  # type: ignore[attr-defined]
     run.check_candidates(session)
 
 

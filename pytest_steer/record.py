@@ -146,6 +146,8 @@ class Provenance:
     seed: int
     counts: dict[str, int]
     settings: dict[str, Any]
+    device: str = "cpu"  # the device type the numbers were computed on (cpu, cuda, mps)
+    dtype: str = "float32"  # the weight dtype
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,8 @@ class CaseResult:
             "counts": p.counts, "seed": p.seed,
             "task_data": {"source": p.task_data.source, "sha256": p.task_data.sha256, "items": p.task_data.items},
             "fingerprint": p.fingerprint, "model_source": p.model_source, "adapter": p.adapter,
-            "settings": p.settings, "versions": p.versions, "per_item": self.outcomes.to_json(),
+            "settings": p.settings, "versions": p.versions, "device": p.device, "dtype": p.dtype,
+            "per_item": self.outcomes.to_json(),
             "diagnostics": self.diagnostics,
         }
         if self.variant:
@@ -222,6 +225,7 @@ class CaseResult:
             adapter=dict(data.get("adapter", {})), versions=dict(data.get("versions", {})),
             task_data=TaskData(str(task["source"]), str(task["sha256"]), int(task["items"])),
             seed=int(data["seed"]), counts=dict(data.get("counts", {})), settings=dict(data.get("settings", {})),
+            device=str(data.get("device", "cpu")), dtype=str(data.get("dtype", "float32")),  # baselines before 2026-11-25: CPU float32
         )
         return cls(
             id=data["id"], model=data["model"], method=data["method"], task=data["task"],

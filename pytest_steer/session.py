@@ -6,7 +6,9 @@ imports torch, so the plugin imports it only when a case runs or a steering fixt
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -24,6 +26,7 @@ from pytest_steer.options import SteerOptions
 from pytest_steer.methods import load_method, methods
 from pytest_steer.methods.base import MethodOutcome, Progress, RunContext
 from pytest_steer.models.loader import ModelHandle, Resolved, load_model, resolve
+from pytest_steer.device import Placement, physical_gpus, resolve_device, resolve_dtype, with_backoff, worker_gpus, worker_index
 from pytest_steer.files import StoreError, read_verified
 from pytest_steer.methods.search import ReplayError
 from pytest_steer.models.spec import ModelSpec
@@ -57,6 +60,7 @@ class SteerSession:
     _loaded: tuple[ModelSpec, ModelHandle] | None = None
     _results: dict[Case, CaseResult] = field(default_factory=dict)
     _resolved: dict[ModelSpec, Resolved] = field(default_factory=dict)
+    _placements: dict[ModelSpec, Placement] = field(default_factory=dict)
     _store: ResultStore | None = None
     selected: list[Case] = field(default_factory=list)  # the cases this process may run (for shared work)
 
@@ -68,10 +72,16 @@ class SteerSession:
         return self._store
 
     def resolve(self, spec: ModelSpec) -> Resolved:
-        """The model's location and fingerprint (fetched or converted if needed, not loaded)."""
+        """The model's location and fingerprint in its dtype (fetched or converted if needed, not loaded)."""
         if spec not in self._resolved:
-            self._resolved[spec] = resolve(spec, self.options.cache_dir, self.progress)
+            self._resolved[spec] = resolve(spec, self.options.cache_dir, self.progress, self.placement(spec).dtype)
         return self._resolved[spec]
+
+    def placement(self, spec: ModelSpec) -> Placement:
+        """Where `spec` runs: its own device/dtype or the run's; under xdist, this worker's GPU(s)."""
+        if spec not in self._placements:
+            self._placements[spec] = place(spec, self.options, os.environ.get("PYTEST_XDIST_WORKER", ""))
+        return self._placements[spec]
 
     @property
     def baselines(self) -> BaselineStore:
@@ -81,11 +91,20 @@ class SteerSession:
         """The loaded model for `spec`; loading another model releases the previous one first."""
         if self._loaded is not None and self._loaded[0] == spec:
             return self._loaded[1]
-        self._loaded = None
-        handle = load_model(spec, self.options.cache_dir, self.progress, self.resolve(spec))
+        self.release()
+        handle = load_model(spec, self.options.cache_dir, self.progress, self.resolve(spec), self.placement(spec))
         self._loaded = (spec, handle)
         self.load_counts[spec.name] = self.load_counts.get(spec.name, 0) + 1
         return handle
+
+    def release(self) -> None:
+        """Drop the loaded model and return its device memory before another loads."""
+        if self._loaded is None:
+            return
+        self._loaded = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def result(self, case: Case) -> CaseResult:
         """The case's result, computed once per process (the suite and user tests share it)."""
@@ -150,10 +169,18 @@ class SteerSession:
         loaded = time.perf_counter()
         context = RunContext(cache=VectorCache(self.options.cache_dir / "vectors"), seed=o.seed, progress=self.progress)
         torch.manual_seed(o.seed)
-        if len(todo) == 1:
-            outcomes = [method.run(handle, task, splits, todo[0][0].settings, context)]
-        else:
-            outcomes = method.run_many(handle, task, splits, [case.settings for case, _ in todo], context)  # type: ignore[attr-defined]
+        batch = min((getattr(case.settings, "batch_size", 0) for case, _ in todo), default=0)
+
+        def run(size: int) -> list[MethodOutcome]:
+            chosen = [_batched(case.settings, size) for case, _ in todo]
+            if len(todo) == 1:
+                return [method.run(handle, task, splits, chosen[0], context)]
+            return method.run_many(handle, task, splits, chosen, context)  # type: ignore[attr-defined,no-any-return]
+
+        what = ", ".join(case.id for case, _ in todo) + f" on {self.placement(first.model).describe()}"
+        outcomes, fitted = with_backoff(run, batch, what, _peak_gib, _empty_cache) if batch else (run(0), 0)
+        if fitted and fitted < batch:  # numbers do not depend on the batch; the record says it shrank
+            outcomes = [replace(o, diagnostics={**o.diagnostics, "batch_size_after_out_of_memory": fitted}) for o in outcomes]
         timing = {"model": round(loaded - started, 2), "method": round(time.perf_counter() - loaded, 2)}
         if len(todo) > 1:
             timing["shared_by"] = float(len(todo))  # one pass for all of them: the time is theirs together
@@ -199,9 +226,10 @@ class SteerSession:
 
     def _inputs(self, case: Case, task_sha256: str, counts: dict[str, int], accepted: Accepted | None) -> ResultInputs:
         override = case.model.override
+        placed = self.placement(case.model)
         return ResultInputs(
             case=case.id, model_source=case.model.describe(), fingerprint=self.resolve(case.model).fingerprint,
-            device="cpu", dtype="float32", threads=torch.get_num_threads(), method=case.method,
+            device=device_type(placed.device), dtype=placed.dtype, threads=torch.get_num_threads(), method=case.method,
             task_sha256=task_sha256, counts=counts, seed=case.options.seed, settings=settings_dict(case.settings),
             versions=versions(), adapter_override=None if override is None else asdict(override),
             gate_vector=case.options.gate_vector, replay=None if accepted is None else accepted.sha256,
@@ -214,7 +242,7 @@ class SteerSession:
         provenance = Provenance(
             fingerprint=inputs.fingerprint, model_source=inputs.model_source, adapter=handle.adapter.describe(),
             versions=inputs.versions, task_data=TaskData(task.source, inputs.task_sha256, len(task.items)),
-            seed=inputs.seed, counts=inputs.counts, settings=inputs.settings,
+            seed=inputs.seed, counts=inputs.counts, settings=inputs.settings, device=inputs.device, dtype=inputs.dtype,
         )
         return CaseResult(
             id=case.id, model=case.model.name, method=case.method, task=case.task, variant=case.variant,
@@ -258,6 +286,46 @@ class SteerSession:
             )
         return judge(result, self.gate(case), stored, self.options.update,
                      candidate=case.model.name in self.options.candidates)
+
+
+def place(spec: ModelSpec, options: SteerOptions, worker_id: str) -> Placement:
+    """The model's device (its own, else the run's; 'auto' and 'cuda' under xdist: this worker's GPU) and dtype."""
+    requested = spec.device or options.device
+    gpus = torch.cuda.device_count()
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    where = f"[models.{spec.name}].device" if spec.device else "--steer-device"
+    device = resolve_device(requested, gpus, mps, where)
+    mine: list[int] = []
+    k = worker_index(worker_id)
+    if device.startswith("cuda") and requested in ("auto", "cuda") and k is not None:
+        mine = worker_gpus(k, gpus, options.gpus_per_worker if spec.device_map else 1)
+        device = f"cuda:{mine[0]}"
+    dtype = resolve_dtype(spec.dtype or options.dtype, device, f"[models.{spec.name}].dtype" if spec.dtype else "--steer-dtype")
+    physical = physical_gpus(mine, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return Placement(device, dtype, spec.device_map, tuple(mine), tuple(physical))
+
+
+def device_type(device: str) -> str:
+    """'cuda:1' -> 'cuda': results of one device type are interchangeable."""
+    return device.split(":")[0]
+
+
+def _batched(settings: Any, size: int) -> Any:
+    """The settings with a smaller batch (after an out-of-memory error); unchanged when it did not shrink."""
+    batch = getattr(settings, "batch_size", size)
+    if not size or batch <= size:
+        return settings
+    return replace(settings, batch_size=size, max_rows=max(1, getattr(settings, "max_rows", batch) * size // batch))
+
+
+def _peak_gib() -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+
+
+def _empty_cache() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,7 @@ def judge(result: CaseResult, gate: Gate, stored: CaseResult | None, updating: b
         mismatch = provenance_mismatch(result.provenance, stored.provenance)
         if candidate:  # the model is meant to differ: the paired comparison judges it
             mismatch = [m for m in mismatch if not m.startswith("model changed")]
-        comparable = not any(not m.startswith("model changed") for m in mismatch)
+        comparable = not any(not m.startswith("model changed") for m in mismatch)  # the same items, device and dtype
         changes = score_changes(result, stored, gate) if comparable else ()
         if not updating:
             if mismatch:
@@ -242,7 +242,11 @@ def _gate_reasons(metrics: Metrics, gate: Gate) -> list[str]:
 def provenance_mismatch(run: Provenance, stored: Provenance) -> list[str]:
     """Why a stored result cannot be compared with this run (empty when it can)."""
     out = []
-    if run.fingerprint != stored.fingerprint:
+    if (run.device, run.dtype) != (stored.device, stored.dtype):
+        out.append(f"device or dtype changed: the baseline was computed on {stored.device}/{stored.dtype}, this run on "
+                   f"{run.device}/{run.dtype}; scores of another dtype or device are not compared: keep a baseline "
+                   "directory per device (--steer-baseline-dir) or accept this run's with --steer-update")
+    elif run.fingerprint != stored.fingerprint:
         out.append(f"model changed: {stored.fingerprint} -> {run.fingerprint}; the stored baseline was accepted for "
                    "another model: accept this one with --steer-update")
     if run.task_data.sha256 != stored.task_data.sha256:

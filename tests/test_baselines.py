@@ -266,13 +266,14 @@ def test_committed_task_vector_baseline_loads_as_a_typed_result() -> None:
 
 @pytest.mark.parametrize("ident", sorted(BaselineStore(COMMITTED).all_ids()), ids="/".join)
 def test_committed_baselines_rewrite_to_the_same_content(ident: tuple[str, str, str]) -> None:
-    """Loading and re-storing a committed baseline changes nothing but the added schema number; the
-    store's own `vector_sha256` (added when it writes the file) is the checksum of the vector beside it."""
+    """Loading and re-storing a committed baseline changes nothing but the added schema number and the
+    device and dtype (a baseline without them was computed on the CPU in float32); the store's own
+    `vector_sha256` (added when it writes the file) is the checksum of the vector beside it."""
     store = BaselineStore(COMMITTED)
     on_disk = json.loads(store.json_path(*ident).read_text(encoding="utf-8"))
     checksum = on_disk.pop("vector_sha256", None)
     rewritten = store.load(*ident).to_baseline()
-    assert rewritten == {**on_disk, "schema": SCHEMA}
+    assert rewritten == {"device": "cpu", "dtype": "float32", **on_disk, "schema": SCHEMA}
     vector = store.vector_path(*ident)
     assert (checksum is None) == (not vector.exists())
     if checksum is not None:

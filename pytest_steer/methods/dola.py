@@ -171,8 +171,10 @@ def _answer_states(handle: ModelHandle, run: AnswerPass, layers: list[int], sett
     ks = torch.cat([torch.arange(starts[i] - shared, len(f) - shared) for i, f in enumerate(fulls)])
     targets = torch.tensor([t for i, f in enumerate(fulls) for t in f[starts[i] :]])
 
+    device = run.second.logits.device  # with a device map, blocks (and their states) sit on several devices
+
     def at_positions(last: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
-        return torch.cat([last.expand(n, -1, -1), rest], dim=1)[owner, ks]
+        return torch.cat([last.expand(n, -1, -1), rest], dim=1).to(device)[owner.to(device), ks.to(device)]
 
     mature = at_positions(run.first.logits[:, -1:], run.second.logits).float()  # (P, V)
     states = torch.stack([at_positions(run.first.hidden_states[j][:, -1:], run.second.hidden_states[j]) for j in layers])
@@ -180,7 +182,7 @@ def _answer_states(handle: ModelHandle, run: AnswerPass, layers: list[int], sett
         norm = handle.adapter.final_norm(handle.model)
         if norm is None:
             raise SettingsError(f"dola.premature_norm: {handle.adapter.model_type} has no final norm to apply")
-        states = norm(states)
+        states = norm(states.to(next(norm.parameters()).device))
     return AnswerStates(mature, states, targets, owner, run.forward_tokens)
 
 
@@ -201,7 +203,7 @@ def score_answers_many(
 ) -> list[AnswerScores]:
     """`score_answers` under several settings from one forward pass: each one's numbers are
     exactly those it gets alone, since only the scoring after the pass differs."""
-    unembed = handle.adapter.unembedding(handle.model)
+    unembed = handle.adapter.unembedding(handle.model).float()  # layer logits in float32 whatever the weight dtype
     clock = clock or Phases()
     with torch.inference_mode():
         clock.lap("other")
@@ -222,18 +224,18 @@ def _score(handle: ModelHandle, run: AnswerPass, unembed: torch.Tensor, settings
     step = max(1, LOGIT_ROWS // len(layers))
     for lo in range(0, len(s.targets), step):
         mature = s.mature[lo : lo + step]
-        premature_logits = (s.states[:, lo : lo + step] @ unembed.T).float()  # (C, p, V)
+        premature_logits = s.states[:, lo : lo + step].to(unembed.device).float() @ unembed.T  # (C, p, V)
         divergence = jsd(mature.unsqueeze(0), premature_logits)  # (C, p)
         choice = divergence.argmax(dim=0)  # first candidate wins ties
         if len(layers) > 1:
             top2 = divergence.topk(2, dim=0).values
             near_ties += int(((top2[0] - top2[1]) < NEAR_TIE).sum())
-        rows = torch.arange(len(mature))
+        rows = torch.arange(len(mature), device=mature.device)
         f = contrast(mature, premature_logits[choice, rows], settings)
-        tgt = s.targets[lo : lo + step]
-        base_tok.append(torch.log_softmax(mature, dim=-1)[rows, tgt])
-        dola_tok.append(f[rows, tgt])
-        choices.append(choice)
+        tgt = s.targets[lo : lo + step].to(mature.device)
+        base_tok.append(torch.log_softmax(mature, dim=-1)[rows, tgt].cpu())
+        dola_tok.append(f[rows, tgt].cpu())
+        choices.append(choice.cpu())
     unsteered = torch.zeros(n).index_add_(0, s.owner, torch.cat(base_tok)).tolist()
     dola = torch.zeros(n).index_add_(0, s.owner, torch.cat(dola_tok)).tolist()
     premature: list[list[int]] = [[] for _ in range(n)]

@@ -83,9 +83,9 @@ def patch_heads(
     head_of_dim = torch.arange(width) // a.head_dim
 
     def patch(last: torch.Tensor, layer: int, rows: torch.Tensor, intervention: torch.Tensor) -> torch.Tensor:
-        mask = torch.zeros(len(intervention), width, dtype=torch.bool)
-        mask[rows] = head_of_dim.unsqueeze(0) == (heads[intervention[rows]] % a.num_heads).unsqueeze(1)
-        return torch.where(mask, means[layer].reshape(width).to(last.dtype), last)
+        mask = torch.zeros(len(intervention), width, dtype=torch.bool, device=last.device)
+        mask[rows] = head_of_dim.to(last.device).unsqueeze(0) == (heads.to(last.device)[intervention[rows]] % a.num_heads).unsqueeze(1)
+        return torch.where(mask, means[layer].reshape(width).to(last.device, last.dtype), last)
 
     return edits_at(lambda l: a.attn_out(handle.model, l), "input", heads // a.num_heads, patch,
                     {} if reports is None else reports)
@@ -123,7 +123,7 @@ def attribution_cie(
     modules = [a.attn_out(model, l) for l in range(a.num_layers)]
     total = torch.zeros(a.num_layers, a.num_heads)
     for prompt, target in zip(data.prompts, data.targets):
-        batch = encode(handle.tokenizer, [prompt])
+        batch = {k: v.to(handle.device) for k, v in encode(handle.tokenizer, [prompt]).items()}
         kept: dict[int, torch.Tensor] = {}
 
         def keep(i: int, last: torch.Tensor) -> torch.Tensor:
@@ -139,8 +139,8 @@ def attribution_cie(
             prob.backward()
         counter.add(batch["attention_mask"])
         for layer, x in kept.items():
-            act = x.detach()[0].reshape(a.num_heads, a.head_dim).float()
-            grad = x.grad[0].reshape(a.num_heads, a.head_dim).float()  # type: ignore[index]
+            act = x.detach()[0].reshape(a.num_heads, a.head_dim).float().cpu()
+            grad = x.grad[0].reshape(a.num_heads, a.head_dim).float().cpu()  # type: ignore[index]
             total[layer] += ((means[layer] - act) * grad).sum(dim=-1)
     model.zero_grad(set_to_none=True)
     return total / len(data.prompts)
@@ -154,10 +154,12 @@ def head_outputs(handle: ModelHandle, means: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         for layer in range(a.num_layers):
             proj = a.attn_out(handle.model, layer)
+            weight = next(proj.parameters())
             placed = torch.zeros(a.num_heads, width)
             for h in range(a.num_heads):
                 placed[h, h * a.head_dim : (h + 1) * a.head_dim] = means[layer, h]
-            out.append(proj(placed) - proj(torch.zeros(1, width)))
+            placed, zero = placed.to(weight.device, weight.dtype), torch.zeros(1, width, device=weight.device, dtype=weight.dtype)
+            out.append((proj(placed) - proj(zero)).float().cpu())
     return torch.stack(out)
 
 
@@ -191,7 +193,7 @@ def add_at_layers(
 
     def add(last: torch.Tensor, _layer: int, rows: torch.Tensor, intervention: torch.Tensor) -> torch.Tensor:
         delta = torch.zeros_like(last)
-        delta[rows] = additions[intervention[rows]].to(last.dtype)
+        delta[rows] = additions.to(last.device)[intervention[rows]].to(last.dtype)
         return last + delta
 
     layer_of = torch.tensor([p.layer for p in grid])

@@ -101,11 +101,12 @@ def last_token_hooks(modules: Sequence[torch.nn.Module], site: Site, fn: LastTok
 
 @contextmanager
 def capture_last_token(modules: Sequence[torch.nn.Module], site: Site = "output") -> Iterator[list[list[torch.Tensor]]]:
-    """Collect each module's output (or input) at position -1 in float32: one list of (batch, width) chunks per module."""
+    """Collect each module's output (or input) at position -1 in float32 on the CPU (means accumulate there,
+    whatever the weight dtype and device): one list of (batch, width) chunks per module."""
     captured: list[list[torch.Tensor]] = [[] for _ in modules]
 
     def read(i: int, last: torch.Tensor) -> None:
-        captured[i].append(last.detach().float().clone())
+        captured[i].append(last.detach().float().cpu().clone())
 
     with last_token_hooks(modules, site, read):
         yield captured
@@ -124,7 +125,7 @@ def edits_at(
         layers = torch.unique(row_layer).tolist()
 
         def fn(i: int, last: torch.Tensor) -> torch.Tensor:
-            return edit(last, layers[i], row_layer == layers[i], intervention)
+            return edit(last, layers[i], (row_layer == layers[i]).to(last.device), intervention.to(last.device))
 
         with last_token_hooks([module(l) for l in layers], site, fn) as batch_reports:
             yield

@@ -78,9 +78,11 @@ def cache_kwarg(model: torch.nn.Module) -> str:
 
 
 def _reduce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Argmax and target log-probability in float32 (whatever the weight dtype), back on the CPU."""
     logits = logits.float()
     logprobs = torch.log_softmax(logits, dim=-1)
-    return logits.argmax(dim=-1), logprobs.gather(1, targets.unsqueeze(1)).squeeze(1)
+    target_logprob = logprobs.gather(1, targets.to(logits.device).unsqueeze(1)).squeeze(1)
+    return logits.argmax(dim=-1).cpu(), target_logprob.cpu()
 
 
 def score_interventions(

@@ -58,7 +58,7 @@ def replace_at_layers(
 
     def replace(last: torch.Tensor, layer: int, rows: torch.Tensor, _intervention: torch.Tensor) -> torch.Tensor:
         out = last.clone()
-        out[rows] = vectors[layer].to(last.dtype)
+        out[rows] = vectors[layer].to(last.device, last.dtype)
         return out
 
     return edits_at(lambda l: handle.adapter.block(handle.model, l), "output", torch.tensor(layers), replace, reports)

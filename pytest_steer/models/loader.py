@@ -8,13 +8,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from filelock import FileLock
 
+from pytest_steer.device import Placement
 from pytest_steer.files import file_sha256, shared_mode
 from pytest_steer.models.fingerprint import FingerprintError, hub_folder, model_fingerprint
 from pytest_steer.models.adapter import ArchitectureAdapter, resolve_adapter
@@ -36,6 +37,24 @@ class ModelHandle:
     tokenizer: Any
     adapter: ArchitectureAdapter
     fingerprint: str
+    placement: Placement = field(default_factory=lambda: Placement("cpu", "float32"))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's inputs go (the input embedding's device; with a device map, the first block's)."""
+        return self.model.get_input_embeddings().weight.device
+
+
+def _inputs_to(device: torch.device) -> Callable[..., Any]:
+    """A forward pre-hook moving every tensor argument to `device`: callers build inputs on the CPU."""
+
+    def move(_module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        def to(x: Any) -> Any:
+            return x.to(device) if isinstance(x, torch.Tensor) else x
+
+        return tuple(to(a) for a in args), {k: to(v) for k, v in kwargs.items()}
+
+    return move
 
 
 def _conversion_dir(cache_dir: Path, label: str, source_id: str) -> Path:
@@ -151,12 +170,12 @@ class Resolved:
     fingerprint: str
 
 
-def resolve(spec: ModelSpec, cache_dir: Path, progress: Progress | None = None) -> Resolved:
-    """Fetch or convert the model if needed and fingerprint its files, without loading it."""
+def resolve(spec: ModelSpec, cache_dir: Path, progress: Progress | None = None, dtype: str = "float32") -> Resolved:
+    """Fetch or convert the model if needed and fingerprint its files (and the weight dtype), without loading it."""
     try:
         location = materialize(spec, Path(cache_dir), progress)
         folder = hub_folder(spec.location, spec.revision) if spec.kind == "hub" else Path(location)
-        return Resolved(location, model_fingerprint(folder, "float32", Path(cache_dir) / "fingerprints"))
+        return Resolved(location, model_fingerprint(folder, dtype, Path(cache_dir) / "fingerprints"))
     except (FetchError, FileNotFoundError, OSError, ValueError, KeyError, FingerprintError) as exc:
         raise ModelLoadError(f"Could not load {_tried(spec)} with cache {cache_dir}: {type(exc).__name__}: {exc}."
                              f"{_hint(spec, exc)}") from exc
@@ -178,29 +197,41 @@ def _hint(spec: ModelSpec, exc: Exception) -> str:
 
 
 def load_model(spec: ModelSpec, cache_dir: Path, progress: Progress | None = None,
-               resolved: Resolved | None = None) -> ModelHandle:
-    """Fetch (if needed), load in float32 on CPU and resolve the adapter; `resolved` skips the
-    fetch and fingerprint when the caller already has them."""
+               resolved: Resolved | None = None, placement: Placement | None = None) -> ModelHandle:
+    """Fetch (if needed), load in the placement's dtype on its device (float32 on the CPU by default) and
+    resolve the adapter; `resolved` skips the fetch and fingerprint when the caller already has them."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bars show the long steps
-    resolved = resolved or resolve(spec, Path(cache_dir), progress)
+    placement = placement or Placement("cpu", "float32")
+    resolved = resolved or resolve(spec, Path(cache_dir), progress, placement.dtype)
     try:
         kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+        if placement.device_map:
+            kwargs["device_map"] = placement.device_map
+            if placement.gpus:  # only this worker's GPUs (and the CPU) take blocks
+                kwargs["max_memory"] = {g: torch.cuda.get_device_properties(g).total_memory for g in placement.gpus}
         if spec.revision:
             kwargs["revision"] = spec.revision
         tokenizer = AutoTokenizer.from_pretrained(resolved.location, **kwargs)
         # safetensors only, unless the case file opts in: a pickled checkpoint can run code when loaded
         model = AutoModelForCausalLM.from_pretrained(
-            resolved.location, dtype=torch.float32, use_safetensors=None if spec.allow_pickle else True, **kwargs)
+            resolved.location, dtype=getattr(torch, placement.dtype), use_safetensors=None if spec.allow_pickle else True,
+            **kwargs)
     except (FetchError, FileNotFoundError, OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"Could not load {_tried(spec)} with cache {cache_dir}: {type(exc).__name__}: {exc}."
                              f"{_hint(spec, exc)}") from exc
+    if not placement.device_map and placement.device != "cpu":
+        model.to(placement.device)
     model.eval()
     model.requires_grad_(False)  # evaluation only; attribution patching asks for input gradients
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     adapter = resolve_adapter(model, spec.override)
-    return ModelHandle(model=model, tokenizer=tokenizer, adapter=adapter, fingerprint=resolved.fingerprint)
+    handle = ModelHandle(model=model, tokenizer=tokenizer, adapter=adapter, fingerprint=resolved.fingerprint,
+                         placement=placement)
+    if handle.device.type != "cpu":
+        model.register_forward_pre_hook(_inputs_to(handle.device), with_kwargs=True)
+    return handle

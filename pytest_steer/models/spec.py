@@ -67,12 +67,18 @@ class ModelSpec:
     override: ArchitectureOverride | None = None
     trust_remote_code: bool = False  # run the model repository's own Python code (opt-in per model)
     allow_pickle: bool = False  # accept pickled (.bin) weights, not only safetensors (opt-in per model)
+    device: str | None = None  # None: --steer-device
+    dtype: str | None = None  # None: --steer-dtype
+    device_map: str | None = None  # "auto": spread the blocks over the visible GPUs (accelerate)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": self.kind, "location": self.location, "revision": self.revision}
         for opt_in in ("trust_remote_code", "allow_pickle"):
             if getattr(self, opt_in):
                 out[opt_in] = True
+        for placed in ("device", "dtype", "device_map"):
+            if getattr(self, placed) is not None:
+                out[placed] = getattr(self, placed)
         return out
 
 
