@@ -61,6 +61,14 @@ def resolve_device(requested: str, cuda_count: int, mps: bool, where: str = "--s
     return value
 
 
+def check_available(requested: str, where: str = "--steer-device") -> str:
+    """`resolve_device` against this machine's torch (imports torch)."""
+    import torch
+
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    return resolve_device(requested, torch.cuda.device_count(), mps, where)
+
+
 def resolve_dtype(requested: str | None, device: str, where: str = "--steer-dtype") -> str:
     """'auto' (or nothing) -> float32 on the CPU, bfloat16 on a GPU."""
     value = (requested or "auto").strip().lower()

@@ -74,6 +74,13 @@ class SteerRun:
                 require()
             except HtmlUnavailable as exc:
                 raise pytest.UsageError(f"--steer-html: {exc}") from None
+        if self.options.device not in ("auto", "cpu"):  # a GPU asked for where there is none: say so before anything runs
+            from pytest_steer.device import DeviceError, check_available
+
+            try:
+                check_available(self.options.device)
+            except DeviceError as exc:
+                raise pytest.UsageError(str(exc)) from None
         if self.options.compare_path:  # read now: a bad file is a usage error before anything runs
             from pytest_steer.compare import CompareError, load_saved
 
@@ -99,7 +106,8 @@ class SteerRun:
             self.reports.append(case)
             self.durations[case.id] = report.duration
             reused = " (reused)" if case.result is not None and case.result.reused else ""
-            self._line(f"steer: {case.status:7} {case.id} in {report.duration:.1f} s{reused} on {case.worker} "
+            where = f"{case.worker}, {case.device}" if case.device else case.worker
+            self._line(f"steer: {case.status:7} {case.id} in {report.duration:.1f} s{reused} on {where} "
                        f"[{len(self.reports)} done]")
             if self.options.update:
                 self._accept(case)
@@ -441,6 +449,7 @@ class CaseItem(pytest.Item):
 
 def _input_errors() -> tuple[type[BaseException], ...]:
     """Errors about a case's inputs (files, settings, models): reported as their one-line message."""
+    from pytest_steer.device import DeviceError, OutOfMemory
     from pytest_steer.files import StoreError
     from pytest_steer.methods import RegistryError
     from pytest_steer.models.loader import ModelLoadError
@@ -449,7 +458,8 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from pytest_steer.settings import SettingsError
     from pytest_steer.tasks import TaskError
 
-    return (TaskError, SettingsError, StoreError, ModelLoadError, FetchError, AdapterError, RegistryError)
+    return (TaskError, SettingsError, StoreError, ModelLoadError, FetchError, AdapterError, RegistryError, DeviceError,
+            OutOfMemory)
 
 
 class BrokenCaseItem(pytest.Item):
@@ -492,10 +502,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if isinstance(item, CaseItem):
         c = item.case
         loads = run._session.load_counts.get(c.model.name, 0) if run._session else 0
+        fresh = item.steer_result is not None and not item.steer_result.reused
+        device = run._session.placement(c.model).describe() if run._session and fresh else ""
         missing = call.excinfo is not None and isinstance(call.excinfo.value, BaselineMissing)
         steer = CaseReport(c.id, c.model.name, c.method, c.task, c.variant, _status(report, error, missing),
                            item.steer_result,
-                           item.steer_verdict, message, run.worker_id, loads)
+                           item.steer_verdict, message, run.worker_id, loads, device)
     else:
         b = item.broken
         steer = CaseReport(b.id, b.model, b.method, b.task, "", "error", message=message, worker=run.worker_id)

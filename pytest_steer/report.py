@@ -33,12 +33,14 @@ class CaseReport:
     message: str = ""
     worker: str = "main"
     model_loads: int = 0
+    device: str = ""  # where it ran, e.g. "cuda:1/bfloat16 (GPU 3)" ("" when judged from a stored result)
 
     def to_json(self) -> dict[str, Any]:
         verdict = None if self.verdict is None else self.verdict.to_json()
         return {
             "id": self.id, "model": self.model, "method": self.method, "task": self.task, "variant": self.variant,
             "status": self.status, "message": self.message, "worker": self.worker, "model_loads": self.model_loads,
+            "device": self.device,
             "verdict": verdict, "result": None if self.result is None else self.result.to_json(),
         }
 
@@ -48,7 +50,8 @@ class CaseReport:
         verdict = None if v is None else Verdict.from_json(v)
         result = None if data.get("result") is None else CaseResult.from_baseline(data["result"])
         return cls(data["id"], data["model"], data["method"], data["task"], data["variant"], data["status"], result,
-                   verdict, data.get("message", ""), data.get("worker", "main"), data.get("model_loads", 0))
+                   verdict, data.get("message", ""), data.get("worker", "main"), data.get("model_loads", 0),
+                   data.get("device", ""))
 
 
 def _pct(value: float | None) -> str:
