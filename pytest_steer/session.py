@@ -74,7 +74,8 @@ class SteerSession:
     def resolve(self, spec: ModelSpec) -> Resolved:
         """The model's location and fingerprint in its dtype (fetched or converted if needed, not loaded)."""
         if spec not in self._resolved:
-            self._resolved[spec] = resolve(spec, self.options.cache_dir, self.progress, self.placement(spec).dtype)
+            placed = self.placement(spec)
+            self._resolved[spec] = resolve(spec, self.options.cache_dir, self.progress, placed.dtype, placed.device)
         return self._resolved[spec]
 
     def placement(self, spec: ModelSpec) -> Placement:

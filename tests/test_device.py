@@ -180,6 +180,8 @@ def test_the_dtype_is_part_of_the_fingerprint_and_of_the_result_key(tiny_model_d
     f32 = resolve(spec, tmp_path, dtype="float32").fingerprint
     bf16 = resolve(spec, tmp_path, dtype="bfloat16").fingerprint
     assert f32 != bf16  # vectors are cached under the fingerprint: a float32 vector never serves a bfloat16 run
+    on_gpu = resolve(spec, tmp_path, dtype="float32", device="cuda:1").fingerprint
+    assert on_gpu not in (f32, bf16) and on_gpu == resolve(spec, tmp_path, dtype="float32", device="cuda:0").fingerprint
     assert replace(INPUTS, dtype="bfloat16").key() != INPUTS.key() and replace(INPUTS, device="cuda").key() != INPUTS.key()
 
 

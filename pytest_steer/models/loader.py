@@ -170,12 +170,16 @@ class Resolved:
     fingerprint: str
 
 
-def resolve(spec: ModelSpec, cache_dir: Path, progress: Progress | None = None, dtype: str = "float32") -> Resolved:
-    """Fetch or convert the model if needed and fingerprint its files (and the weight dtype), without loading it."""
+def resolve(spec: ModelSpec, cache_dir: Path, progress: Progress | None = None, dtype: str = "float32",
+            device: str = "cpu") -> Resolved:
+    """Fetch or convert the model if needed and fingerprint its files with the weight dtype and the device type
+    (so every cache keyed by the fingerprint keeps them apart), without loading it."""
+    kind = device.split(":")[0]
+    placed = dtype if kind == "cpu" else f"{dtype}/{kind}"  # CPU fingerprints are those from before devices existed
     try:
         location = materialize(spec, Path(cache_dir), progress)
         folder = hub_folder(spec.location, spec.revision) if spec.kind == "hub" else Path(location)
-        return Resolved(location, model_fingerprint(folder, dtype, Path(cache_dir) / "fingerprints"))
+        return Resolved(location, model_fingerprint(folder, placed, Path(cache_dir) / "fingerprints"))
     except (FetchError, FileNotFoundError, OSError, ValueError, KeyError, FingerprintError) as exc:
         raise ModelLoadError(f"Could not load {_tried(spec)} with cache {cache_dir}: {type(exc).__name__}: {exc}."
                              f"{_hint(spec, exc)}") from exc
@@ -205,7 +209,7 @@ def load_model(spec: ModelSpec, cache_dir: Path, progress: Progress | None = Non
 
     hf_logging.disable_progress_bar()  # our own bars show the long steps
     placement = placement or Placement("cpu", "float32")
-    resolved = resolved or resolve(spec, Path(cache_dir), progress, placement.dtype)
+    resolved = resolved or resolve(spec, Path(cache_dir), progress, placement.dtype, placement.device)
     try:
         kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
         if placement.device_map:
