@@ -208,7 +208,7 @@ def render(reports: Sequence[CaseReport], stored: Callable[[CaseReport], CaseRes
     return template.render(
         plotly_js=Markup(f'<script type="text/javascript">{get_plotlyjs()}</script>'),
         counts=sorted(counts(reports).items()), versions=", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
-        device="cpu", dtype="float32", seeds=", ".join(str(s) for s in sorted({r.provenance.seed for r in results})),
+        placements=", ".join(sorted({f"{r.provenance.device}, {r.provenance.dtype}" for r in results})) or "-", seeds=", ".join(str(s) for s in sorted({r.provenance.seed for r in results})),
         models=list(models.values()),
         heatmaps=[Markup(_html(heatmap(method, rs))) for method, rs in sorted(by_method.items())],
         cases=cases,
