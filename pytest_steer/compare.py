@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pytest_steer.report import CaseReport
-from pytest_steer.stats import paired_bootstrap
+from pytest_steer.stats import PairedTest, paired_bootstrap, paired_test
 
 
 class CompareError(Exception):
@@ -30,6 +30,7 @@ class Change:
     after: float | None
     paired: tuple[float, float, float] | None = None  # mean difference and its 95% interval, same items only
     note: str = ""
+    test: PairedTest | None = None  # McNemar (0/1) or sign-flip (graded) test of the same items, with the flips
 
     @property
     def drop(self) -> float:
@@ -53,14 +54,15 @@ def load_saved(path: Path) -> dict[str, CaseReport]:
         raise CompareError(f"--steer-compare {path}: a case is malformed ({exc!r})") from exc
 
 
-def _paired(before: CaseReport, after: CaseReport) -> tuple[tuple[float, float, float] | None, str]:
+def _paired(before: CaseReport, after: CaseReport) -> tuple[tuple[float, float, float] | None, str, PairedTest | None]:
     b, a = before.result, after.result
     if b is None or a is None:
-        return None, ""
+        return None, "", None
     if b.outcomes.items != a.outcomes.items:
-        return None, "test items differ: difference of means only"
+        return None, "test items differ: difference of means only", None
     interval = paired_bootstrap(list(a.outcomes.steered), list(b.outcomes.steered), seed=0)
-    return (interval.estimate, interval.low, interval.high), ""
+    test = paired_test(list(b.outcomes.steered), list(a.outcomes.steered))
+    return (interval.estimate, interval.low, interval.high), "", test
 
 
 def compare(current: Sequence[CaseReport], saved: dict[str, CaseReport]) -> list[Change]:
@@ -75,8 +77,8 @@ def compare(current: Sequence[CaseReport], saved: dict[str, CaseReport]) -> list
         b_status = "-" if before is None else before.status
         if after.status == b_status and a_score == b_score:
             continue
-        paired, note = _paired(before, after) if before else (None, "not in the saved run")
-        changes.append(Change(cid, b_status, after.status, b_score, a_score, paired, note))
+        paired, note, test = _paired(before, after) if before else (None, "not in the saved run", None)
+        changes.append(Change(cid, b_status, after.status, b_score, a_score, paired, note, test))
     return changes
 
 
@@ -91,10 +93,13 @@ def render(changes: Sequence[Change], source: Path, width: int, markup: bool) ->
     buffer = io.StringIO()
     console = Console(file=buffer, width=max(width, 140), force_terminal=markup, no_color=not markup, highlight=False)
     table = Table(title=f"pytest-steer: changes since {source}")
-    for head in ("case", "verdict", "steered before", "steered now", "paired difference [95% CI]", "note"):
-        table.add_column(head, justify="right" if "steered" in head or "paired" in head else "left")
+    for head in ("case", "verdict", "steered before", "steered now", "paired difference [95% CI]", "p", "lost / gained",
+                 "note"):
+        table.add_column(head, justify="left" if head in ("case", "verdict", "note") else "right")
     for c in changes:
         paired = "-" if c.paired is None else f"{c.paired[0]:+.3f} [{c.paired[1]:+.3f}, {c.paired[2]:+.3f}]"
-        table.add_row(c.id, f"{c.before_status} -> {c.after_status}", _score(c.before), _score(c.after), paired, c.note)
+        p, flips = ("-", "-") if c.test is None else (f"{c.test.p_value:.2g}", f"{c.test.lost} / {c.test.gained}")
+        table.add_row(c.id, f"{c.before_status} -> {c.after_status}", _score(c.before), _score(c.after), paired, p,
+                      flips, c.note)
     console.print(table)
     return buffer.getvalue()

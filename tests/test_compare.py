@@ -37,8 +37,10 @@ def test_a_drop_on_the_same_items_gets_its_paired_interval() -> None:
     assert change.drop == pytest.approx(0.375)
     estimate, low, high = change.paired
     assert estimate == pytest.approx(-0.375) and low <= estimate <= high < 0
+    assert (change.test.test, change.test.lost, change.test.gained) == ("mcnemar", 3, 0)
+    assert change.test.p_value == pytest.approx(0.25)  # 2 * (1/2)^3
     text = render([change], Path("old.json"), 80, False)
-    assert "pass -> fail" in text and "-0.375" in text
+    assert "pass -> fail" in text and "-0.375" in text and "3 / 0" in text and "0.25" in text
 
 
 def test_other_items_or_a_new_case_are_said_so() -> None:
