@@ -282,3 +282,18 @@ def test_a_models_own_dtype_wins(suite, pytester: pytest.Pytester) -> None:
     cases = json.loads((pytester.path / "r.json").read_text())["cases"]
     assert {c["result"]["dtype"] for c in cases} == {"bfloat16"}
     assert np.all([c["result"]["model_source"]["dtype"] == "bfloat16" for c in cases])
+
+
+def test_device_map_auto_loads_through_accelerate_and_scores_the_same(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """On a machine without a GPU accelerate places every block on the CPU: the same numbers as a plain load."""
+    from pytest_steer.methods.scoring import score_interventions
+    from pytest_steer.models.loader import load_model
+    from pytest_steer.models.spec import ModelSpec
+
+    spec = ModelSpec("tiny", "folder", str(tiny_model_dir))
+    prompts, targets = [f"Q: w{i}\nA:" for i in range(6)], [10 + i for i in range(6)]
+    plain = load_model(spec, tmp_path, placement=Placement("cpu", "float32"))
+    mapped = load_model(spec, tmp_path, placement=Placement("cpu", "float32", "auto"))
+    assert mapped.device.type == "cpu"
+    assert torch.equal(score_interventions(plain, prompts, targets).target_logprob,
+                       score_interventions(mapped, prompts, targets).target_logprob)
