@@ -61,12 +61,16 @@ def resolve_device(requested: str, cuda_count: int, mps: bool, where: str = "--s
     return value
 
 
-def check_available(requested: str, where: str = "--steer-device") -> str:
-    """`resolve_device` against this machine's torch (imports torch)."""
+def available() -> tuple[int, bool]:
+    """This machine's visible CUDA devices and whether MPS is there (imports torch)."""
     import torch
 
-    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    return resolve_device(requested, torch.cuda.device_count(), mps, where)
+    return torch.cuda.device_count(), bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def check_available(requested: str, where: str = "--steer-device") -> str:
+    """`resolve_device` against this machine's torch."""
+    return resolve_device(requested, *available(), where)
 
 
 def resolve_dtype(requested: str | None, device: str, where: str = "--steer-dtype") -> str:

@@ -12,7 +12,6 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,8 +25,8 @@ from pytest_steer.options import SteerOptions
 from pytest_steer.methods import load_method, methods
 from pytest_steer.methods.base import MethodOutcome, Progress, RunContext
 from pytest_steer.models.loader import ModelHandle, Resolved, load_model, resolve
-from pytest_steer.device import Placement, physical_gpus, resolve_device, resolve_dtype, with_backoff, worker_gpus, worker_index
-from pytest_steer.files import StoreError, read_verified
+from pytest_steer.device import Placement, available, physical_gpus, resolve_device, resolve_dtype, with_backoff, worker_gpus, worker_index
+from pytest_steer.files import StoreError
 from pytest_steer.methods.search import ReplayError
 from pytest_steer.models.spec import ModelSpec
 from pytest_steer.record import CaseResult, Outcomes, Provenance, Replay, TaskData
@@ -103,9 +102,7 @@ class SteerSession:
         if self._loaded is None:
             return
         self._loaded = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        _empty_cache()
 
     def result(self, case: Case) -> CaseResult:
         """The case's result, computed once per process (the suite and user tests share it)."""
@@ -211,16 +208,16 @@ class SteerSession:
         changed = stored.provenance.fingerprint != self.resolve(case.model).fingerprint
         if not changed and case.options.gate_vector != "replay":
             return None
-        return Accepted(path, read_verified(path)[1]["content_sha256"], stored)
+        tensors, metadata = read_tensors(path)  # read once: its checksum keys the result, its tensors are replayed
+        return Accepted(metadata["content_sha256"], tensors, stored)
 
     def _replay(self, method: Any, handle: ModelHandle, splits: Any, case: Case, accepted: Accepted) -> Replay:
         """The accepted vector on this model at the accepted setting; a vector that does not fit is recorded, not raised."""
         chosen = {k: v for k, v in accepted.result.chosen.items() if k != "relative_depth"}
         base = Replay(accepted.sha256, chosen, accepted.result.metrics.steered)
         try:
-            tensors, _ = read_tensors(accepted.path)
             with torch.inference_mode():
-                steered = method.replay(handle, splits, case.settings, tensors, accepted.result.chosen)
+                steered = method.replay(handle, splits, case.settings, accepted.tensors, accepted.result.chosen)
         except ReplayError as exc:
             return replace(base, error=str(exc))
         return replace(base, score=float(np.mean(steered)), steered=per_item_values(steered))
@@ -292,8 +289,7 @@ class SteerSession:
 def place(spec: ModelSpec, options: SteerOptions, worker_id: str) -> Placement:
     """The model's device (its own, else the run's; 'auto' and 'cuda' under xdist: this worker's GPU) and dtype."""
     requested = spec.device or options.device
-    gpus = torch.cuda.device_count()
-    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    gpus, mps = available()
     where = f"[models.{spec.name}].device" if spec.device else "--steer-device"
     device = resolve_device(requested, gpus, mps, where)
     mine: list[int] = []
@@ -331,20 +327,19 @@ def _empty_cache() -> None:
 
 @dataclass(frozen=True)
 class Accepted:
-    """A case's accepted vector file, its checksum and the accepted result it belongs to."""
+    """A case's accepted vector (its checksum and tensors) and the accepted result it belongs to."""
 
-    path: Path
     sha256: str
+    tensors: dict[str, torch.Tensor]
     result: CaseResult
 
 
 def _gate_on_replay(outcome: MethodOutcome, replayed: Replay, accepted: Accepted) -> MethodOutcome:
     """The gated steered outcomes are the accepted vector's at the accepted setting (`gate_vector = "replay"`);
     the re-extracted choice stays in the diagnostics, for drift."""
-    tensors, _ = read_tensors(accepted.path)
     return replace(
         outcome, steered=np.asarray(replayed.steered, dtype=float), chosen=dict(accepted.result.chosen),
-        vectors=tensors, diagnostics={**outcome.diagnostics, "extracted_chosen": outcome.chosen},
+        vectors=accepted.tensors, diagnostics={**outcome.diagnostics, "extracted_chosen": outcome.chosen},
     )
 
 

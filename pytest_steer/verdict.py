@@ -143,11 +143,10 @@ def judge(result: CaseResult, gate: Gate, stored: CaseResult | None, updating: b
     changes: tuple[ScoreChange, ...] = ()
     model_changed = stored is not None and stored.provenance.fingerprint != result.provenance.fingerprint
     if stored is not None:
-        mismatch = provenance_mismatch(result.provenance, stored.provenance)
-        if candidate:  # the model is meant to differ: the paired comparison judges it
-            mismatch = [m for m in mismatch if not m.startswith("model changed")]
-        comparable = not any(not m.startswith("model changed") for m in mismatch)  # the same items, device and dtype
-        changes = score_changes(result, stored, gate) if comparable else ()
+        other_data = data_mismatch(result.provenance, stored.provenance)  # other items, device or dtype
+        changes = () if other_data else score_changes(result, stored, gate)
+        # in a candidate run the model is meant to differ: the paired comparison judges it
+        mismatch = ([] if candidate else model_mismatch(result.provenance, stored.provenance)) + other_data
         if not updating:
             if mismatch:
                 status = "mismatch"
@@ -182,8 +181,7 @@ def score_changes(result: CaseResult, stored: CaseResult, gate: Gate) -> tuple[S
         if after is None or before is None:
             continue
         beyond = after < before - gate.tolerance - 1e-12
-        paired = now.items == then.items and a_items is not None and b_items is not None and len(a_items) == len(b_items) > 0
-        if not paired:  # nothing to pair: only the plain tolerance rule can judge
+        if not _pairable(now.items, then.items, a_items, b_items):  # nothing to pair: only the plain tolerance rule can judge
             out.append(ScoreChange(name, before, after, result.metrics.n_test, beyond_tolerance=beyond, regression=beyond))
             continue
         test = paired_test(b_items, a_items, seed=result.provenance.seed)
@@ -204,10 +202,16 @@ def power(result: CaseResult, accepted: CaseResult | None, gate: Gate) -> Power:
     steered = np.asarray(result.outcomes.steered, dtype=float)
     binary = bool(np.isin(steered, (0, 1)).all())
     sd = 0.0
-    if accepted is not None and accepted.outcomes.items == result.outcomes.items and steered.size > 1 \
-            and len(accepted.outcomes.steered) == steered.size:
+    if accepted is not None and steered.size > 1 and _pairable(result.outcomes.items, accepted.outcomes.items,
+                                                               result.outcomes.steered, accepted.outcomes.steered):
         sd = float(np.std(steered - np.asarray(accepted.outcomes.steered, dtype=float), ddof=1))
     return minimum_detectable(max(steered.size, 1), sd, gate.tolerance, binary=binary, alpha=gate.alpha)
+
+
+def _pairable(items: tuple[str, ...], other_items: tuple[str, ...], outcomes: tuple[float, ...] | None,
+              other: tuple[float, ...] | None) -> bool:
+    """Two outcome vectors of the same test items, one per item: they can be compared item by item."""
+    return items == other_items and outcomes is not None and other is not None and len(outcomes) == len(other) > 0
 
 
 def _regression_reason(c: ScoreChange, gate: Gate) -> str:
@@ -241,14 +245,24 @@ def _gate_reasons(metrics: Metrics, gate: Gate) -> list[str]:
 
 def provenance_mismatch(run: Provenance, stored: Provenance) -> list[str]:
     """Why a stored result cannot be compared with this run (empty when it can)."""
+    return model_mismatch(run, stored) + data_mismatch(run, stored)
+
+
+def model_mismatch(run: Provenance, stored: Provenance) -> list[str]:
+    """The model changed (on the same device type and dtype: the fingerprint holds both)."""
+    if (run.device, run.dtype) != (stored.device, stored.dtype) or run.fingerprint == stored.fingerprint:
+        return []
+    return [f"model changed: {stored.fingerprint} -> {run.fingerprint}; the stored baseline was accepted for "
+            "another model: accept this one with --steer-update"]
+
+
+def data_mismatch(run: Provenance, stored: Provenance) -> list[str]:
+    """Why this run's scores are not of the stored result's items, device or dtype (empty when they are)."""
     out = []
     if (run.device, run.dtype) != (stored.device, stored.dtype):
         out.append(f"device or dtype changed: the baseline was computed on {stored.device}/{stored.dtype}, this run on "
                    f"{run.device}/{run.dtype}; scores of another dtype or device are not compared: keep a baseline "
                    "directory per device (--steer-baseline-dir) or accept this run's with --steer-update")
-    elif run.fingerprint != stored.fingerprint:
-        out.append(f"model changed: {stored.fingerprint} -> {run.fingerprint}; the stored baseline was accepted for "
-                   "another model: accept this one with --steer-update")
     if run.task_data.sha256 != stored.task_data.sha256:
         out.append(f"task data changed: {stored.task_data.sha256[:12]} -> {run.task_data.sha256[:12]} "
                    f"({run.task_data.source}); refresh the baseline with --steer-update")
