@@ -175,17 +175,5 @@ def test_a_candidate_no_selected_case_uses_is_a_usage_error(suite) -> None:
     result.stderr.fnmatch_lines(["*'not-a-source' is not a packaged alias*"])
 
 
-@pytest.mark.parametrize("option, fragment", [
-    ("--steer-alpha=1.5", "--steer-alpha: expected a level between 0 and 1 (exclusive), got 1.5"),
-    ("--steer-regression=strict", "--steer-regression: expected one of significant, tolerance, got 'strict'"),
-])
-def test_bad_regression_options_are_usage_errors(suite, option: str, fragment: str) -> None:
-    write, run = suite
-    write()
-    result = run(option, "--collect-only")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"*{fragment}*"])
-
-
 def _report(path: Path) -> dict:
     return json.loads(path.read_text())

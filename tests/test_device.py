@@ -223,19 +223,6 @@ def test_a_baseline_of_another_device_or_dtype_is_named_not_compared() -> None:
 # ---------------------------------------------------------------- options and case files
 
 
-@pytest.mark.parametrize("option, fragment", [
-    ("--steer-device=gpu", "--steer-device: expected one of auto, cpu, cuda, cuda:N, mps, got 'gpu'"),
-    ("--steer-dtype=int8", "--steer-dtype: expected one of auto, float32, bfloat16, float16, got 'int8'"),
-    ("--steer-gpus-per-worker=0", "--steer-gpus-per-worker: expected a whole number of at least 1, got '0'"),
-])
-def test_bad_device_options_are_usage_errors(suite, option: str, fragment: str) -> None:
-    write, run = suite
-    write()
-    result = run(option, "--collect-only")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"*{fragment}*"])
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_a_gpu_asked_for_on_a_machine_without_one_is_a_usage_error(suite) -> None:
     write, run = suite

@@ -284,12 +284,20 @@ def test_a_baseline_of_another_model_or_split_never_passes(suite, pytester: pyte
     result.stdout.fnmatch_lines(["*split changed: stored demos=38, dev=10, test=12, seed=0, this run demos=40, dev=10, test=10, seed=0*"])
 
 
-def test_a_non_finite_option_is_a_usage_error(suite) -> None:
+@pytest.mark.parametrize("option, fragment", [
+    ("--steer-tolerance=nan", "--steer-tolerance: expected a finite number, got 'nan'"),
+    ("--steer-alpha=1.5", "--steer-alpha: expected a level between 0 and 1 (exclusive), got 1.5"),
+    ("--steer-regression=strict", "--steer-regression: expected one of significant, tolerance, got 'strict'"),
+    ("--steer-device=gpu", "--steer-device: expected one of auto, cpu, cuda, cuda:N, mps, got 'gpu'"),
+    ("--steer-dtype=int8", "--steer-dtype: expected one of auto, float32, bfloat16, float16, got 'int8'"),
+    ("--steer-gpus-per-worker=0", "--steer-gpus-per-worker: expected a whole number of at least 1, got '0'"),
+])
+def test_a_bad_option_value_is_a_usage_error(suite, option: str, fragment: str) -> None:
     write, run = suite
     write()
-    result = run("--steer-tolerance=nan", "--collect-only")
+    result = run(option, "--collect-only")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--steer-tolerance: expected a finite number, got 'nan'*"])
+    result.stderr.fnmatch_lines([f"*{fragment}*"])
 
 
 def test_an_input_error_while_running_is_one_message_not_a_traceback(suite, pytester: pytest.Pytester,
