@@ -104,7 +104,7 @@ def exact_cie(
     clean = score_interventions(handle, data.prompts, data.targets, 1, None, **batching)
     reports: dict[int, HookReport] = {}
     patched = score_interventions(handle, data.prompts, data.targets, len(heads), patch_heads(handle, means, heads, reports),
-                                  **batching)
+                                  unchanged_blocks=(heads // a.num_heads).tolist(), **batching)
     unpatched = [l for l in layers if reports.get(l, HookReport()).calls == 0]
     if unpatched:
         raise RuntimeError(f"head patches on the attention output of blocks {unpatched} never ran")

@@ -5,14 +5,19 @@ positions before it cannot see it. So the prompt minus its last token is encoded
 once (a KV cache), and the last token is run as a batch with one row per intervention
 (an intervention: a layer, head, strength...) on that cache repeated across the batch. `reuse_prefix=False`
 runs whole prompts instead; both give the same numbers to float precision.
+
+An intervention at block l leaves blocks below it unchanged. Given how many leading
+blocks each intervention leaves unchanged, the last token runs once through every block
+unsteered, rows are ordered by that count, and in each batch of rows the leading blocks
+that no row changes return their stored outputs instead of computing them again.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,10 +34,13 @@ class TokenCounter:
 
     tokens: int = 0
     passes: int = 0
+    reused_block_tokens: int = 0  # (token, block) pairs whose block output was reused, not computed
 
-    def add(self, mask: torch.Tensor) -> None:
-        self.tokens += int(mask.sum())
+    def add(self, mask: torch.Tensor, reused_blocks: int = 0) -> None:
+        n = int(mask.sum())
+        self.tokens += n
         self.passes += 1
+        self.reused_block_tokens += n * reused_blocks
 
 
 @dataclass
@@ -96,9 +104,19 @@ def score_interventions(
     max_rows: int = 256,
     counter: TokenCounter | None = None,
     reuse_prefix: bool = True,
+    unchanged_blocks: Sequence[int] | None = None,
 ) -> InterventionScores:
-    """Score every prompt under `n_interventions` interventions (rows are prompt-major)."""
+    """Score every prompt under `n_interventions` interventions.
+
+    `unchanged_blocks[k]`: how many leading blocks intervention k leaves as they are (with
+    `reuse_prefix` and several interventions, their outputs are computed once per prompt).
+    """
     model = handle.model
+    unchanged = None
+    if unchanged_blocks is not None and reuse_prefix and n_interventions > 1:
+        unchanged = torch.tensor(list(unchanged_blocks), dtype=torch.long)
+        if len(unchanged) != n_interventions:
+            raise ValueError(f"unchanged_blocks has {len(unchanged)} entries for {n_interventions} interventions")
     n = len(prompts)
     top1 = torch.empty(n, n_interventions, dtype=torch.long)
     logp = torch.empty(n, n_interventions, dtype=torch.float32)
@@ -119,10 +137,21 @@ def score_interventions(
             b = ids.shape[0]
             all_rows = torch.arange(b).repeat_interleave(n_interventions)
             all_interventions = torch.arange(n_interventions).repeat(b)
+            stored: BlockOutputs | None = None
+            if unchanged is not None:
+                order = torch.argsort(unchanged[all_interventions] * b + all_rows, stable=True)
+                all_rows, all_interventions = all_rows[order], all_interventions[order]
+                last = {"input_ids": ids[:, -1:], "attention_mask": mask, "position_ids": pos[:, -1:],
+                        cache_kwarg(model): copy.deepcopy(cache), "use_cache": True}
+                stored = block_outputs(model, handle.adapter.blocks(model), last)
+                if counter is not None:
+                    counter.add(mask[:, -1:])
             for sub in range(0, len(all_rows), max_rows):
                 rows = all_rows[sub : sub + max_rows]
                 intervention = all_interventions[sub : sub + max_rows]
                 hooks = intervene(intervention) if intervene is not None else nullcontext()
+                reused = int(unchanged[intervention].min()) if unchanged is not None else 0
+                skip = stored.reuse(reused, rows) if stored is not None and reused > 0 else nullcontext()
                 if reuse_prefix:
                     row_cache = copy.deepcopy(cache)
                     row_cache.batch_select_indices(rows)
@@ -132,11 +161,61 @@ def score_interventions(
                 else:
                     inputs = {"input_ids": ids[rows], "attention_mask": mask[rows], "position_ids": pos[rows], "use_cache": False}
                     cost = mask[rows]
-                with hooks:
+                with skip, hooks:
                     out = model(**inputs, logits_to_keep=1)
                 if counter is not None:
-                    counter.add(cost)
+                    counter.add(cost, reused)
                 t, lp = _reduce(out.logits[:, -1, :], targets_all[start + rows])
                 top1[start + rows, intervention] = t
                 logp[start + rows, intervention] = lp
     return InterventionScores(top1=top1, target_logprob=logp)
+
+
+@dataclass
+class BlockOutputs:
+    """Every block's output at the last position of one unsteered pass, one row per prompt."""
+
+    blocks: list[torch.nn.Module]
+    outputs: list[torch.Tensor]  # per block: (prompts, 1, hidden), as the block returned it
+    as_tuple: bool  # older transformers return (hidden, ...) from a block
+
+    @contextmanager
+    def reuse(self, count: int, prompt_of_row: torch.Tensor) -> Iterator[None]:
+        """Blocks 0..count-1 return their stored output for each row's prompt instead of running."""
+        saved: list[tuple[torch.nn.Module, object]] = []
+        try:
+            for block, output in zip(self.blocks[:count], self.outputs):
+                saved.append((block, block.__dict__.get("forward")))  # accelerate may have wrapped it
+                block.forward = _constant(output[prompt_of_row.to(output.device)], self.as_tuple)
+            yield
+        finally:
+            for block, forward in saved:
+                if forward is None:
+                    del block.forward
+                else:
+                    block.forward = forward
+
+
+def _constant(hidden: torch.Tensor, as_tuple: bool) -> object:
+    def forward(*_args: object, **_kwargs: object) -> object:
+        return (hidden,) if as_tuple else hidden
+    return forward
+
+
+def block_outputs(model: torch.nn.Module, blocks: list[torch.nn.Module], inputs: dict[str, object]) -> BlockOutputs:
+    """Run `inputs` once, keeping every block's output at the last position."""
+    outputs: list[torch.Tensor] = []
+    as_tuple = [False]
+
+    def keep(_module: torch.nn.Module, _inputs: object, output: object) -> None:
+        as_tuple[0] = isinstance(output, tuple)
+        hidden = output[0] if isinstance(output, tuple) else output  # type: ignore[index]
+        outputs.append(hidden[:, -1:, :].detach().clone())  # type: ignore[index]
+
+    handles = [block.register_forward_hook(keep) for block in blocks]
+    try:
+        model(**inputs, logits_to_keep=1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return BlockOutputs(blocks, outputs, as_tuple[0])

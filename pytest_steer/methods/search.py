@@ -53,11 +53,12 @@ class Scoring:
 
     def correct(
         self, handle: ModelHandle, data: PromptSet, n_interventions: int, intervene: Intervene | None, counter: TokenCounter,
+        unchanged_blocks: Sequence[int] | None = None,
     ) -> np.ndarray:
         """Per-item correctness (n_items, n_interventions) of the target's first token."""
         result = score_interventions(
             handle, data.prompts, data.targets, n_interventions, intervene, batch_size=self.batch_size,
-            max_rows=self.max_rows, counter=counter, reuse_prefix=self.reuse_prefix,
+            max_rows=self.max_rows, counter=counter, reuse_prefix=self.reuse_prefix, unchanged_blocks=unchanged_blocks,
         )
         return result.correct(data.targets)
 
@@ -184,7 +185,9 @@ class LayerSearch(ABC):
         label = f"{self.name}: dev search over {len(grid)} interventions"
         context.report(label, 0, 1)
         sweep: dict[int, HookReport] = {}
-        dev_correct = scoring.correct(handle, dev, len(grid), self.intervention(handle, grid, state, sweep), counter)
+        # every intervention edits block `layer`'s output: the blocks up to it run once per prompt
+        dev_correct = scoring.correct(handle, dev, len(grid), self.intervention(handle, grid, state, sweep), counter,
+                                      unchanged_blocks=[p.layer + 1 for p in grid])
         silent = silent_layers(layers, sweep)
         if silent:
             raise RuntimeError(f"steering hooks on blocks {silent} did not fire or changed nothing")
@@ -229,5 +232,6 @@ def common_diagnostics(found: Search) -> dict[str, Any]:
                  "min_change_over_sweep": min(s.max_abs_change for s in found.sweep_reports.values())},
         "forward_tokens": found.counter.tokens,
         "forward_passes": found.counter.passes,
+        "reused_block_tokens": found.counter.reused_block_tokens,
         "cache": {"path": str(found.cache.path), "hit": found.cache.hit, "rebuilt_corrupt": found.cache.rebuilt_corrupt},
     }
