@@ -93,3 +93,8 @@ def read_verified(path: Path) -> tuple[bytes, dict[str, str]]:
     if digest.hexdigest() != expected:
         raise StoreError(f"{path}: tensor data does not match its 'content_sha256' (corrupt file)")
     return raw, metadata
+
+
+def shared_dir(cache_dir: Path, run_id: str) -> Path:
+    """Where one run's scores shared between cases live (the run removes them when it ends)."""
+    return cache_dir / "shared" / run_id

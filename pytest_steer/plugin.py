@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import uuid
 from dataclasses import replace
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +21,7 @@ from xdist import get_xdist_worker_id, is_xdist_worker
 
 from pytest_steer.baselines import BaselineStore
 from pytest_steer.cases import FAMILIES, BrokenCase, Case, case_id, load_case_file, marker_name, model_family, task_slot
-from pytest_steer.files import StoreError
+from pytest_steer.files import StoreError, shared_dir
 from pytest_steer.methods import methods
 from pytest_steer.options import SteerOptions, add_options, resolve_options
 from pytest_steer.record import CaseResult
@@ -67,6 +69,8 @@ class SteerRun:
         self.saved: dict[str, CaseReport] = {}
         self.durations: dict[str, float] = {}  # case id -> seconds its run took (controller)
         self.broken: list[BrokenCase] = []  # cases collected in this process that cannot run
+        # one id for the whole run, controller and workers alike: the scope of scores shared between cases
+        self.run_id: str = getattr(config, "workerinput", {}).get("steer_run_id") or uuid.uuid4().hex[:16]
         if self.options.html_path and not hasattr(config, "workerinput"):  # say now, not after an hour, that it cannot be written
             from pytest_steer.html import HtmlUnavailable, require
 
@@ -141,7 +145,7 @@ class SteerRun:
             uses_xdist = self.worker or bool(getattr(self.config.option, "numprocesses", None))
             show = not uses_xdist and self.config.getoption("verbose") >= 0 and sys.stderr.isatty()
             self._session = SteerSession(self.options, ProgressBars(capman) if show else None,
-                                         selected=self.selected_cases)
+                                         selected=self.selected_cases, run_id=self.run_id)
         return self._session
 
     def check_candidates(self, session: pytest.Session) -> None:
@@ -170,8 +174,14 @@ class SteerRun:
         limit = self.options.compare_fail
         return [] if limit is None else [c for c in self.compared() if c.drop > limit + 1e-12]
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """xdist, on the controller: give each worker this run's id."""
+        node.workerinput["steer_run_id"] = self.run_id
+
     def finish(self) -> None:
-        """On the controller (or a serial run): write the JSON and HTML reports."""
+        """On the controller (or a serial run): write the JSON and HTML reports, drop the run's shared scores."""
+        shutil.rmtree(shared_dir(self.options.cache_dir, self.run_id), ignore_errors=True)
         if self.options.report_path and self.reports:
             write_json_report(self.options.report_path, sorted(self.reports, key=lambda r: r.id),
                               {"unused_baselines": self.unused_baselines()})

@@ -26,7 +26,7 @@ from pytest_steer.methods import load_method, methods
 from pytest_steer.methods.base import MethodOutcome, Progress, RunContext
 from pytest_steer.models.loader import ModelHandle, Resolved, load_model, resolve
 from pytest_steer.device import Placement, available, physical_gpus, resolve_device, resolve_dtype, with_backoff, worker_gpus, worker_index
-from pytest_steer.files import StoreError
+from pytest_steer.files import StoreError, shared_dir
 from pytest_steer.methods.search import ReplayError
 from pytest_steer.models.spec import ModelSpec
 from pytest_steer.record import CaseResult, Outcomes, Provenance, Replay, TaskData
@@ -62,6 +62,7 @@ class SteerSession:
     _placements: dict[ModelSpec, Placement] = field(default_factory=dict)
     _store: ResultStore | None = None
     selected: list[Case] = field(default_factory=list)  # the cases this process may run (for shared work)
+    run_id: str | None = None  # scores shared between cases live under <cache>/shared/<run_id> for this run only
 
     @property
     def store(self) -> ResultStore:
@@ -165,7 +166,8 @@ class SteerSession:
             return out
         handle = self.model(first.model)
         loaded = time.perf_counter()
-        context = RunContext(cache=VectorCache(self.options.cache_dir / "vectors"), seed=o.seed, progress=self.progress)
+        context = RunContext(cache=VectorCache(self.options.cache_dir / "vectors"), seed=o.seed, progress=self.progress,
+                             shared=None if self.run_id is None else VectorCache(shared_dir(self.options.cache_dir, self.run_id)))
         torch.manual_seed(o.seed)
         batch = min((getattr(case.settings, "batch_size", 0) for case, _ in todo), default=0)
 

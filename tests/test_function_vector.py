@@ -15,7 +15,7 @@ from pytest_steer.methods.function_vector import (
     mean_head_activations, patch_heads, shuffled_prompts,
 )
 from pytest_steer.methods.hooks import capture_last_token
-from pytest_steer.methods.scoring import TokenCounter, encode
+from pytest_steer.methods.scoring import TokenCounter, encode, score_interventions
 from pytest_steer.methods.search import PromptSet
 from pytest_steer.methods.settings import FunctionVectorSettings
 from pytest_steer.models.adapter import resolve_adapter
@@ -270,3 +270,24 @@ def test_registry_and_prepare(tiny_task_file: Path) -> None:
     assert isinstance(method, FunctionVectorMethod) and method.settings_type is FunctionVectorSettings
     splits, counts = method.prepare(load_task("tiny", tiny_task_file), 8, 10, 2)
     assert counts == {"demos": 42, "dev": 8, "test": 10} and splits.seed == 2
+
+
+def test_blocks_below_the_edited_layer_are_reused_with_the_same_numbers(handle: ModelHandle) -> None:
+    """Every architecture: reusing the unsteered outputs of the blocks below each intervention's layer
+    gives the numbers of running every block for every row, and puts the blocks back afterwards."""
+    a = handle.adapter
+    grid = [GridPoint(l, n, s) for l in range(a.num_layers) for n in (1, 2) for s in (1.0, 8.0)]
+    vectors = {n: torch.randn(a.hidden_size, generator=torch.Generator().manual_seed(n)) for n in (1, 2)}
+    data = PromptSet.zero_shot(handle, PAIRS[:6])
+    runs = []
+    for unchanged in (None, [p.layer + 1 for p in grid]):
+        counter, reports = TokenCounter(), {}
+        scores = score_interventions(handle, data.prompts, data.targets, len(grid), add_at_layers(handle, grid, vectors, reports),
+                                     batch_size=4, max_rows=10, counter=counter, unchanged_blocks=unchanged)
+        assert all(reports[l].fired_and_changed for l in range(a.num_layers))
+        runs.append((scores, counter))
+    (plain, plain_counter), (reused, reused_counter) = runs
+    assert torch.equal(plain.top1, reused.top1)
+    assert torch.allclose(plain.target_logprob, reused.target_logprob, atol=1e-5)
+    assert plain_counter.reused_block_tokens == 0 < reused_counter.reused_block_tokens
+    assert all("forward" not in block.__dict__ for block in a.blocks(handle.model))

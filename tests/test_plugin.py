@@ -460,3 +460,66 @@ def test_dola_variants_share_one_pass_and_keep_their_own_numbers(suite, pytester
     load = _report(pytester.path / "load.json")["cases"]
     assert {c["worker"] for c in load} == {"gw0", "gw1"}
     assert sorted(c["result"]["reused"] for c in load) == [False, True]
+
+
+SHARED_FILE = """
+[defaults]
+threshold = -1.0
+n_dev = 10
+n_test = 12
+
+[methods.task_vector]
+n_prompts = 6
+n_shots = 3
+batch_size = 8
+
+[methods.function_vector]
+n_mean_prompts = 4
+n_cie_prompts = 3
+n_shots = 3
+icl_shots = 3
+heads = [1, 2]
+strengths = [1.0, 4.0]
+batch_size = 8
+
+[models.tinya]
+path = "{model}"
+
+[tasks.tinytask]
+path = "{task}"
+
+[[suite]]
+models = ["tinya"]
+methods = ["task_vector", "function_vector"]
+tasks = ["tinytask"]
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_task_and_function_vectors_share_unsteered_scores_and_keep_their_own_numbers(
+    pytester: pytest.Pytester, suite, tiny_model_dir: Path, tiny_task_file: Path, workers: list[str],
+) -> None:
+    _, run = suite
+    (pytester.path / "steer_shared.toml").write_text(SHARED_FILE.format(model=tiny_model_dir, task=tiny_task_file))
+    # same test items, demonstrations, shots and batching: the zero-shot and 5-shot test scores are computed once
+    run("--steer-update", "--steer-report=together.json", *workers).assert_outcomes(passed=2)
+    together = {c["method"]: c["result"] for c in _report(pytester.path / "together.json")["cases"]}
+    shared = [r["diagnostics"]["unsteered_shared"] for r in together.values()]
+    assert sorted(shared, key=lambda s: s["test"]) == [{"test": False, "icl": False}, {"test": True, "icl": True}]
+    assert not (pytester.path / "cache" / "shared").exists() or not any((pytester.path / "cache" / "shared").iterdir())
+    for method, result in together.items():
+        run("-m", method, "--steer-rerun", "--steer-report=alone.json", *workers).assert_outcomes(passed=1)
+        (alone,) = _report(pytester.path / "alone.json")["cases"]
+        assert alone["result"]["diagnostics"]["unsteered_shared"] == {"test": False, "icl": False}
+        for key in ("metrics", "per_item", "chosen", "curves"):
+            assert alone["result"][key] == result[key], (method, key)
+
+
+def test_scores_are_not_shared_when_the_batching_differs(pytester: pytest.Pytester, suite, tiny_model_dir: Path,
+                                                         tiny_task_file: Path) -> None:
+    _, run = suite
+    text = SHARED_FILE.format(model=tiny_model_dir, task=tiny_task_file).replace("batch_size = 8\n\n[models", "batch_size = 4\n\n[models")
+    (pytester.path / "steer_shared.toml").write_text(text)
+    run("--steer-update", "--steer-report=r.json").assert_outcomes(passed=2)
+    shared = [c["result"]["diagnostics"]["unsteered_shared"] for c in _report(pytester.path / "r.json")["cases"]]
+    assert shared == [{"test": False, "icl": False}] * 2

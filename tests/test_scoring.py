@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +186,34 @@ def test_scoring_correct_matches_score_interventions(tiny_handle) -> None:
     top = int(score_interventions(tiny_handle, data.prompts[:1], [0]).top1[0, 0])
     rigged = PromptSet(data.prompts[:1], [top])
     assert Scoring(4, 8, False).correct(tiny_handle, rigged, 1, None, TokenCounter()).tolist() == [[1.0]]
+
+
+def test_reused_blocks_are_put_back_when_the_forward_fails(tiny_handle) -> None:
+    ids = first_target_ids(tiny_handle.tokenizer, PROMPTS, TARGETS)
+    blocks = tiny_handle.adapter.blocks(tiny_handle.model)
+    original = [type(b).forward for b in blocks]
+
+    @contextmanager
+    def boom(intervention: torch.Tensor):  # fails inside the forward, after the reused blocks are in place
+        def fail(*_args):
+            assert any("forward" in b.__dict__ for b in blocks)
+            raise RuntimeError("hook failed")
+
+        handle = blocks[-1].register_forward_hook(fail)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    with pytest.raises(RuntimeError, match="hook failed"):
+        score_interventions(tiny_handle, PROMPTS, ids, 3, boom, batch_size=4, unchanged_blocks=[2, 2, 3])
+    assert all("forward" not in b.__dict__ and type(b).forward is f for b, f in zip(blocks, original))
+    # and the model still scores as before
+    again = score_interventions(tiny_handle, PROMPTS, ids, batch_size=8)
+    assert again.top1.shape == (len(PROMPTS), 1)
+
+
+def test_unchanged_blocks_must_name_every_intervention(tiny_handle) -> None:
+    ids = first_target_ids(tiny_handle.tokenizer, PROMPTS, TARGETS)
+    with pytest.raises(ValueError, match="unchanged_blocks has 2 entries for 3 interventions"):
+        score_interventions(tiny_handle, PROMPTS, ids, 3, None, unchanged_blocks=[1, 2])

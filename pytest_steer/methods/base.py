@@ -24,6 +24,7 @@ class RunContext:
     cache: VectorCache
     seed: int
     progress: Progress | None = None
+    shared: VectorCache | None = None  # this run's scores shared between methods (None: nothing shared)
 
     def report(self, label: str, done: int, total: int) -> None:
         if self.progress is not None:

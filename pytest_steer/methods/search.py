@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -70,18 +70,39 @@ class UnsteeredScores:
     dev: np.ndarray
     test: np.ndarray
     icl: np.ndarray
+    shared: dict[str, bool] = field(default_factory=dict)  # test / icl: taken from another case of this run
 
 
 def unsteered_scores(
     handle: ModelHandle, splits: Splits, dev: PromptSet, test: PromptSet, icl_shots: int, scoring: Scoring,
-    counter: TokenCounter,
+    counter: TokenCounter, context: RunContext,
 ) -> UnsteeredScores:
     icl = PromptSet.build(handle, icl_prompts(splits.demos, splits.test, icl_shots, random.Random(f"icl-{splits.seed}")), splits.test)
+    test_correct, test_shared = shared_correct(handle, test, scoring, counter, context)
+    icl_correct, icl_shared = shared_correct(handle, icl, scoring, counter, context)
     return UnsteeredScores(
-        dev=scoring.correct(handle, dev, 1, None, counter)[:, 0],
-        test=scoring.correct(handle, test, 1, None, counter)[:, 0],
-        icl=scoring.correct(handle, icl, 1, None, counter)[:, 0],
+        dev=scoring.correct(handle, dev, 1, None, counter)[:, 0], test=test_correct, icl=icl_correct,
+        shared={"test": test_shared, "icl": icl_shared},
     )
+
+
+def shared_correct(
+    handle: ModelHandle, data: PromptSet, scoring: Scoring, counter: TokenCounter, context: RunContext,
+) -> tuple[np.ndarray, bool]:
+    """Unsteered outcomes of `data`, computed once per run for every case that scores the same prompts and
+    targets on the same weights with the same batching (so the numbers are exactly those of a case alone);
+    True when another case had computed them."""
+    def compute() -> dict[str, torch.Tensor]:
+        return {"correct": torch.from_numpy(scoring.correct(handle, data, 1, None, counter)[:, 0])}
+
+    if context.shared is None:
+        return compute()["correct"].numpy(), False
+    key = {
+        "kind": "unsteered", "model": handle.fingerprint, "device": str(handle.device), "threads": torch.get_num_threads(),
+        "prompts": data.prompts, "targets": data.targets, "scoring": asdict(scoring),
+    }
+    tensors, outcome = context.shared.get_or_build("unsteered", key, compute)
+    return tensors["correct"].numpy(), outcome.hit
 
 
 def search_layers(layers: tuple[int, ...] | None, num_layers: int, method: str) -> list[int]:
@@ -196,7 +217,7 @@ class LayerSearch(ABC):
         best = grid[int(np.argmax(dev_accuracy))]  # the first in grid order wins ties
         clock.lap("dev_search")
 
-        unsteered = unsteered_scores(handle, splits, dev, test, settings.icl_shots, scoring, counter)
+        unsteered = unsteered_scores(handle, splits, dev, test, settings.icl_shots, scoring, counter, context)
         clock.lap("unsteered_and_icl")
         reports: dict[int, HookReport] = {}
         steered = scoring.correct(handle, test, 1, self.intervention(handle, [best], state, reports), counter)[:, 0]
@@ -233,5 +254,6 @@ def common_diagnostics(found: Search) -> dict[str, Any]:
         "forward_tokens": found.counter.tokens,
         "forward_passes": found.counter.passes,
         "reused_block_tokens": found.counter.reused_block_tokens,
+        "unsteered_shared": found.unsteered.shared,
         "cache": {"path": str(found.cache.path), "hit": found.cache.hit, "rebuilt_corrupt": found.cache.rebuilt_corrupt},
     }
