@@ -71,7 +71,9 @@ def cases(args: argparse.Namespace) -> int:
         positions = unembedded[0]
         if case.method == "dola":  # premature-layer logits go through the unembedding matrix, not the head module
             positions += d["scored_tokens"] * len(result.curves["premature_layers"])
-        flops = 2 * params * d["forward_tokens"] + 2 * hidden * vocab * positions
+        # a block output reused instead of computed is work not done: count the tokens' blocks actually run
+        block_tokens = d["forward_tokens"] - d.get("reused_block_tokens", 0) / handle.adapter.num_layers
+        flops = 2 * params * block_tokens + 2 * hidden * vocab * positions
         seconds = result.timing_s["method"]
         floor = flops / rate
         phases = ", ".join(f"{k} {v:.1f}" for k, v in result.timing_s.items() if k not in ("model", "method", "shared_by"))
