@@ -92,6 +92,9 @@ def states(args: argparse.Namespace) -> int:
             has_rerun = (tree / "pytest_steer" / "results.py").exists()
             plans = [("cold", []), ("fresh", ["--steer-rerun"] if has_rerun else []), ("reused", [])]
             for state, extra in plans:
+                if args.report_dir:
+                    report = Path(args.report_dir).resolve() / f"{tree.name}-{state}.json"
+                    extra = [*extra, f"--steer-report={report}"]
                 command = [sys.executable, "-m", "pytest", "steering_cases", "-n", "2", "--dist", "loadgroup", "-q",
                            "-p", "no:cacheprovider", "-m", args.m, f"--steer-cache-dir={cache}", *extra]
                 env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -115,6 +118,7 @@ def main() -> int:
     s.add_argument("-m", required=True, help="marker expression of the slice")
     s.add_argument("--tree", action="append", required=True, help="a checkout to run (repeat: before, after)")
     s.add_argument("--models", help="converted models folder to share (default: ~/.cache/pytest-steer/models)")
+    s.add_argument("--report-dir", help="write each run's --steer-report here as <tree folder>-<state>.json")
     args = parser.parse_args()
     return cases(args) if args.what == "cases" else states(args)
 
