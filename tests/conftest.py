@@ -107,6 +107,9 @@ def suite(pytester: pytest.Pytester, tiny_model_dir: Path, tiny_task_file: Path)
         return path
 
     def run(*args: str) -> pytest.RunResult:
-        return pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--steer-cache-dir={cache}", *args)
+        # the CPU unless a test asks for another device (a later option wins): on a GPU machine `auto`
+        # would pick the GPU and bfloat16, and these tests compare with numbers computed on the CPU
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--steer-cache-dir={cache}", "--steer-device=cpu",
+                                             *args)
 
     return write, run

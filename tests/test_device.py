@@ -272,7 +272,8 @@ def test_a_models_own_dtype_wins(suite, pytester: pytest.Pytester) -> None:
 
 
 def test_device_map_auto_loads_through_accelerate_and_scores_the_same(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """On a machine without a GPU accelerate places every block on the CPU: the same numbers as a plain load."""
+    """On a machine without a GPU accelerate places every block on the CPU: the same numbers as a plain load
+    (with a GPU it places them there, and float32 on the GPU stays within rounding of the CPU)."""
     from pytest_steer.methods.scoring import score_interventions
     from pytest_steer.models.loader import load_model
     from pytest_steer.models.spec import ModelSpec
@@ -281,6 +282,10 @@ def test_device_map_auto_loads_through_accelerate_and_scores_the_same(tiny_model
     prompts, targets = [f"Q: w{i}\nA:" for i in range(6)], [10 + i for i in range(6)]
     plain = load_model(spec, tmp_path, placement=Placement("cpu", "float32"))
     mapped = load_model(spec, tmp_path, placement=Placement("cpu", "float32", "auto"))
-    assert mapped.device.type == "cpu"
-    assert torch.equal(score_interventions(plain, prompts, targets).target_logprob,
-                       score_interventions(mapped, prompts, targets).target_logprob)
+    on_cpu, on_map = score_interventions(plain, prompts, targets), score_interventions(mapped, prompts, targets)
+    if torch.cuda.is_available():
+        assert mapped.device.type == "cuda"
+        assert torch.allclose(on_cpu.target_logprob, on_map.target_logprob, atol=1e-3)
+    else:
+        assert mapped.device.type == "cpu"
+        assert torch.equal(on_cpu.target_logprob, on_map.target_logprob)
