@@ -217,3 +217,12 @@ def test_unchanged_blocks_must_name_every_intervention(tiny_handle) -> None:
     ids = first_target_ids(tiny_handle.tokenizer, PROMPTS, TARGETS)
     with pytest.raises(ValueError, match="unchanged_blocks has 2 entries for 3 interventions"):
         score_interventions(tiny_handle, PROMPTS, ids, 3, None, unchanged_blocks=[1, 2])
+
+
+def test_without_logprobs_the_argmax_is_the_same_and_logprobs_are_nan(tiny_handle) -> None:
+    ids = first_target_ids(tiny_handle.tokenizer, PROMPTS, TARGETS)
+    vectors = torch.randn(3, 32, generator=torch.Generator().manual_seed(2)) * 5
+    both = [score_interventions(tiny_handle, PROMPTS, ids, 3, replace_at_layers(tiny_handle, [0, 1, 2], vectors, {}),
+                                batch_size=4, logprobs=flag) for flag in (True, False)]
+    assert torch.equal(both[0].top1, both[1].top1)
+    assert not both[0].target_logprob.isnan().any() and both[1].target_logprob.isnan().all()

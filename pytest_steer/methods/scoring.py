@@ -85,11 +85,13 @@ def cache_kwarg(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _reduce(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Argmax and target log-probability in float32 (whatever the weight dtype), back on the CPU."""
+def _reduce(logits: torch.Tensor, targets: torch.Tensor, logprobs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Argmax and target log-probability in float32 (whatever the weight dtype), back on the CPU; without
+    `logprobs` the log-softmax over the vocabulary is skipped (NaN) and the argmax is the same."""
     logits = logits.float()
-    logprobs = torch.log_softmax(logits, dim=-1)
-    target_logprob = logprobs.gather(1, targets.to(logits.device).unsqueeze(1)).squeeze(1)
+    if not logprobs:
+        return logits.argmax(dim=-1).cpu(), torch.full((len(logits),), float("nan"))
+    target_logprob = torch.log_softmax(logits, dim=-1).gather(1, targets.to(logits.device).unsqueeze(1)).squeeze(1)
     return logits.argmax(dim=-1).cpu(), target_logprob.cpu()
 
 
@@ -105,11 +107,13 @@ def score_interventions(
     counter: TokenCounter | None = None,
     reuse_prefix: bool = True,
     unchanged_blocks: Sequence[int] | None = None,
+    logprobs: bool = True,
 ) -> InterventionScores:
     """Score every prompt under `n_interventions` interventions.
 
     `unchanged_blocks[k]`: how many leading blocks intervention k leaves as they are (with
     `reuse_prefix` and several interventions, their outputs are computed once per prompt).
+    `logprobs=False`: only the argmax is needed (target log-probabilities are left NaN).
     """
     model = handle.model
     unchanged = None
@@ -165,7 +169,7 @@ def score_interventions(
                     out = model(**inputs, logits_to_keep=1)
                 if counter is not None:
                     counter.add(cost, reused)
-                t, lp = _reduce(out.logits[:, -1, :], targets_all[start + rows])
+                t, lp = _reduce(out.logits[:, -1, :], targets_all[start + rows], logprobs)
                 top1[start + rows, intervention] = t
                 logp[start + rows, intervention] = lp
     return InterventionScores(top1=top1, target_logprob=logp)

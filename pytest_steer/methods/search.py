@@ -59,6 +59,7 @@ class Scoring:
         result = score_interventions(
             handle, data.prompts, data.targets, n_interventions, intervene, batch_size=self.batch_size,
             max_rows=self.max_rows, counter=counter, reuse_prefix=self.reuse_prefix, unchanged_blocks=unchanged_blocks,
+            logprobs=False,  # correctness reads the argmax alone
         )
         return result.correct(data.targets)
 
