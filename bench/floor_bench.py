@@ -91,7 +91,7 @@ def states(args: argparse.Namespace) -> int:
             (cache / "models").symlink_to(models)
             has_rerun = (tree / "pytest_steer" / "results.py").exists()
             plans = [("cold", []), ("fresh", ["--steer-rerun"] if has_rerun else []), ("reused", [])]
-            for state, extra in plans:
+            for state, extra in [p for p in plans if p[0] in args.states.split(",")]:
                 if args.report_dir:
                     report = Path(args.report_dir).resolve() / f"{tree.name}-{state}.json"
                     extra = [*extra, f"--steer-report={report}"]
@@ -119,6 +119,8 @@ def main() -> int:
     s.add_argument("--tree", action="append", required=True, help="a checkout to run (repeat: before, after)")
     s.add_argument("--models", help="converted models folder to share (default: ~/.cache/pytest-steer/models)")
     s.add_argument("--report-dir", help="write each run's --steer-report here as <tree folder>-<state>.json")
+    s.add_argument("--states", default="cold,fresh,reused",
+                   help="which states to time, in this order (fresh alone suits DoLa slices: they extract no vectors)")
     args = parser.parse_args()
     return cases(args) if args.what == "cases" else states(args)
 
