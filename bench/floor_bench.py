@@ -122,6 +122,8 @@ def main() -> int:
     s.add_argument("--states", default="cold,fresh,reused",
                    help="which states to time, in this order (fresh alone suits DoLa slices: they extract no vectors)")
     args = parser.parse_args()
+    if args.what == "states" and not set(args.states.split(",")) <= {"cold", "fresh", "reused"}:
+        parser.error(f"--states: expected a comma list of cold, fresh, reused, got {args.states!r}")
     return cases(args) if args.what == "cases" else states(args)
 
 
