@@ -2,6 +2,7 @@
 
     python bench/floor_bench.py cases -k smollm2-135m-task_vector-antonym -k smollm2-135m-dola-fact --threads 1
     python bench/floor_bench.py states -m "smollm2_135m and task_vector" --tree /work/old --tree .
+    python bench/floor_bench.py states --states fresh --cache ~/.cache/pytest-steer --tree /work/old --tree .
 
 `cases` measures this machine's float32 matmul rate at the given torch thread count, then runs
 each selected case alone (recomputed) and prints its forward tokens, counted FLOPs (2 x
@@ -12,6 +13,8 @@ time went (the method's phases).
 `states` runs `pytest steering_cases -n 2 --dist loadgroup -m EXPR` in each tree, one tree after
 the other on the same machine: cold (empty vector and result caches, models already converted),
 fresh (the same again with `--steer-rerun` where the tree has it) and reused (nothing changed).
+With `--cache DIR` it times fresh (and reused) on a cache whose vectors each tree has already
+extracted, so the whole suite is timed fresh without first paying for a cold run.
 """
 
 from __future__ import annotations
@@ -86,17 +89,19 @@ def states(args: argparse.Namespace) -> int:
     for tree in args.tree:
         tree = Path(tree).resolve()
         with tempfile.TemporaryDirectory(prefix="steer-bench-") as scratch:
-            cache = Path(scratch)
-            models = Path(args.models or Path.home() / ".cache" / "pytest-steer" / "models")
-            (cache / "models").symlink_to(models)
+            cache = Path(args.cache).resolve() if args.cache else Path(scratch)
+            if not args.cache:
+                models = Path(args.models or Path.home() / ".cache" / "pytest-steer" / "models")
+                (cache / "models").symlink_to(models)
             has_rerun = (tree / "pytest_steer" / "results.py").exists()
             plans = [("cold", []), ("fresh", ["--steer-rerun"] if has_rerun else []), ("reused", [])]
             for state, extra in [p for p in plans if p[0] in args.states.split(",")]:
                 if args.report_dir:
                     report = Path(args.report_dir).resolve() / f"{tree.name}-{state}.json"
                     extra = [*extra, f"--steer-report={report}"]
+                select = ["-m", args.m] if args.m else []
                 command = [sys.executable, "-m", "pytest", "steering_cases", "-n", "2", "--dist", "loadgroup", "-q",
-                           "-p", "no:cacheprovider", "-m", args.m, f"--steer-cache-dir={cache}", *extra]
+                           "-p", "no:cacheprovider", *select, f"--steer-cache-dir={cache}", *extra]
                 env = {**os.environ, "PYTHONPATH": str(tree)}
                 started = time.perf_counter()
                 done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
@@ -115,13 +120,17 @@ def main() -> int:
     c.add_argument("--threads", type=int, default=1)
     c.add_argument("--cache-dir")
     s = sub.add_parser("states")
-    s.add_argument("-m", required=True, help="marker expression of the slice")
+    s.add_argument("-m", help="marker expression of the slice (default: the whole suite)")
     s.add_argument("--tree", action="append", required=True, help="a checkout to run (repeat: before, after)")
     s.add_argument("--models", help="converted models folder to share (default: ~/.cache/pytest-steer/models)")
     s.add_argument("--report-dir", help="write each run's --steer-report here as <tree folder>-<state>.json")
     s.add_argument("--states", default="cold,fresh,reused",
                    help="which states to time, in this order (fresh alone suits DoLa slices: they extract no vectors)")
+    s.add_argument("--cache", help="run on this cache, whose vectors are already extracted, instead of an empty "
+                   "scratch one (fresh and reused only: the whole suite fresh without first timing it cold)")
     args = parser.parse_args()
+    if args.what == "states" and args.cache and "cold" in args.states.split(","):
+        parser.error("--cache: a cold state needs an empty cache; use --states fresh or fresh,reused")
     if args.what == "states" and not set(args.states.split(",")) <= {"cold", "fresh", "reused"}:
         parser.error(f"--states: expected a comma list of cold, fresh, reused, got {args.states!r}")
     return cases(args) if args.what == "cases" else states(args)
