@@ -1,63 +1,53 @@
-"""Where DoLa's scoring time goes at Gemma 3's shapes: the layer-logit matmul against the divergence and contrast.
+"""Where DoLa's time goes on a real model: the forward pass, the layer logits, the divergence and contrast.
 
-    python bench/dola_scoring_bench.py [--vocab 262144 --hidden 640 --layers 5 --threads 1]
+    python bench/dola_scoring_bench.py [--model gemma3-270m --questions 6 --threads 1]
 
-Times, on random data of the given shapes, one chunk of `dola.LOGIT_ROWS` layer-logit rows
-((rows x hidden) @ (hidden x vocab), the FLOP rate it reaches) and the per-position JSD, choice
-and contrast over that chunk exactly as `dola._score` runs them, and prints the matmul's share.
+Scores the first questions of the packaged truthful-mc task under the three default variants
+(lower, upper, upper with the final norm) through the suite's own `score_answers_many`, at one
+torch thread (an xdist worker's share) by default, and prints its phases: the forward pass,
+the layer logits (the candidate layers' states gathered and unembedded, a matmul over the
+vocabulary) and the per-position JSD, choice and contrast.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import os
+from pathlib import Path
 
 import torch
 
-from pytest_steer.methods.dola import LOGIT_ROWS, contrast, jsd
+from pytest_steer.methods.base import Phases
+from pytest_steer.methods.dola import encode_context, score_answers_many
 from pytest_steer.methods.settings import DolaSettings
+from pytest_steer.models.loader import load_model
+from pytest_steer.models.spec import ModelSpec
+from pytest_steer.tasks import BUILTIN_DIR, load_task
+from pytest_steer.tasks.prompts import mc_answer, mc_context, mc_prompt
 
-
-def seconds(run: object, repeats: int) -> float:
-    run()  # warm-up
-    started = time.perf_counter()
-    for _ in range(repeats):
-        run()
-    return (time.perf_counter() - started) / repeats
+VARIANTS = [DolaSettings(bucket="lower"), DolaSettings(bucket="upper"), DolaSettings(bucket="upper", premature_norm=True)]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vocab", type=int, default=262144)
-    parser.add_argument("--hidden", type=int, default=640)
-    parser.add_argument("--layers", type=int, default=5, help="candidate layers of one bucket")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (an xdist worker has one)")
+    parser.add_argument("--model", default="gemma3-270m", help="a packaged model")
+    parser.add_argument("--questions", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache-dir")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    positions = max(1, LOGIT_ROWS // args.layers)
-    unembed = torch.randn(args.vocab, args.hidden) * 0.05
-    states = torch.randn(args.layers, positions, args.hidden)
-    mature = torch.randn(positions, args.vocab) * 3
-    settings = DolaSettings(bucket="lower")
-    matmul = seconds(lambda: states @ unembed.T, 3)
-    premature = states @ unembed.T
-    rows = torch.arange(1)
-
-    def score() -> None:
-        for r in range(positions):
-            m, p = mature[r : r + 1], premature[:, r : r + 1]
-            choice = jsd(m.unsqueeze(0), p).argmax(dim=0)
-            torch.log_softmax(m, dim=-1)
-            contrast(m, p[choice, rows], settings)
-
-    divergence = seconds(score, 1)
-    flops = 2 * args.layers * positions * args.hidden * args.vocab
-    print(f"{positions} positions x {args.layers} layers, vocabulary {args.vocab}, hidden {args.hidden}, "
-          f"{args.threads} thread(s)")
-    print(f"layer-logit matmul     {matmul:7.3f} s  ({flops / matmul / 1e9:.1f} GFLOP/s)")
-    print(f"divergence + contrast  {divergence:7.3f} s")
-    print(f"matmul share           {matmul / (matmul + divergence):7.1%}")
+    cache = Path(args.cache_dir or os.environ.get("PYTEST_STEER_CACHE_DIR", Path.home() / ".cache" / "pytest-steer"))
+    handle = load_model(ModelSpec(args.model, "packaged", args.model), cache)
+    questions = load_task("truthful-mc", BUILTIN_DIR / "truthful-mc.json").items[: args.questions]
+    context = encode_context(handle, mc_context())
+    clock = Phases()
+    for q in questions:
+        score_answers_many(handle, mc_prompt(q.question), [mc_answer(a) for a in q.correct + q.incorrect], VARIANTS,
+                           context, clock)
+    total = sum(clock.seconds.values())
+    print(f"{args.model}, {len(questions)} truthful-mc questions x {len(VARIANTS)} variants, {args.threads} thread(s)")
+    for phase, seconds in clock.seconds.items():
+        print(f"{phase:24} {seconds:7.2f} s  {seconds / total:6.1%}")
     return 0
 
 

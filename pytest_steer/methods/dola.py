@@ -212,41 +212,56 @@ def score_answers_many(
         clock.lap("other")
         run = _answer_pass(handle, prompt, answers, context)
         clock.lap("forward")
-        scores = [_score(handle, run, unembed, settings) for settings in variants]
-        clock.lap("layer_logits_and_contrast")
-        return scores
+        return [_score(handle, run, unembed, settings, clock) for settings in variants]
 
 
-def _score(handle: ModelHandle, run: AnswerPass, unembed: torch.Tensor, settings: DolaSettings) -> AnswerScores:
+@dataclass
+class ChunkScores:
+    """Per answer position of one chunk: final-layer and DoLa log-probs of the target, the chosen candidate."""
+
+    unsteered: torch.Tensor  # (p,) float32
+    dola: torch.Tensor  # (p,) float32
+    choice: torch.Tensor  # (p,) index into the candidate layers
+    near_ties: int  # positions whose best and second-best JSD differ by less than NEAR_TIE
+
+
+def score_chunk(mature: torch.Tensor, premature: torch.Tensor, targets: torch.Tensor, settings: DolaSettings) -> ChunkScores:
+    """Score positions of mature logits (p, V) against their candidate-layer logits (C, p, V), SCORE_ROWS at a time."""
+    base, dola, choices, near_ties = [], [], [], 0
+    for r in range(0, len(mature), SCORE_ROWS):
+        m, t, p = mature[r : r + SCORE_ROWS], targets[r : r + SCORE_ROWS], premature[:, r : r + SCORE_ROWS]
+        divergence = jsd(m.unsqueeze(0), p)  # (C, rows)
+        choice = divergence.argmax(dim=0)  # first candidate wins ties
+        if len(p) > 1:
+            top2 = divergence.topk(2, dim=0).values
+            near_ties += int(((top2[0] - top2[1]) < NEAR_TIE).sum())
+        rows = torch.arange(len(m), device=m.device)
+        base.append(torch.log_softmax(m, dim=-1)[rows, t].cpu())
+        dola.append(contrast(m, p[choice, rows], settings)[rows, t].cpu())
+        choices.append(choice.cpu())
+    return ChunkScores(torch.cat(base), torch.cat(dola), torch.cat(choices), near_ties)
+
+
+def _score(handle: ModelHandle, run: AnswerPass, unembed: torch.Tensor, settings: DolaSettings, clock: Phases) -> AnswerScores:
     layers = candidate_layers(settings.bucket, handle.adapter.num_layers)
     n = len(run.fulls)
     s = _answer_states(handle, run, layers, settings)
-    base_tok, dola_tok, choices = [], [], []
-    near_ties = 0
+    chunks = []
     # layer logits for many positions per matmul: the unembedding (up to 262k x hidden) is read once per chunk
     step = max(1, LOGIT_ROWS // len(layers))
     for lo in range(0, len(s.targets), step):
         mature = s.mature[lo : lo + step]
         premature_logits = s.states[:, lo : lo + step].to(unembed.device).float() @ unembed.T  # (C, p, V)
-        tgt = s.targets[lo : lo + step].to(mature.device)
-        for r in range(0, len(mature), SCORE_ROWS):
-            m, t = mature[r : r + SCORE_ROWS], tgt[r : r + SCORE_ROWS]
-            premature = premature_logits[:, r : r + SCORE_ROWS]
-            divergence = jsd(m.unsqueeze(0), premature)  # (C, rows)
-            choice = divergence.argmax(dim=0)  # first candidate wins ties
-            if len(layers) > 1:
-                top2 = divergence.topk(2, dim=0).values
-                near_ties += int(((top2[0] - top2[1]) < NEAR_TIE).sum())
-            rows = torch.arange(len(m), device=m.device)
-            base_tok.append(torch.log_softmax(m, dim=-1)[rows, t].cpu())
-            dola_tok.append(contrast(m, premature[choice, rows], settings)[rows, t].cpu())
-            choices.append(choice.cpu())
-    unsteered = torch.zeros(n).index_add_(0, s.owner, torch.cat(base_tok)).tolist()
-    dola = torch.zeros(n).index_add_(0, s.owner, torch.cat(dola_tok)).tolist()
+        clock.lap("layer_logits")
+        chunks.append(score_chunk(mature, premature_logits, s.targets[lo : lo + step].to(mature.device), settings))
+        clock.lap("divergence_and_contrast")
+    unsteered = torch.zeros(n).index_add_(0, s.owner, torch.cat([c.unsteered for c in chunks])).tolist()
+    dola = torch.zeros(n).index_add_(0, s.owner, torch.cat([c.dola for c in chunks])).tolist()
     premature: list[list[int]] = [[] for _ in range(n)]
-    for i, c in zip(s.owner.tolist(), torch.cat(choices).tolist()):
+    for i, c in zip(s.owner.tolist(), torch.cat([c.choice for c in chunks]).tolist()):
         premature[i].append(layers[c])
-    return AnswerScores(unsteered, dola, premature, forward_tokens=s.forward_tokens, near_ties=near_ties)
+    return AnswerScores(unsteered, dola, premature, forward_tokens=s.forward_tokens,
+                        near_ties=sum(c.near_ties for c in chunks))
 
 
 @dataclass(frozen=True)
