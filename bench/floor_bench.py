@@ -89,13 +89,14 @@ def states(args: argparse.Namespace) -> int:
     for tree in args.tree:
         tree = Path(tree).resolve()
         with tempfile.TemporaryDirectory(prefix="steer-bench-") as scratch:
-            cache = Path(args.cache).resolve() if args.cache else Path(scratch)
-            if not args.cache:
-                models = Path(args.models or Path.home() / ".cache" / "pytest-steer" / "models")
-                (cache / "models").symlink_to(models)
+            if args.cache:
+                cache = Path(args.cache).resolve()
+            else:
+                cache = Path(scratch)
+                (cache / "models").symlink_to(Path(args.models or Path.home() / ".cache" / "pytest-steer" / "models"))
             has_rerun = (tree / "pytest_steer" / "results.py").exists()
             plans = [("cold", []), ("fresh", ["--steer-rerun"] if has_rerun else []), ("reused", [])]
-            for state, extra in [p for p in plans if p[0] in args.states.split(",")]:
+            for state, extra in [p for p in plans if p[0] in args.states]:
                 if args.report_dir:
                     report = Path(args.report_dir).resolve() / f"{tree.name}-{state}.json"
                     extra = [*extra, f"--steer-report={report}"]
@@ -129,10 +130,12 @@ def main() -> int:
     s.add_argument("--cache", help="run on this cache, whose vectors are already extracted, instead of an empty "
                    "scratch one (fresh and reused only: the whole suite fresh without first timing it cold)")
     args = parser.parse_args()
-    if args.what == "states" and args.cache and "cold" in args.states.split(","):
-        parser.error("--cache: a cold state needs an empty cache; use --states fresh or fresh,reused")
-    if args.what == "states" and not set(args.states.split(",")) <= {"cold", "fresh", "reused"}:
-        parser.error(f"--states: expected a comma list of cold, fresh, reused, got {args.states!r}")
+    if args.what == "states":
+        if not set(args.states.split(",")) <= {"cold", "fresh", "reused"}:
+            parser.error(f"--states: expected a comma list of cold, fresh, reused, got {args.states!r}")
+        args.states = args.states.split(",")
+        if args.cache and "cold" in args.states:
+            parser.error("--cache: a cold state needs an empty cache; use --states fresh or fresh,reused")
     return cases(args) if args.what == "cases" else states(args)
 
 
