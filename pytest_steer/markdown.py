@@ -68,7 +68,7 @@ def _pair(r: CaseResult, name: str) -> str:
 
 
 def _dola_row(case: Case, r: CaseResult) -> list[str]:
-    chosen, near = r.chosen, r.diagnostics.get("near_tie_share")
+    chosen, near = r.chosen, r.diagnostics.get("tie_share", r.diagnostics.get("near_tie_share"))
     top = f"{chosen['top_premature_layer']} ({chosen['top_share']:.0%})" if "top_premature_layer" in chosen else "-"
     return [r.model, r.task, r.variant or "-", str(r.metrics.n_test), _pair(r, r.metrics.metric), _pair(r, "mc2"),
             _pair(r, "mc3"), top, "-" if near is None else f"{near:.2f}", _verdict(case, r)]
@@ -80,7 +80,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[Case, CaseResult], list[str]]
     "function_vector": (("model", "task", "zero-shot", "steered", "5-shot ICL", "delta [95% CI]",
                          "layer, heads, lambda", "verdict"), _vector_row),
     "dola": (("model", "task", "variant", "n", "gated: unsteered > DoLa, delta [95% CI]", "MC2 (CI of delta)",
-              "MC3 (CI of delta)", "top premature layer (share)", "near-tie share", "verdict"), _dola_row),
+              "MC3 (CI of delta)", "top premature layer (share)", "tied share", "verdict"), _dola_row),
 }
 
 

@@ -11,6 +11,7 @@ import torch
 from pytest_steer.methods.dola import (
     DolaMethod,
     candidate_layers,
+    choose_premature,
     completion_correct,
     contrast,
     encode_context,
@@ -41,6 +42,36 @@ def test_candidate_layers_follow_the_bucket_rule() -> None:
         candidate_layers("middle", 10)
 
 
+def test_tie_rule_picks_the_earliest_of_the_candidates_near_the_largest_divergence() -> None:
+    ln2 = math.log(2.0)
+    divergence = torch.tensor([[0.30, ln2 * (1 - 5e-4), 0.10, 0.50],
+                               [ln2, 0.20, 0.40, 0.52],
+                               [ln2 * (1 - 1e-5), ln2, 0.41, 0.50]])  # (C=3 candidates, 4 positions)
+    choice, tied = choose_premature(divergence, 1e-3)
+    assert choice.tolist() == [1, 0, 2, 1]  # position 2: 0.41 is 2.4 % above 0.40, no tie
+    assert tied.tolist() == [True, True, False, False]
+    choice, tied = choose_premature(divergence, 0.0)  # tolerance 0: the plain argmax, first of exact equals
+    assert choice.tolist() == [1, 2, 2, 1] and not tied.any()
+    choice, tied = choose_premature(divergence, 0.05)  # 0.50 is within 5 % of 0.52, 0.40 of 0.41
+    assert choice.tolist() == [1, 0, 1, 0] and tied.all()
+
+
+def test_tie_rule_choice_survives_rounding_noise() -> None:
+    """A class of inputs, not an example: saturated candidates perturbed by float32 rounding-sized noise
+    (what another thread count or CPU does to a sum over a large vocabulary) keep their chosen layer."""
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(200):
+        c, p = int(torch.randint(2, 9, (1,), generator=gen)), 16
+        base = torch.rand(c, p, generator=gen) * 0.69
+        saturated = torch.rand(c, p, generator=gen) < 0.5
+        base = torch.where(saturated, torch.full_like(base, math.log(2.0)), base)
+        noisy = base * (1 + (torch.rand(c, p, generator=gen) - 0.5) * 2e-6)
+        assert torch.equal(choose_premature(base, 1e-3)[0], choose_premature(noisy, 1e-3)[0])
+        # the exact argmax, by contrast, follows the noise wherever two candidates saturate
+    exact = torch.tensor([[math.log(2.0)], [math.log(2.0) * (1 + 1e-7)]])
+    assert exact.argmax(0).item() == 1 and choose_premature(exact, 1e-3)[0].item() == 0
+
+
 def test_unsteered_score_is_the_plain_log_prob_sum(tiny_handle) -> None:
     scores = score_answers(tiny_handle, PROMPT, ANSWERS, DolaSettings(bucket="full"))
     n_prompt = len(tiny_handle.tokenizer(PROMPT)["input_ids"])
@@ -53,8 +84,8 @@ def test_unsteered_score_is_the_plain_log_prob_sum(tiny_handle) -> None:
         assert got == pytest.approx(expected, abs=1e-4)
 
 
-def test_premature_layer_is_the_brute_force_jsd_argmax(tiny_handle) -> None:
-    settings = DolaSettings(bucket=(0, 1, 2))
+def test_premature_layer_is_the_earliest_of_the_brute_force_jsd_maxima(tiny_handle) -> None:
+    settings = DolaSettings(bucket=(2, 0, 1))  # given out of order: the tie rule works on layer order
     scores = score_answers(tiny_handle, PROMPT, ANSWERS, settings)
     unembed = tiny_handle.adapter.unembedding(tiny_handle.model)
     n_prompt = len(tiny_handle.tokenizer(PROMPT)["input_ids"])
@@ -64,14 +95,12 @@ def test_premature_layer_is_the_brute_force_jsd_argmax(tiny_handle) -> None:
         expected = []
         for t in range(n_prompt - 1, n - 1):
             q_n = torch.softmax(out.logits[0, t].double(), -1)
-            best, best_d = None, -1.0
+            ds = []
             for j in (0, 1, 2):
                 q_j = torch.softmax((out.hidden_states[j][0, t] @ unembed.T).double(), -1)
                 m = (q_n + q_j) / 2
-                d = 0.5 * float((q_n * (q_n / m).log()).sum() + (q_j * (q_j / m).log()).sum())
-                if d > best_d + 1e-9:
-                    best, best_d = j, d
-            expected.append(best)
+                ds.append(0.5 * float((q_n * (q_n / m).log()).sum() + (q_j * (q_j / m).log()).sum()))
+            expected.append(next(j for j, d in enumerate(ds) if d >= max(ds) * (1 - settings.tie_tolerance)))
         assert chosen == expected
 
 
@@ -296,7 +325,8 @@ def test_settings_validation() -> None:
     assert build_settings(DolaSettings, {"bucket": [2, 4]}, "w").bucket_name() == "layers 2,4"
     assert build_settings(DolaSettings, {"bucket": "upper"}, "w").bucket_name() == "upper"
     for bad, field in (({"bucket": "middle"}, "bucket"), ({"bucket": []}, "bucket"), ({"alpha": 0.0}, "alpha"),
-                       ({"alpha": 1.5}, "alpha"), ({"metric": "mc4"}, "metric"), ({"bucket": [-1]}, "bucket")):
+                       ({"alpha": 1.5}, "alpha"), ({"metric": "mc4"}, "metric"), ({"bucket": [-1]}, "bucket"),
+                       ({"tie_tolerance": -0.1}, "tie_tolerance"), ({"tie_tolerance": 1.0}, "tie_tolerance")):
         with pytest.raises(SettingsError, match=f"w.{field}"):
             build_settings(DolaSettings, bad, "w")
 

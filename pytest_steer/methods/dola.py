@@ -26,9 +26,6 @@ from pytest_steer.settings import SettingsError
 from pytest_steer.tasks import Completion, MCQuestion, Task, TaskError, require_kind, sample_items
 from pytest_steer.tasks.prompts import completion_text, mc_answer, mc_context, mc_prompt
 
-# Unnormalised residuals of some models (Gemma 3) give near one-hot layer distributions whose
-# JSDs all sit at log 2; the choice between them is then decided by float rounding.
-NEAR_TIE = 1e-4
 LOGIT_ROWS = 256  # layer-logit rows per unembedding matmul: 256 x 262k floats is 268 MB
 # Positions per divergence and contrast evaluation. Row-wise ops give the same bits on a slice as on the
 # whole chunk, but one position's (C, V) floats stay in cache where the chunk's 268 MB do not: 4x faster.
@@ -43,13 +40,14 @@ class AnswerScores:
     dola: list[float]
     premature: list[list[int]]
     forward_tokens: int = 0
-    near_ties: int = 0  # positions whose best and second-best JSD differ by less than NEAR_TIE
+    ties: int = 0  # positions where more than one candidate layer tied for the largest JSD
 
 
 def candidate_layers(bucket: str | tuple[int, ...], num_layers: int) -> list[int]:
-    """`range(int(b0 L), int(b1 L) + 1, 2)` over hidden-state indices, the mature layer L excluded."""
+    """`range(int(b0 L), int(b1 L) + 1, 2)` over hidden-state indices, the mature layer L excluded; ascending
+    (the tie rule picks the earliest)."""
     if not isinstance(bucket, str):
-        layers = list(bucket)
+        layers = sorted(set(bucket))
     elif bucket in BUCKETS:
         b0, b1 = BUCKETS[bucket]
         layers = list(range(int(b0 * num_layers), int(b1 * num_layers) + 1, 2))
@@ -222,24 +220,33 @@ class ChunkScores:
     unsteered: torch.Tensor  # (p,) float32
     dola: torch.Tensor  # (p,) float32
     choice: torch.Tensor  # (p,) index into the candidate layers
-    near_ties: int  # positions whose best and second-best JSD differ by less than NEAR_TIE
+    ties: int  # positions where more than one candidate tied for the largest JSD
+
+
+def choose_premature(divergence: torch.Tensor, tie_tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per position (column of the (C, p) divergences): the candidate DoLa contrasts with, and whether it was a tie.
+
+    Candidates within `tie_tolerance` (relative) of the largest divergence tie, and the earliest of them wins.
+    Float rounding (thread count, CPU, chunking) moves a divergence by ~1e-6 relative, so an exact argmax
+    between saturated layers (Gemma 3's near one-hot raw layers all sit at log 2) is decided by the machine;
+    the tie set is not, except for a candidate within rounding of its edge."""
+    best = divergence.max(dim=0).values
+    tied = divergence >= best * (1.0 - tie_tolerance)
+    return tied.to(torch.int8).argmax(dim=0), tied.sum(dim=0) > 1  # argmax: the first of equal values
 
 
 def score_chunk(mature: torch.Tensor, premature: torch.Tensor, targets: torch.Tensor, settings: DolaSettings) -> ChunkScores:
     """Score positions of mature logits (p, V) against their candidate-layer logits (C, p, V), SCORE_ROWS at a time."""
-    base, dola, choices, near_ties = [], [], [], 0
+    base, dola, choices, ties = [], [], [], 0
     for r in range(0, len(mature), SCORE_ROWS):
         m, t, p = mature[r : r + SCORE_ROWS], targets[r : r + SCORE_ROWS], premature[:, r : r + SCORE_ROWS]
-        divergence = jsd(m.unsqueeze(0), p)  # (C, rows)
-        choice = divergence.argmax(dim=0)  # first candidate wins ties
-        if len(p) > 1:
-            top2 = divergence.topk(2, dim=0).values
-            near_ties += int(((top2[0] - top2[1]) < NEAR_TIE).sum())
+        choice, tied = choose_premature(jsd(m.unsqueeze(0), p), settings.tie_tolerance)
+        ties += int(tied.sum())
         rows = torch.arange(len(m), device=m.device)
         base.append(torch.log_softmax(m, dim=-1)[rows, t].cpu())
         dola.append(contrast(m, p[choice, rows], settings)[rows, t].cpu())
         choices.append(choice.cpu())
-    return ChunkScores(torch.cat(base), torch.cat(dola), torch.cat(choices), near_ties)
+    return ChunkScores(torch.cat(base), torch.cat(dola), torch.cat(choices), ties)
 
 
 def _score(handle: ModelHandle, run: AnswerPass, unembed: torch.Tensor, settings: DolaSettings, clock: Phases) -> AnswerScores:
@@ -261,7 +268,7 @@ def _score(handle: ModelHandle, run: AnswerPass, unembed: torch.Tensor, settings
     for i, c in zip(s.owner.tolist(), torch.cat([c.choice for c in chunks]).tolist()):
         premature[i].append(layers[c])
     return AnswerScores(unsteered, dola, premature, forward_tokens=s.forward_tokens,
-                        near_ties=sum(c.near_ties for c in chunks))
+                        ties=sum(c.ties for c in chunks))
 
 
 @dataclass(frozen=True)
@@ -350,7 +357,7 @@ class _Tally:
     dola: dict[str, np.ndarray]
     histogram: Counter[int]
     forward_tokens: int = 0
-    near_ties: int = 0
+    ties: int = 0
 
     @classmethod
     def start(cls, handle: ModelHandle, task: Task, splits: tuple[int, ...], settings: DolaSettings) -> _Tally:
@@ -365,7 +372,7 @@ class _Tally:
 
     def add(self, scores: AnswerScores) -> None:
         self.forward_tokens += scores.forward_tokens
-        self.near_ties += scores.near_ties
+        self.ties += scores.ties
         for chosen in scores.premature:
             self.histogram.update(chosen)
 
@@ -386,7 +393,7 @@ class _Tally:
                 "premature_histogram": {str(l): histogram[l] for l in layers},
                 "scored_tokens": total,
                 "forward_tokens": self.forward_tokens,
-                "near_tie_share": round(self.near_ties / total, 4),
+                "tie_share": round(self.ties / total, 4),  # positions whose premature layer the tie rule picked
                 "num_layers": handle.adapter.num_layers,
             },
             test_items=[_item_text(task.items[i]) for i in splits],

@@ -98,6 +98,8 @@ class DolaSettings:
     alpha: float = 0.1
     premature_norm: bool = False  # the paper's choice: no norm on premature layers
     metric: Literal["mc1", "mc2", "mc3", "accuracy"] | None = None
+    # candidates whose JSD is within this fraction of the largest tie; the earliest layer of them is contrasted
+    tie_tolerance: float = 1e-3
 
     def validate(self, where: str) -> None:
         if isinstance(self.bucket, str) and self.bucket not in BUCKETS:
@@ -106,6 +108,9 @@ class DolaSettings:
             raise SettingsError(f"{where}.bucket: a list of layers must be non-empty and hold layer indices >= 0")
         if not 0 < self.alpha <= 1:
             raise SettingsError(f"{where}.alpha: must be in (0, 1], got {self.alpha}")
+        if not 0 <= self.tie_tolerance < 1:
+            raise SettingsError(f"{where}.tie_tolerance: must be in [0, 1) (a fraction of the largest JSD), "
+                                f"got {self.tie_tolerance}")
 
     def check_task(self, task: Task, n_dev: int, n_test: int, where: str) -> None:
         require_kind(task, ("mc", "completion"), "dola")
