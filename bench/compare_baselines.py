@@ -56,7 +56,7 @@ def main() -> int:
     parser.add_argument("--baselines", type=Path, default=Path("baselines"))
     parser.add_argument("--cases", type=Path, default=Path("steering_cases"))
     parser.add_argument("--threshold", type=float, default=0.1)
-    parser.add_argument("--tolerance", type=float, default=0.05)
+    parser.add_argument("--tolerance", type=float, default=None, help="default: auto")
     parser.add_argument("--except", dest="skip", action="append", default=[], choices=sorted(FIELDS),
                         help="leave a field out (e.g. fingerprint after a change of what it covers); the verdict is "
                              "then the one the run's own numbers get from the gate, not the run's status")

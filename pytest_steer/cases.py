@@ -45,7 +45,7 @@ class CaseOptions:
 
     threshold: float | None = None
     min_recovery: float | None = None
-    tolerance: float | None = None
+    tolerance: float | Literal["auto"] | None = None  # "auto": the smallest drop the split can detect
     gate: Literal["mean", "ci_low"] = "mean"
     n_dev: int = 40
     n_test: int = 80
@@ -59,8 +59,8 @@ class CaseOptions:
         for name in ("n_dev", "n_test"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{where}.{name}: must be at least 1, got {getattr(self, name)}")
-        if self.tolerance is not None and self.tolerance < 0:
-            raise SettingsError(f"{where}.tolerance: must be >= 0")
+        if isinstance(self.tolerance, float) and self.tolerance < 0:
+            raise SettingsError(f"{where}.tolerance: must be 'auto' or a number >= 0, got {self.tolerance}")
         if self.seed < 0:
             raise SettingsError(f"{where}.seed: must be >= 0, got {self.seed}")
 

@@ -19,15 +19,15 @@ from pathlib import Path
 from pytest_steer.baselines import BaselineStore
 from pytest_steer.cases import Case, load_case_file
 from pytest_steer.record import CaseResult, Comparison
-from pytest_steer.verdict import Gate, judge
+from pytest_steer.verdict import Gate, case_tolerance, judge
 
 BLOCK = re.compile(r"(<!-- steer-table (\w+) -->\n)(.*?)(<!-- /steer-table -->)", re.S)
 
 
-def expected_status(case: Case, stored: CaseResult, threshold: float = 0.1, tolerance: float = 0.05) -> str:
+def expected_status(case: Case, stored: CaseResult, threshold: float = 0.1, tolerance: float | None = None) -> str:
     """The status a run reproducing `stored` gets from the case's gate and expectation."""
     o = case.options
-    gate = Gate(threshold if o.threshold is None else o.threshold, tolerance if o.tolerance is None else o.tolerance,
+    gate = Gate(threshold if o.threshold is None else o.threshold, case_tolerance(o.tolerance, tolerance),
                 o.min_recovery, o.gate)
     passed = judge(stored, gate, None, False).passed
     if o.expect == "fail":

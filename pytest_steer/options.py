@@ -13,6 +13,7 @@ import pytest
 
 from pytest_steer.candidate import Candidate, CandidateError, parse_candidates
 from pytest_steer.device import DEVICE_FORM, DEVICES, DTYPES
+from pytest_steer.stats import MULTIPLE
 
 _OPTIONS = (
     ("update", "store_true", "write or refresh the baselines of the cases that ran (controller only, atomic)"),
@@ -21,11 +22,17 @@ _OPTIONS = (
     ("baseline-dir", "store", "directory of baselines (default: <rootdir>/baselines)"),
     ("report", "store", "write the run's results as JSON to this path"),
     ("threshold", "store", "minimum improvement steered - unsteered for a case to pass (default 0.1)"),
-    ("tolerance", "store", "allowed drop of a score (steered, unsteered, 5-shot) below the stored baseline (default 0.05)"),
+    ("tolerance", "store", "allowed drop of a score (steered, unsteered, 5-shot) below the stored baseline: a number "
+                           ">= 0, or 'auto' (default): the smallest drop each case's test split can detect at the "
+                           "run's per-comparison level"),
     ("regression", "store", "what a drop beyond the tolerance must also be to fail: 'significant' (default; paired "
                             "McNemar or sign-flip test against the baseline's per-item outcomes at --steer-alpha) or "
                             "'tolerance' (any such drop fails)"),
-    ("alpha", "store", "significance level of the paired regression test (default 0.05)"),
+    ("alpha", "store", "error rate of the run's paired regression tests (default 0.05): family-wise under holm, "
+                       "false discovery rate under bh, per comparison under none"),
+    ("multiple", "store", "correction of the paired regression tests across all cases of a run: 'holm' (default; "
+                          "family-wise error <= alpha), 'bh' (Benjamini-Hochberg, false discovery rate <= alpha) or "
+                          "'none' (each comparison at alpha)"),
     ("device", "store", "where models run: auto (default: cuda:0 if a GPU is visible, else mps, else cpu), cpu, cuda, "
                         "cuda:N or mps; a model's own `device` in its case file wins; under xdist worker k takes GPU k mod G"),
     ("dtype", "store", "weight dtype: auto (default: float32 on the CPU, bfloat16 on a GPU), float32, bfloat16 or "
@@ -52,7 +59,7 @@ class SteerOptions:
     baseline_dir: Path
     update: bool
     threshold: float
-    tolerance: float
+    tolerance: float | None  # None: "auto"
     min_recovery: float | None
     report_path: Path | None
     compare_path: Path | None = None
@@ -62,6 +69,7 @@ class SteerOptions:
     group: str = "case"
     regression: str = "significant"
     alpha: float = 0.05
+    multiple: str = "holm"
     device: str = "auto"
     dtype: str = "auto"
     gpus_per_worker: int = 1
@@ -126,7 +134,7 @@ def resolve_options(config: pytest.Config) -> SteerOptions:
         baseline_dir=_path_option(config, "steer_baseline_dir", config.rootpath / "baselines"),
         update=bool(config.getoption("steer_update")),
         threshold=_float_option(config, "steer_threshold", 0.1),  # type: ignore[arg-type]
-        tolerance=_float_option(config, "steer_tolerance", 0.05),  # type: ignore[arg-type]
+        tolerance=_tolerance(config),
         min_recovery=_float_option(config, "steer_min_recovery", None),
         report_path=Path(report).expanduser().resolve() if report else None,
         compare_path=_optional_path(config, "steer_compare"),
@@ -136,6 +144,7 @@ def resolve_options(config: pytest.Config) -> SteerOptions:
         group=_choice_option(config, "steer_group", ("case", "model"), "case"),
         regression=_choice_option(config, "steer_regression", ("significant", "tolerance"), "significant"),
         alpha=_alpha(config),
+        multiple=_choice_option(config, "steer_multiple", MULTIPLE, "holm"),
         candidates=_candidates(config),
         device=_form_option(config, "steer_device", DEVICE_FORM, DEVICES),
         dtype=_choice_option(config, "steer_dtype", DTYPES, "auto"),
@@ -159,6 +168,16 @@ def _count_option(config: pytest.Config, key: str) -> int:
     if not str(raw).isdigit() or int(raw) < 1:
         raise pytest.UsageError(f"{origin}: expected a whole number of at least 1, got {raw!r}")
     return int(raw)
+
+
+def _tolerance(config: pytest.Config) -> float | None:
+    raw, origin = _raw_option(config, "steer_tolerance")
+    if raw in (None, "", "auto"):
+        return None
+    value = _float_option(config, "steer_tolerance", None)
+    if value is None or value < 0:
+        raise pytest.UsageError(f"{origin}: expected 'auto' or a number >= 0 (an allowed drop), got {raw!r}")
+    return value
 
 
 def _alpha(config: pytest.Config) -> float:

@@ -69,6 +69,7 @@ class SteerRun:
         self.saved: dict[str, CaseReport] = {}
         self.durations: dict[str, float] = {}  # case id -> seconds its run took (controller)
         self.broken: list[BrokenCase] = []  # cases collected in this process that cannot run
+        self.correction: Any = None  # the run's multiple-comparison correction (controller, at the end)
         # one id for the whole run, controller and workers alike: the scope of scores shared between cases
         self.run_id: str = getattr(config, "workerinput", {}).get("steer_run_id") or uuid.uuid4().hex[:16]
         if self.options.html_path and not hasattr(config, "workerinput"):  # say now, not after an hour, that it cannot be written
@@ -180,8 +181,13 @@ class SteerRun:
         node.workerinput["steer_run_id"] = self.run_id
 
     def finish(self) -> None:
-        """On the controller (or a serial run): write the JSON and HTML reports, drop the run's shared scores."""
+        """On the controller (or a serial run): correct the run's regression tests together, write the JSON and
+        HTML reports, drop the run's shared scores."""
         shutil.rmtree(shared_dir(self.options.cache_dir, self.run_id), ignore_errors=True)
+        if self.reports and not self.options.update:
+            from pytest_steer.multiple import correct
+
+            self.reports, self.correction = correct(self.reports, self.options.multiple, self.options.alpha)
         if self.options.report_path and self.reports:
             write_json_report(self.options.report_path, sorted(self.reports, key=lambda r: r.id),
                               {"unused_baselines": self.unused_baselines()})
@@ -234,6 +240,12 @@ class SteerRun:
             for r in reports:
                 for note in () if r.verdict is None else r.verdict.notes:
                     tr.write_line(f"{r.id}: {note}")
+            if self.correction is not None and self.correction.comparisons:
+                late = bool(self.correction.late)
+                tr.write_line(self.correction.describe(), red=late)
+                for r in reports:
+                    if r.id in self.correction.late and r.verdict is not None:
+                        tr.write_line(f"FAILED {r.id}: {r.verdict.reasons[-1]}", red=True)
             for line in _power_lines(reports):
                 tr.write_line(line, yellow=True)
             missing = [r for r in reports if r.status == "missing"]
@@ -598,7 +610,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not run.worker:
         run.finish()
         failed_compare = bool(run.options.compare_path) and bool(run.dropped())
-        if (run.write_errors or failed_compare) and session.exitstatus == pytest.ExitCode.OK:
+        late = run.correction is not None and bool(run.correction.late)
+        if (run.write_errors or failed_compare or late) and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

@@ -34,7 +34,9 @@ from pytest_steer.results import ResultInputs, ResultStore, now
 from pytest_steer.settings import settings_dict
 from pytest_steer.store import VectorCache, cache_key, read_tensors, write_tensors
 from pytest_steer.tasks import load_task
-from pytest_steer.verdict import BaselineMissing, Gate, Verdict, judge, metrics_from_outcomes
+from pytest_steer.verdict import (
+    BaselineMissing, Gate, Verdict, case_tolerance, comparisons, judge, metrics_from_outcomes,
+)
 
 
 def versions() -> dict[str, str]:
@@ -270,9 +272,10 @@ class SteerSession:
         o = case.options
         return Gate(
             threshold=self.options.threshold if o.threshold is None else o.threshold,
-            tolerance=self.options.tolerance if o.tolerance is None else o.tolerance,
+            tolerance=case_tolerance(o.tolerance, self.options.tolerance),
             min_recovery=self.options.min_recovery if o.min_recovery is None else o.min_recovery,
-            gate=o.gate, rule=self.options.regression, alpha=self.options.alpha,
+            gate=o.gate, rule=self.options.regression, alpha=self.options.alpha, multiple=self.options.multiple,
+            comparisons=comparisons(len(self.selected)),
         )
 
     def verdict(self, case: Case, result: CaseResult, nodeid: str) -> Verdict:

@@ -30,6 +30,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except SettingsError as exc:
                 errors.append(str(exc))
+                if arg is float and isinstance(value, float):  # a number that is not a usable one: say why
+                    raise
         raise SettingsError(errors[0] if len(errors) == 1 else f"{where}: expected {_describe(annotation)}, got {value!r}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):

@@ -146,3 +146,34 @@ def minimum_detectable(n: int, sd: float, wanted: float, *, binary: bool, alpha:
     if wanted > 0:
         needed = max(math.ceil(floor / wanted - 1e-9), math.ceil((z * sd / wanted) ** 2 - 1e-9), 1)
     return Power(n, alpha, power, sd, detectable, wanted, needed)
+
+
+MULTIPLE = ("holm", "bh", "none")  # family-wise (Holm), false discovery rate (Benjamini-Hochberg), or no correction
+
+
+def reject(p_values: list[float], alpha: float, method: str) -> list[bool]:
+    """Which hypotheses a run rejects: Holm's step-down (family-wise error <= alpha), Benjamini-Hochberg's
+    step-up (false discovery rate <= alpha) or each at alpha alone ('none')."""
+    m = len(p_values)
+    if method == "none":
+        return [p < alpha for p in p_values]
+    order = sorted(range(m), key=lambda i: p_values[i])
+    out = [False] * m
+    if method == "holm":
+        for rank, i in enumerate(order):
+            if p_values[i] > alpha / (m - rank):
+                break
+            out[i] = True
+        return out
+    if method == "bh":
+        last = max((rank for rank, i in enumerate(order) if p_values[i] <= alpha * (rank + 1) / m), default=-1)
+        for i in order[: last + 1]:
+            out[i] = True
+        return out
+    raise ValueError(f"unknown multiple-comparison method {method!r}: expected one of {', '.join(MULTIPLE)}")
+
+
+def sure_level(alpha: float, comparisons: int, method: str) -> float:
+    """A p-value below this is rejected by `method` in any run of at most `comparisons` tests, whatever the
+    other p-values (alpha / m: Holm's first step, and BH's); what one case can decide before the run ends."""
+    return alpha if method == "none" else alpha / max(comparisons, 1)

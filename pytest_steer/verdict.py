@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 
 from pytest_steer.drift import Drift, drift
 from pytest_steer.record import CaseResult, Comparison, Metrics, Provenance
-from pytest_steer.stats import Power, minimum_detectable, paired_bootstrap, paired_test
+from pytest_steer.stats import Power, minimum_detectable, paired_bootstrap, paired_test, sure_level
 
 
 @dataclass(frozen=True)
@@ -17,11 +17,22 @@ class Gate:
     """The resolved thresholds for one case (case file values over ini / CLI defaults)."""
 
     threshold: float
-    tolerance: float
+    tolerance: float | None  # None: "auto", the smallest drop the case's test split can detect
     min_recovery: float | None
     gate: str  # "mean": the point estimate of the improvement; "ci_low": its lower bound
     rule: str = "significant"  # a regression: a drop beyond the tolerance that is "significant", or any such drop ("tolerance")
-    alpha: float = 0.05
+    alpha: float = 0.05  # the run's error rate: family-wise (holm), false discovery (bh) or per comparison (none)
+    multiple: str = "none"  # how the run's paired comparisons are corrected: "holm", "bh" or "none"
+    comparisons: int = 1  # at most this many paired comparisons in the run (the family)
+
+    @property
+    def level(self) -> float:
+        """The per-comparison level a case can decide alone: a p-value below it is a regression whatever the
+        rest of the run finds (alpha / comparisons under a correction)."""
+        return sure_level(self.alpha, self.comparisons, self.multiple)
+
+    def significant(self, p_value: float) -> bool:
+        return p_value < self.alpha if self.multiple == "none" else p_value <= self.level
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,7 @@ class ScoreChange:
     gained: int = 0
     beyond_tolerance: bool = False
     regression: bool = False  # what the rule decided
+    pending: bool = False  # beyond the tolerance, p between the case's sure level and alpha: the run's correction decides
 
     def describe(self) -> str:
         """'steered 0.412 vs accepted 0.762: -0.350 [-0.46, -0.24], McNemar p=0.0001, 30 lost / 2 gained of 80'."""
@@ -88,6 +100,9 @@ class Verdict:
     notes: tuple[str, ...] = ()  # what is worth saying but fails nothing (a drop within noise)
     power: Power | None = None  # the smallest drop of the gated score this split can detect
     drift: Drift | None = None  # how the chosen setting moved (when the model changed)
+    tolerance: float | None = None  # the allowed drop this case was judged with
+    auto_tolerance: bool = False  # the tolerance is the smallest drop the split can detect ("auto")
+    pending: bool = False  # passed so far; a drop beyond the tolerance awaits the run's correction
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -96,6 +111,7 @@ class Verdict:
             "model_changed": self.model_changed, "changes": [c.to_json() for c in self.changes],
             "notes": list(self.notes), "power": None if self.power is None else asdict(self.power),
             "drift": None if self.drift is None else self.drift.to_json(),
+            "tolerance": self.tolerance, "auto_tolerance": self.auto_tolerance, "pending": self.pending,
         }
 
     @classmethod
@@ -107,6 +123,8 @@ class Verdict:
             model_changed=bool(data.get("model_changed")),
             changes=tuple(ScoreChange.from_json(c) for c in data.get("changes", [])), notes=tuple(data.get("notes", [])),
             power=None if power is None else Power(**power), drift=None if moved is None else Drift.from_json(moved),
+            tolerance=data.get("tolerance"), auto_tolerance=bool(data.get("auto_tolerance")),
+            pending=bool(data.get("pending")),
         )
 
 
@@ -136,11 +154,14 @@ def judge(result: CaseResult, gate: Gate, stored: CaseResult | None, updating: b
     (same model unless this is a candidate run, same task data, split sizes and seed) and no score
     (steered, unsteered, 5-shot) fell below it: a drop beyond the tolerance that is significant under
     the paired test (`gate.rule == "significant"`), or any drop beyond the tolerance ("tolerance")."""
+    auto = gate.tolerance is None
+    gate = resolve_tolerance(gate, result)
     metrics = result.metrics
     reasons = _gate_reasons(metrics, gate)
     notes: list[str] = []
     status: BaselineStatus = "updating" if updating else ("new" if stored is None else "ok")
     changes: tuple[ScoreChange, ...] = ()
+    pending: tuple[ScoreChange, ...] = ()
     model_changed = stored is not None and stored.provenance.fingerprint != result.provenance.fingerprint
     if stored is not None:
         other_data = data_mismatch(result.provenance, stored.provenance)  # other items, device or dtype
@@ -155,6 +176,7 @@ def judge(result: CaseResult, gate: Gate, stored: CaseResult | None, updating: b
                 status = "regressed"
                 reasons.extend(_regression_reason(c, gate) for c in changes if c.regression)
             notes.extend(_noise_note(c, gate) for c in changes if c.beyond_tolerance and not c.regression)
+            pending = pending_changes(changes)
     if result.replay is not None:
         r = result.replay
         notes.append(f"stored vector cannot be applied to the new model: {r.error}" if r.error else
@@ -166,6 +188,7 @@ def judge(result: CaseResult, gate: Gate, stored: CaseResult | None, updating: b
         model_changed=model_changed, changes=changes, notes=tuple(notes),
         power=power(result, stored if changes else None, gate),
         drift=drift(stored, result) if stored is not None and model_changed else None,
+        tolerance=gate.tolerance, auto_tolerance=auto, pending=bool(pending) and not reasons,
     )
 
 
@@ -186,10 +209,12 @@ def score_changes(result: CaseResult, stored: CaseResult, gate: Gate) -> tuple[S
             continue
         test = paired_test(b_items, a_items, seed=result.provenance.seed)
         interval = paired_bootstrap(a_items, b_items, seed=result.provenance.seed)
-        significant = test.p_value < gate.alpha
+        regression = beyond and (gate.rule == "tolerance" or gate.significant(test.p_value))
+        # between the level one case can decide alone and alpha, only the whole run's p-values decide
+        pending = beyond and not regression and gate.multiple != "none" and test.p_value <= gate.alpha
         out.append(ScoreChange(
             name, before, after, len(a_items), interval.estimate, (interval.low, interval.high), test.test,
-            test.p_value, test.lost, test.gained, beyond, beyond and (significant or gate.rule == "tolerance"),
+            test.p_value, test.lost, test.gained, beyond, regression, pending,
         ))
     return tuple(out)
 
@@ -205,7 +230,41 @@ def power(result: CaseResult, accepted: CaseResult | None, gate: Gate) -> Power:
     if accepted is not None and steered.size > 1 and _pairable(result.outcomes.items, accepted.outcomes.items,
                                                                result.outcomes.steered, accepted.outcomes.steered):
         sd = float(np.std(steered - np.asarray(accepted.outcomes.steered, dtype=float), ddof=1))
-    return minimum_detectable(max(steered.size, 1), sd, gate.tolerance, binary=binary, alpha=gate.alpha)
+    return minimum_detectable(max(steered.size, 1), sd, gate.tolerance or 0.0, binary=binary, alpha=gate.level)
+
+
+SCORES_PER_CASE = 3  # steered, unsteered and 5-shot: the most paired comparisons one case adds to the run
+
+
+def comparisons(cases: int) -> int:
+    """The family a run's correction may have to cover: every selected case's scores."""
+    return max(1, SCORES_PER_CASE * cases)
+
+
+def case_tolerance(case: float | str | None, run: float | None) -> float | None:
+    """A case file's tolerance over the run's; None for "auto"."""
+    if case is None:
+        return run
+    return None if case == "auto" else float(case)
+
+
+def resolve_tolerance(gate: Gate, result: CaseResult) -> Gate:
+    """`gate` with an "auto" tolerance (None) replaced by the smallest drop the case's test split can detect at the
+    run's per-comparison level: the exact McNemar floor for 0/1 outcomes (a drop of fewer items can never be
+    significant), for graded ones the normal approximation with the spread of the case's own per-item scores.
+    It depends on the design (items, level, outcome type), never on how far this run moved."""
+    if gate.tolerance is not None:
+        return gate
+    steered = np.asarray(result.outcomes.steered, dtype=float)
+    binary = bool(np.isin(steered, (0, 1)).all())
+    sd = 0.0 if binary or steered.size < 2 else float(np.std(steered, ddof=1))
+    floor = minimum_detectable(max(steered.size, 1), sd, 0.0, binary=binary, alpha=gate.level).detectable
+    return replace(gate, tolerance=round(floor, 6))
+
+
+def pending_changes(changes: tuple[ScoreChange, ...]) -> tuple[ScoreChange, ...]:
+    """The changes of a case that only the run's correction can rule on."""
+    return tuple(c for c in changes if c.pending)
 
 
 def _pairable(items: tuple[str, ...], other_items: tuple[str, ...], outcomes: tuple[float, ...] | None,
@@ -215,15 +274,23 @@ def _pairable(items: tuple[str, ...], other_items: tuple[str, ...], outcomes: tu
 
 
 def _regression_reason(c: ScoreChange, gate: Gate) -> str:
-    rule = "" if c.test == "" or gate.rule == "tolerance" else f", significant at alpha {gate.alpha:g}"
+    rule = "" if c.test == "" or gate.rule == "tolerance" else f", significant at {_level(gate)}"
     return (f"regression: {c.score} {c.after:.3f} is below the stored baseline {c.before:.3f} minus tolerance "
             f"{gate.tolerance:.3f}{rule}" + ("" if c.test == "" else f" ({c.describe()})"))
 
 
 def _noise_note(c: ScoreChange, gate: Gate) -> str:
     return (f"{c.score} fell {c.before - c.after:.3f} below the accepted {c.before:.3f}, beyond the tolerance "
-            f"{gate.tolerance:.3f} but within noise (p={_p(c.p_value)} >= alpha {gate.alpha:g}): not a regression; "
-            f"{c.describe()}")
+            f"{gate.tolerance:.3f} but " + (f"p={_p(c.p_value)} is above the level one case decides alone "
+            f"({gate.level:.2g}): the run's {gate.multiple} correction over its comparisons rules on it; " if c.pending
+            else f"within noise (p={_p(c.p_value)}, not significant at {_level(gate)}): not a regression; ")
+            + c.describe())
+
+
+def _level(gate: Gate) -> str:
+    if gate.multiple == "none":
+        return f"alpha {gate.alpha:g}"
+    return f"{gate.level:.2g} (alpha {gate.alpha:g} / {gate.comparisons} comparisons, {gate.multiple})"
 
 
 def _gate_reasons(metrics: Metrics, gate: Gate) -> list[str]:

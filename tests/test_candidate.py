@@ -115,7 +115,7 @@ def test_an_exact_copy_passes_with_identical_numbers_and_a_damaged_one_is_caught
     out = result.stdout.str()
     assert "model changed: tinya:" in out and "against the accepted model (same test items, paired)" in out
     assert ("tinya-task_vector-tinytask: regression: steered 0.000 is below the stored baseline 1.000 minus tolerance "
-            "0.000, significant at alpha 0.05 (steered 0.000 vs accepted 1.000: -1.000 [-1.000, -1.000], McNemar "
+            "0.000, significant at 0.0083 (alpha 0.05 / 6 comparisons, holm) (steered 0.000 vs accepted 1.000: -1.000 [-1.000, -1.000], McNemar "
             "p=0.00049, 12 lost / 0 gained of 12)") in out
     cases = {c["id"]: c for c in _report(pytester.path / "damaged.json")["cases"]}
     damaged_case = cases["tinya-task_vector-tinytask"]

@@ -85,7 +85,7 @@ def test_update_then_compare_then_regression(suite, pytester: pytest.Pytester) -
     result = run()
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*regression: steered * is below the stored baseline 1.000 minus tolerance 0.000, "
-                                 "significant at alpha 0.05 (steered * McNemar p=*lost / 0 gained of 12)*"])
+                                 "significant at 0.0083 (alpha 0.05 / 6 comparisons, holm) (steered * McNemar p=*lost / 0 gained of 12)*"])
 
 
 def test_threshold_failure_and_expected_failures(suite) -> None:
@@ -242,7 +242,7 @@ def test_dola_cases_run_store_their_baselines_by_variant_and_report(suite, pytes
     assert "not used by any selected case" not in result.stdout.str()
     stored["metrics"]["steered"] = 1.5  # the score only: the plain tolerance rule sees the drop
     (folder / "quiz-upper.json").write_text(json.dumps(stored))
-    result = run("--steer-regression=tolerance")
+    result = run("--steer-regression=tolerance", "--steer-tolerance=0.05")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*tiny-dola-quiz-upper*regression*"])
 

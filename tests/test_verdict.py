@@ -237,7 +237,7 @@ def test_a_drop_within_noise_is_reported_not_failed():
     assert v.passed and v.baseline == "ok"
     assert v.changes[0].beyond_tolerance and not v.changes[0].regression
     assert v.changes[0].p_value == pytest.approx(0.146, abs=1e-3)
-    assert "within noise (p=0.15 >= alpha 0.05)" in v.notes[0]
+    assert "within noise (p=0.15, not significant at alpha 0.05)" in v.notes[0]
     # the plain tolerance rule stays available and fails the same drop
     v = judge(now, gate(threshold=-1, rule="tolerance"), accepted, False)
     assert not v.passed and v.baseline == "regressed" and not v.notes
