@@ -288,6 +288,8 @@ def test_a_baseline_of_another_model_or_split_never_passes(suite, pytester: pyte
     ("--steer-tolerance=nan", "--steer-tolerance: expected a finite number, got 'nan'"),
     ("--steer-alpha=1.5", "--steer-alpha: expected a level between 0 and 1 (exclusive), got 1.5"),
     ("--steer-regression=strict", "--steer-regression: expected one of significant, tolerance, got 'strict'"),
+    ("--steer-tolerance=-0.1", "--steer-tolerance: expected 'auto' or a number >= 0 (an allowed drop), got '-0.1'"),
+    ("--steer-multiple=sidak", "--steer-multiple: expected one of holm, bh, none, got 'sidak'"),
     ("--steer-device=gpu", "--steer-device: expected one of auto, cpu, cuda, cuda:N, mps, got 'gpu'"),
     ("--steer-dtype=int8", "--steer-dtype: expected one of auto, float32, bfloat16, float16, got 'int8'"),
     ("--steer-gpus-per-worker=0", "--steer-gpus-per-worker: expected a whole number of at least 1, got '0'"),
