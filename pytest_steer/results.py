@@ -1,6 +1,6 @@
 """Results keyed by their inputs: a case whose every input is unchanged is judged from its stored result.
 
-The key covers everything that can change a result (model fingerprint, device, dtype, torch threads,
+The key covers everything that can change a result (model fingerprint, device, dtype,
 task data, split sizes, seed, method settings, library versions, the plugin's own source). Gates,
 tolerances and baselines are not inputs: they are applied afresh on every run. A stored result
 carries a checksum of its content; one that does not verify is recomputed, never used.
@@ -32,7 +32,6 @@ class ResultInputs:
     fingerprint: str
     device: str
     dtype: str
-    threads: int
     method: str
     task_sha256: str
     counts: dict[str, int]

@@ -231,7 +231,7 @@ class SteerSession:
         placed = self.placement(case.model)
         return ResultInputs(
             case=case.id, model_source=case.model.describe(), fingerprint=self.resolve(case.model).fingerprint,
-            device=device_type(placed.device), dtype=placed.dtype, threads=torch.get_num_threads(), method=case.method,
+            device=device_type(placed.device), dtype=placed.dtype, method=case.method,
             task_sha256=task_sha256, counts=counts, seed=case.options.seed, settings=settings_dict(case.settings),
             versions=versions(), adapter_override=None if override is None else asdict(override),
             gate_vector=case.options.gate_vector, replay=None if accepted is None else accepted.sha256,

@@ -15,13 +15,13 @@ from pytest_steer.results import ResultInputs, ResultStore
 
 INPUTS = ResultInputs(
     case="m-task_vector-t", model_source={"name": "m", "kind": "folder", "location": "/m"}, fingerprint="f" * 32,
-    device="cpu", dtype="float32", threads=1, method="task_vector", task_sha256="a" * 64,
+    device="cpu", dtype="float32", method="task_vector", task_sha256="a" * 64,
     counts={"dev": 10, "test": 12}, seed=0, settings={"n_shots": 3}, versions={"torch": "2.13", "transformers": "5.24"},
     source="0123456789abcdef",
 )
 CHANGED = {
     "case": "m-task_vector-u", "model_source": {"name": "m", "kind": "folder", "location": "/n"}, "fingerprint": "e" * 32,
-    "device": "cuda:0", "dtype": "bfloat16", "threads": 2, "method": "function_vector", "task_sha256": "b" * 64,
+    "device": "cuda:0", "dtype": "bfloat16", "method": "function_vector", "task_sha256": "b" * 64,
     "counts": {"dev": 10, "test": 13}, "seed": 1, "settings": {"n_shots": 4},
     "versions": {"torch": "2.14", "transformers": "5.24"}, "source": "fedcba9876543210",
     "adapter_override": {"blocks": "model.layers"}, "gate_vector": "replay", "replay": "c" * 64,

@@ -99,7 +99,7 @@ def shared_correct(
     if context.shared is None:
         return compute()["correct"].numpy(), False
     key = {
-        "kind": "unsteered", "model": handle.fingerprint, "device": str(handle.device), "threads": torch.get_num_threads(),
+        "kind": "unsteered", "model": handle.fingerprint, "device": str(handle.device),
         "prompts": data.prompts, "targets": data.targets, "scoring": asdict(scoring),
     }
     tensors, outcome = context.shared.get_or_build("unsteered", key, compute)

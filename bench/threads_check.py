@@ -1,0 +1,87 @@
+"""Does a verdict depend on how the suite was run? The suite under two ways of running it, compared field by field.
+
+    python bench/threads_check.py [-m EXPR] [--serial-threads 2] [--xdist-report done.json] [--out DIR]
+
+Runs `pytest steering_cases` twice, each time fresh (its own empty vector and result cache; the converted models
+are shared): once under xdist (`-n 2`: two workers of one torch thread each) and once serially with
+`--serial-threads` torch threads (OMP_NUM_THREADS). The two runs differ in process layout, thread count and so
+in the order of every float reduction. Their JSON reports are then compared case by case: status (verdict),
+metrics, chosen settings, curves, per-item outcomes, counts, seed, task hash, fingerprint and settings.
+Exits 1 on any difference. `--xdist-report` takes earlier xdist runs' reports instead of running it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_baselines import FIELDS, _diff  # noqa: E402
+
+from pytest_steer.report import CaseReport  # noqa: E402
+
+
+def run_suite(name: str, extra: list[str], env: dict[str, str], args: argparse.Namespace, out: Path) -> Path:
+    report = out / f"{name}.json"
+    with tempfile.TemporaryDirectory(prefix="steer-threads-") as scratch:
+        (Path(scratch) / "models").symlink_to(Path(args.models).expanduser().resolve())
+        select = ["-m", args.m] if args.m else []
+        command = [sys.executable, "-m", "pytest", "steering_cases", "-q", "-p", "no:cacheprovider", *select, *extra,
+                   f"--steer-cache-dir={scratch}", f"--steer-report={report}"]
+        started = time.perf_counter()
+        done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
+        last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-300:]
+        print(f"{name:8} {time.perf_counter() - started:8.1f} s  {last}", flush=True)
+    return report
+
+
+def _cases(paths: list[Path]) -> dict[str, CaseReport]:
+    return {r.id: r for path in paths for r in map(CaseReport.from_json, json.loads(path.read_text())["cases"])}
+
+
+def compare(first: list[Path], second: list[Path]) -> int:
+    a, b = _cases(first), _cases(second)
+    bad = 0
+    for case in sorted(set(a) | set(b)):
+        problems: list[str] = []
+        x, y = a.get(case), b.get(case)
+        if x is None or y is None or x.result is None or y.result is None:
+            problems.append("missing from one run or without a result")
+        else:
+            if x.status != y.status:
+                problems.append(f"status: {x.status} != {y.status}")
+            for name, get in FIELDS.items():
+                _diff(json.loads(json.dumps(get(x.result))), json.loads(json.dumps(get(y.result))), name, problems)
+        bad += bool(problems)
+        print(f"{'SAME' if not problems else 'DIFF'}  {case}")
+        for p in problems[:20]:
+            print(f"      {p}")
+    print(f"{len(set(a) | set(b))} cases compared field by field ({', '.join(FIELDS)}) and by status: "
+          f"{len(set(a) | set(b)) - bad} identical, {bad} different")
+    return 1 if bad else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-m", help="marker expression of the slice (default: the whole default suite)")
+    parser.add_argument("--serial-threads", type=int, default=2)
+    parser.add_argument("--xdist-report", type=Path, action="append",
+                        help="an earlier `-n 2` run's --steer-report, not run again (repeat for slices of the suite)")
+    parser.add_argument("--models", default=str(Path.home() / ".cache" / "pytest-steer" / "models"))
+    parser.add_argument("--out", type=Path, default=Path("threads-check"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    first = args.xdist_report or run_suite("xdist", ["-n", "2", "--dist", "loadgroup"], {}, args, args.out)
+    second = run_suite(f"serial{args.serial_threads}", [], {"OMP_NUM_THREADS": str(args.serial_threads)}, args,
+                       args.out)
+    return compare(first if isinstance(first, list) else [first], [second])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
