@@ -5,7 +5,9 @@
 
 A block is the text between `<!-- steer-table METHOD -->` and `<!-- /steer-table -->`;
 METHOD is task_vector, function_vector or dola. Verdicts are the ones the stored results
-get from their case files' gates (with the default threshold 0.1 unless a case sets one).
+get from their case files' gates (with the default threshold 0.1 unless a case sets one); the
+tolerance is the one a run of the case's profile judges it with (auto: the smallest drop its
+test split can detect, Holm-corrected over the profile's cases at alpha 0.05).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from pytest_steer.baselines import BaselineStore
 from pytest_steer.cases import Case, load_case_file
 from pytest_steer.record import CaseResult, Comparison
-from pytest_steer.verdict import Gate, case_tolerance, judge
+from pytest_steer.verdict import Gate, case_tolerance, comparisons, judge, resolve_tolerance
 
 BLOCK = re.compile(r"(<!-- steer-table (\w+) -->\n)(.*?)(<!-- /steer-table -->)", re.S)
 
@@ -87,12 +89,22 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[[Case, CaseResult], list[str]]
 def table(method: str, cases: Sequence[Case], store: BaselineStore) -> str:
     """One markdown table of the stored baselines of `method`, a row per case that has one."""
     head, row = TABLES[method]
+    head = (*head[:-1], "tolerance", head[-1])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for case in sorted((c for c in cases if c.method == method), key=lambda c: (c.model.name, c.task, c.variant)):
         stored = store.load(case.model.name, case.method, case.slot)
         if stored is not None:
-            lines.append("| " + " | ".join(row(case, stored)) + " |")
+            cells = row(case, stored)
+            lines.append("| " + " | ".join([*cells[:-1], _tolerance(case, stored, cases), cells[-1]]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _tolerance(case: Case, stored: CaseResult, cases: Sequence[Case]) -> str:
+    """The tolerance a run of the case's profile judges it with (Holm over that profile's cases, alpha 0.05)."""
+    family = comparisons(sum(c.options.profile == case.options.profile for c in cases))
+    tolerance = case_tolerance(case.options.tolerance, None)
+    gate = resolve_tolerance(Gate(0.1, tolerance, None, "mean", multiple="holm", comparisons=family), stored)
+    return f"{gate.tolerance:.3f}" + (" (auto)" if tolerance is None else "")
 
 
 def render(text: str, cases: Sequence[Case], store: BaselineStore) -> str:

@@ -80,6 +80,14 @@ def _baseline(report: CaseReport) -> str:
     return f"{v.stored_steered:.2f} ({change:+.2f})"
 
 
+def _tolerance(report: CaseReport) -> str:
+    """The allowed drop the case was judged with; 'auto' when it is the smallest drop its split can detect."""
+    v = report.verdict
+    if v is None or v.tolerance is None:
+        return "-"
+    return f"{v.tolerance:.3f}" + (" auto" if v.auto_tolerance else "")
+
+
 def _computed(report: CaseReport) -> str:
     """'now' for a fresh result; 'reused' with the time it was computed (UTC) otherwise."""
     if report.result is None or not report.result.reused:
@@ -97,19 +105,20 @@ def build_table(reports: Sequence[CaseReport]) -> Table:
     table = Table(title="pytest-steer results (test split)", show_lines=False)
     for head in ("model", "task", "method"):
         table.add_column(head)
-    for head in ("unsteered", "steered", "5-shot", "delta [95% CI]", "baseline (change)"):
+    for head in ("unsteered", "steered", "5-shot", "delta [95% CI]", "baseline (change)", "tolerance"):
         table.add_column(head, justify="right")
     table.add_column("chosen")
     table.add_column("verdict")
     table.add_column("computed")
     for r in sorted(reports, key=lambda r: (r.model, r.task, r.method, r.variant)):
         if r.result is None:
-            table.add_row(r.model, r.task, _method(r), "-", "-", "-", "-", _baseline(r), "-", _verdict(r), "-")
+            table.add_row(r.model, r.task, _method(r), "-", "-", "-", "-", _baseline(r), _tolerance(r), "-",
+                          _verdict(r), "-")
             continue
         m = r.result.metrics
         chosen = ", ".join(f"{k}={v}" for k, v in r.result.chosen.items() if k != "relative_depth")
         table.add_row(r.model, r.task, _method(r), _pct(m.unsteered), _pct(m.steered), _pct(m.icl), _delta(m),
-                      _baseline(r), chosen, _verdict(r), _computed(r))
+                      _baseline(r), _tolerance(r), chosen, _verdict(r), _computed(r))
     return table
 
 
@@ -125,21 +134,22 @@ def build_dola_table(reports: Sequence[CaseReport]) -> Table:
     table = Table(title="pytest-steer DoLa results (unsteered>DoLa, test split)", show_lines=False)
     for head in ("model", "task", "variant"):
         table.add_column(head)
-    for head in ("n", "MC1/acc", "MC2", "MC3", "gated delta [95% CI]", "baseline (change)"):
+    for head in ("n", "MC1/acc", "MC2", "MC3", "gated delta [95% CI]", "baseline (change)", "tolerance"):
         table.add_column(head, justify="right")
     table.add_column("top layer")
     table.add_column("verdict")
     table.add_column("computed")
     for r in sorted(reports, key=lambda r: (r.model, r.task, r.variant)):
         if r.result is None:
-            table.add_row(r.model, r.task, r.variant or "-", *["-"] * 5, _baseline(r), "-", _verdict(r), "-")
+            table.add_row(r.model, r.task, r.variant or "-", *["-"] * 5, _baseline(r), _tolerance(r), "-",
+                          _verdict(r), "-")
             continue
         m, chosen = r.result.metrics, r.result.chosen
         first = "mc1" if m.metric.startswith("mc") else "accuracy"
         top = f"{chosen['top_premature_layer']} ({chosen['top_share']:.0%})" if "top_premature_layer" in chosen else "-"
         table.add_row(
             r.model, r.task, r.variant or str(chosen.get("bucket", "-")), str(m.n_test), _pair(m, first), _pair(m, "mc2"),
-            _pair(m, "mc3"), f"{m.metric} {_delta(m)}", _baseline(r), top, _verdict(r), _computed(r),
+            _pair(m, "mc3"), f"{m.metric} {_delta(m)}", _baseline(r), _tolerance(r), top, _verdict(r), _computed(r),
         )
     return table
 
@@ -147,7 +157,7 @@ def build_dola_table(reports: Sequence[CaseReport]) -> Table:
 def _text(tables: Sequence[Table], width: int, markup: bool) -> str:
     """Tables as text, coloured only when the terminal supports it."""
     buffer = io.StringIO()
-    console = Console(file=buffer, width=max(width, 160), force_terminal=markup, no_color=not markup, highlight=False)
+    console = Console(file=buffer, width=max(width, 180), force_terminal=markup, no_color=not markup, highlight=False)
     for table in tables:
         console.print(table)
     return buffer.getvalue()
