@@ -525,3 +525,36 @@ def test_scores_are_not_shared_when_the_batching_differs(pytester: pytest.Pytest
     run("--steer-update", "--steer-report=r.json").assert_outcomes(passed=2)
     shared = [c["result"]["diagnostics"]["unsteered_shared"] for c in _report(pytester.path / "r.json")["cases"]]
     assert shared == [{"test": False, "icl": False}] * 2
+
+
+def test_a_drop_only_the_run_correction_rejects_fails_the_run_and_its_report(suite, pytester: pytest.Pytester) -> None:
+    """Two scores each lose 6 of 12 items (McNemar p = 0.031): above what one case decides alone (0.05 / 3), below
+    what Benjamini-Hochberg rejects over the run's comparisons (2 x 0.05 / 3): the case passes while it runs, the
+    run's end fails it."""
+    write, run = suite
+    write()
+    run("--steer-update", "-k", "tinytask").assert_outcomes(passed=1, deselected=1)
+    stored = pytester.path / "baselines" / "tinya" / "task_vector" / "tinytask.json"
+    data = json.loads(stored.read_text())
+    for score, metric in (("unsteered", "unsteered"), ("icl", "icl")):
+        values = data["per_item"][score]
+        zeros = [i for i, v in enumerate(values) if v == 0]
+        assert len(zeros) >= 6, (score, values)
+        for i in zeros[:6]:
+            values[i] = 1.0
+        data["metrics"][metric] = sum(values) / len(values)
+    stored.write_text(json.dumps(data))
+    report = pytester.path / "late.json"
+    result = run("-k", "tinytask", "--steer-multiple=bh", "--steer-tolerance=0", f"--steer-report={report}")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(passed=1, deselected=1)  # the case itself could not decide
+    out = result.stdout.str()
+    assert "3 paired comparison(s), Benjamini-Hochberg-corrected (false discovery rate 0.05): 2 regression(s), " \
+           "1 found only by the correction: tinya-task_vector-tinytask" in out
+    assert "FAILED tinya-task_vector-tinytask: regression after the run's bh correction over 3 comparisons" in out
+    case = _report(report)["cases"][0]
+    assert case["status"] == "fail" and case["verdict"]["baseline"] == "regressed" and not case["verdict"]["passed"]
+    # Holm, the default, holds the family-wise rate: 0.031 > 0.05 / 3, so nothing is rejected
+    result = run("-k", "tinytask", "--steer-tolerance=0")
+    assert result.ret == pytest.ExitCode.OK
+    assert "3 paired comparison(s), Holm-corrected (family-wise alpha 0.05): 0 regression(s)" in result.stdout.str()
