@@ -138,7 +138,7 @@ def resolve_options(config: pytest.Config) -> SteerOptions:
         min_recovery=_float_option(config, "steer_min_recovery", None),
         report_path=Path(report).expanduser().resolve() if report else None,
         compare_path=_optional_path(config, "steer_compare"),
-        compare_fail=_float_option(config, "steer_compare_fail", None),
+        compare_fail=_non_negative(config, "steer_compare_fail"),
         rerun=bool(config.getoption("steer_rerun") or config.getini("steer_rerun")),
         html_path=_optional_path(config, "steer_html"),
         group=_choice_option(config, "steer_group", ("case", "model"), "case"),
@@ -171,12 +171,16 @@ def _count_option(config: pytest.Config, key: str) -> int:
 
 
 def _tolerance(config: pytest.Config) -> float | None:
-    raw, origin = _raw_option(config, "steer_tolerance")
-    if raw in (None, "", "auto"):
-        return None
-    value = _float_option(config, "steer_tolerance", None)
-    if value is None or value < 0:
-        raise pytest.UsageError(f"{origin}: expected 'auto' or a number >= 0 (an allowed drop), got {raw!r}")
+    raw, _ = _raw_option(config, "steer_tolerance")
+    return None if raw == "auto" else _non_negative(config, "steer_tolerance", "'auto' or ")
+
+
+def _non_negative(config: pytest.Config, key: str, other: str = "") -> float | None:
+    """A drop: a number >= 0, or None when not given."""
+    raw, origin = _raw_option(config, key)
+    value = _float_option(config, key, None)
+    if value is not None and value < 0:
+        raise pytest.UsageError(f"{origin}: expected {other}a number >= 0 (a drop), got {raw!r}")
     return value
 
 

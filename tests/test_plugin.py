@@ -288,7 +288,8 @@ def test_a_baseline_of_another_model_or_split_never_passes(suite, pytester: pyte
     ("--steer-tolerance=nan", "--steer-tolerance: expected a finite number, got 'nan'"),
     ("--steer-alpha=1.5", "--steer-alpha: expected a level between 0 and 1 (exclusive), got 1.5"),
     ("--steer-regression=strict", "--steer-regression: expected one of significant, tolerance, got 'strict'"),
-    ("--steer-tolerance=-0.1", "--steer-tolerance: expected 'auto' or a number >= 0 (an allowed drop), got '-0.1'"),
+    ("--steer-tolerance=-0.1", "--steer-tolerance: expected 'auto' or a number >= 0 (a drop), got '-0.1'"),
+    ("--steer-tolerance=often", "--steer-tolerance: expected a number, got 'often'"),
     ("--steer-multiple=sidak", "--steer-multiple: expected one of holm, bh, none, got 'sidak'"),
     ("--steer-device=gpu", "--steer-device: expected one of auto, cpu, cuda, cuda:N, mps, got 'gpu'"),
     ("--steer-dtype=int8", "--steer-dtype: expected one of auto, float32, bfloat16, float16, got 'int8'"),
@@ -558,3 +559,11 @@ def test_a_drop_only_the_run_correction_rejects_fails_the_run_and_its_report(sui
     result = run("-k", "tinytask", "--steer-tolerance=0")
     assert result.ret == pytest.ExitCode.OK
     assert "3 paired comparison(s), Holm-corrected (family-wise alpha 0.05): 0 regression(s)" in result.stdout.str()
+
+
+def test_a_negative_compare_fail_is_a_usage_error(suite) -> None:
+    write, run = suite
+    write()
+    result = run("--steer-compare=saved.json", "--steer-compare-fail=-0.2", "--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--steer-compare-fail: expected a number >= 0 (a drop), got '-0.2'*"])
