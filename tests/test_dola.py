@@ -12,6 +12,7 @@ from pytest_steer.methods.dola import (
     DolaMethod,
     candidate_layers,
     choose_premature,
+    mixture_kl,
     completion_correct,
     contrast,
     encode_context,
@@ -84,24 +85,59 @@ def test_unsteered_score_is_the_plain_log_prob_sum(tiny_handle) -> None:
         assert got == pytest.approx(expected, abs=1e-4)
 
 
-def test_premature_layer_is_the_earliest_of_the_brute_force_jsd_maxima(tiny_handle) -> None:
-    settings = DolaSettings(bucket=(2, 0, 1))  # given out of order: the tie rule works on layer order
+def _divergence_by_formula(q_n: torch.Tensor, q_j: torch.Tensor, kind: str) -> float:
+    """Written from the formulas, unbatched, in float64: the paper's JSD, or the original code's
+    `0.5 * (kl_div(log q_N, M) + kl_div(log q_j, M))`, i.e. KL(M || q) with the arguments reversed."""
+    m = (q_n + q_j) / 2
+    if kind == "jsd":
+        return 0.5 * float((q_n * (q_n / m).log()).sum() + (q_j * (q_j / m).log()).sum())
+    return 0.5 * float((m * (m / q_n).log()).sum() + (m * (m / q_j).log()).sum())
+
+
+def _dola_by_formula(handle, prompt: str, answer: str, settings: DolaSettings) -> tuple[float, list[int]]:
+    """One answer's DoLa score and premature layers, position by position from the full, unbatched sequence."""
+    unembed = handle.adapter.unembedding(handle.model).double()
+    out = _plain(handle, prompt + answer)
+    ids = handle.tokenizer(prompt + answer)["input_ids"]
+    n_prompt = len(handle.tokenizer(prompt)["input_ids"])
+    layers = sorted(set(settings.bucket))
+    score, chosen = 0.0, []
+    for t in range(n_prompt - 1, len(ids) - 1):
+        z_n = out.logits[0, t].double()
+        q_n = torch.softmax(z_n, -1)
+        zs = [out.hidden_states[j][0, t].double() @ unembed.T for j in layers]
+        ds = [_divergence_by_formula(q_n, torch.softmax(z, -1), settings.divergence) for z in zs]
+        pick = next(k for k, d in enumerate(ds) if d >= max(ds) * (1 - settings.tie_tolerance))  # earliest tied
+        chosen.append(layers[pick])
+        log_n = torch.log_softmax(z_n, -1)
+        f = log_n - torch.log_softmax(zs[pick], -1)
+        if settings.post_softmax:
+            f = torch.log_softmax(f, -1)
+        f = torch.where(log_n < log_n.max() + math.log(settings.alpha), torch.full_like(f, -1000.0), f)
+        score += float(f[ids[t + 1]])
+    return score, chosen
+
+
+@pytest.mark.parametrize("divergence", ["original", "jsd"])
+@pytest.mark.parametrize("post_softmax", [True, False])
+def test_dola_score_of_each_answer_is_the_formula_computed_unbatched(tiny_handle, divergence, post_softmax) -> None:
+    settings = DolaSettings(bucket=(2, 0, 1), divergence=divergence, post_softmax=post_softmax)  # out of order on purpose
     scores = score_answers(tiny_handle, PROMPT, ANSWERS, settings)
-    unembed = tiny_handle.adapter.unembedding(tiny_handle.model)
-    n_prompt = len(tiny_handle.tokenizer(PROMPT)["input_ids"])
-    for answer, chosen in zip(ANSWERS, scores.premature):
-        out = _plain(tiny_handle, PROMPT + answer)
-        n = len(tiny_handle.tokenizer(PROMPT + answer)["input_ids"])
-        expected = []
-        for t in range(n_prompt - 1, n - 1):
-            q_n = torch.softmax(out.logits[0, t].double(), -1)
-            ds = []
-            for j in (0, 1, 2):
-                q_j = torch.softmax((out.hidden_states[j][0, t] @ unembed.T).double(), -1)
-                m = (q_n + q_j) / 2
-                ds.append(0.5 * float((q_n * (q_n / m).log()).sum() + (q_j * (q_j / m).log()).sum()))
-            expected.append(next(j for j, d in enumerate(ds) if d >= max(ds) * (1 - settings.tie_tolerance)))
-        assert chosen == expected
+    for i, answer in enumerate(ANSWERS):
+        expected, layers = _dola_by_formula(tiny_handle, PROMPT, answer, settings)
+        assert scores.premature[i] == layers
+        assert scores.dola[i] == pytest.approx(expected, rel=1e-4, abs=1e-3)
+
+
+def test_the_two_divergences_rank_saturated_layers_differently() -> None:
+    """Near one-hot premature layers (what unnormalised residuals give) saturate the JSD at log 2; the original
+    code's reversed KL still tells them apart, by how little mass each puts on the mature layer's top token."""
+    mature = torch.tensor([[8.0, 0.0, 0.0, 0.0]])
+    premature = torch.tensor([[[0.0, 60.0, 0.0, 0.0]], [[0.0, 0.0, 90.0, 0.0]]])  # (C=2, 1, V)
+    js = jsd(mature, premature)[:, 0]
+    assert js[0] == pytest.approx(math.log(2), abs=2e-3) and js[1] == pytest.approx(math.log(2), abs=2e-3)
+    kl = mixture_kl(mature, premature)[:, 0]
+    assert kl[1] > kl[0] * 1.2  # the layer further from the mature top token is clearly the more distant
 
 
 def test_premature_norm_changes_only_the_dola_scores(tiny_handle) -> None:
@@ -326,7 +362,8 @@ def test_settings_validation() -> None:
     assert build_settings(DolaSettings, {"bucket": "upper"}, "w").bucket_name() == "upper"
     for bad, field in (({"bucket": "middle"}, "bucket"), ({"bucket": []}, "bucket"), ({"alpha": 0.0}, "alpha"),
                        ({"alpha": 1.5}, "alpha"), ({"metric": "mc4"}, "metric"), ({"bucket": [-1]}, "bucket"),
-                       ({"tie_tolerance": -0.1}, "tie_tolerance"), ({"tie_tolerance": 1.0}, "tie_tolerance")):
+                       ({"tie_tolerance": -0.1}, "tie_tolerance"), ({"tie_tolerance": 1.0}, "tie_tolerance"),
+                       ({"divergence": "kl"}, "divergence")):
         with pytest.raises(SettingsError, match=f"w.{field}"):
             build_settings(DolaSettings, bad, "w")
 

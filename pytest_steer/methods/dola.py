@@ -1,8 +1,10 @@
 """DoLa (Chuang et al. 2024) scoring of candidate continuations, as the reliability study ran it.
 
 For one prompt and its candidate answers, the unsteered score is the sum of final-layer log-probs of the answer tokens; the DoLa score
-contrasts the mature (last) layer with the premature layer of largest Jensen-Shannon
-divergence among the bucket's candidates, per answer position. The prompt is encoded
+contrasts the mature (last) layer with the premature layer of largest divergence among the bucket's
+candidates, per answer position (the original code's divergence by default, the paper's JSD as a
+setting; ties within a relative tolerance go to the earliest layer). docs/dola-audit.md compares every
+step with the paper and the original code. The prompt is encoded
 once; the answers run as one batch on its cache; layer logits are computed only for the
 bucket's layers and only at answer positions.
 """
@@ -67,6 +69,21 @@ def jsd(mature_logits: torch.Tensor, premature_logits: torch.Tensor) -> torch.Te
     kl_n = (log_q_n.exp() * (log_q_n - log_m)).sum(-1)
     kl_j = (log_q_j.exp() * (log_q_j - log_m)).sum(-1)
     return (kl_n + kl_j) / 2
+
+
+def mixture_kl(mature_logits: torch.Tensor, premature_logits: torch.Tensor) -> torch.Tensor:
+    """The divergence the original DoLa code computes (voidism/DoLa `dola.py`, as the reliability study
+    vendored it, and transformers' DoLa decoding): `F.kl_div(log q, M)` is KL(M || q), so its "JS divergence"
+    is (KL(M || q_N) + KL(M || q_j)) / 2 with the arguments of the paper's formula reversed (there
+    divided by the vocabulary size, which no argmax sees). Unbounded, so it does not saturate at log 2."""
+    log_q_n = torch.log_softmax(mature_logits, dim=-1)
+    log_q_j = torch.log_softmax(premature_logits, dim=-1)
+    log_m = torch.logaddexp(log_q_n, log_q_j) - math.log(2.0)
+    m = log_m.exp()
+    return ((m * (log_m - log_q_n)).sum(-1) + (m * (log_m - log_q_j)).sum(-1)) / 2
+
+
+DIVERGENCES = {"original": mixture_kl, "jsd": jsd}
 
 
 def contrast(mature_logits: torch.Tensor, premature_logits: torch.Tensor, settings: DolaSettings) -> torch.Tensor:
@@ -225,6 +242,7 @@ class ChunkScores:
 
 def choose_premature(divergence: torch.Tensor, tie_tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per position (column of the (C, p) divergences): the candidate DoLa contrasts with, and whether it was a tie.
+    (Divergences are >= 0: the relative band below the largest is a band of values.)
 
     Candidates within `tie_tolerance` (relative) of the largest divergence tie, and the earliest of them wins.
     Float rounding (thread count, CPU, chunking) moves a divergence by ~1e-6 relative, so an exact argmax
@@ -240,7 +258,7 @@ def score_chunk(mature: torch.Tensor, premature: torch.Tensor, targets: torch.Te
     base, dola, choices, ties = [], [], [], 0
     for r in range(0, len(mature), SCORE_ROWS):
         m, t, p = mature[r : r + SCORE_ROWS], targets[r : r + SCORE_ROWS], premature[:, r : r + SCORE_ROWS]
-        choice, tied = choose_premature(jsd(m.unsqueeze(0), p), settings.tie_tolerance)
+        choice, tied = choose_premature(DIVERGENCES[settings.divergence](m.unsqueeze(0), p), settings.tie_tolerance)
         ties += int(tied.sum())
         rows = torch.arange(len(m), device=m.device)
         base.append(torch.log_softmax(m, dim=-1)[rows, t].cpu())

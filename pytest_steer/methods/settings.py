@@ -98,7 +98,10 @@ class DolaSettings:
     alpha: float = 0.1
     premature_norm: bool = False  # the paper's choice: no norm on premature layers
     metric: Literal["mc1", "mc2", "mc3", "accuracy"] | None = None
-    # candidates whose JSD is within this fraction of the largest tie; the earliest layer of them is contrasted
+    # how the premature layer is picked: "original", the original code's (KL(M||q_N) + KL(M||q_j)) / 2, as the
+    # reliability study ran it; "jsd", the paper's Jensen-Shannon divergence (saturates at log 2 on near one-hot layers)
+    divergence: Literal["original", "jsd"] = "original"
+    # candidates whose divergence is within this fraction of the largest tie; the earliest layer of them is contrasted
     tie_tolerance: float = 1e-3
 
     def validate(self, where: str) -> None:
