@@ -113,15 +113,16 @@ def _dola_by_formula(handle, prompt: str, answer: str, settings: DolaSettings) -
         f = log_n - torch.log_softmax(zs[pick], -1)
         if settings.post_softmax:
             f = torch.log_softmax(f, -1)
-        f = torch.where(log_n < log_n.max() + math.log(settings.alpha), torch.full_like(f, -1000.0), f)
+        if settings.alpha > 0:
+            f = torch.where(log_n < log_n.max() + math.log(settings.alpha), torch.full_like(f, -1000.0), f)
         score += float(f[ids[t + 1]])
     return score, chosen
 
 
 @pytest.mark.parametrize("divergence", ["original", "jsd"])
-@pytest.mark.parametrize("post_softmax", [True, False])
-def test_dola_score_of_each_answer_is_the_formula_computed_unbatched(tiny_handle, divergence, post_softmax) -> None:
-    settings = DolaSettings(bucket=(2, 0, 1), divergence=divergence, post_softmax=post_softmax)  # out of order on purpose
+@pytest.mark.parametrize("post_softmax, alpha", [(True, 0.1), (False, 0.1), (False, 0.0)])
+def test_dola_score_of_each_answer_is_the_formula_computed_unbatched(tiny_handle, divergence, post_softmax, alpha) -> None:
+    settings = DolaSettings(bucket=(2, 0, 1), divergence=divergence, post_softmax=post_softmax, alpha=alpha)
     scores = score_answers(tiny_handle, PROMPT, ANSWERS, settings)
     for i, answer in enumerate(ANSWERS):
         expected, layers = _dola_by_formula(tiny_handle, PROMPT, answer, settings)
@@ -168,6 +169,8 @@ def test_plausibility_mask_keeps_exactly_the_tokens_within_log_alpha() -> None:
     assert (out > -1000).tolist() == [True, True, True, False, True]
     out = contrast(mature, premature, DolaSettings(alpha=0.5))
     assert (out > -1000).tolist() == [True, True, False, False, False]
+    out = contrast(mature, premature, DolaSettings(alpha=0.0, post_softmax=False))  # the original TruthfulQA-MC run
+    assert torch.equal(out, mature - torch.log_softmax(premature, -1))
 
 
 def test_post_softmax_off_is_the_raw_contrast_and_on_renormalises() -> None:
@@ -360,7 +363,7 @@ def test_settings_validation() -> None:
     assert build_settings(DolaSettings, {"bucket": [2, 4]}, "w").bucket == (2, 4)
     assert build_settings(DolaSettings, {"bucket": [2, 4]}, "w").bucket_name() == "layers 2,4"
     assert build_settings(DolaSettings, {"bucket": "upper"}, "w").bucket_name() == "upper"
-    for bad, field in (({"bucket": "middle"}, "bucket"), ({"bucket": []}, "bucket"), ({"alpha": 0.0}, "alpha"),
+    for bad, field in (({"bucket": "middle"}, "bucket"), ({"bucket": []}, "bucket"), ({"alpha": -0.1}, "alpha"),
                        ({"alpha": 1.5}, "alpha"), ({"metric": "mc4"}, "metric"), ({"bucket": [-1]}, "bucket"),
                        ({"tie_tolerance": -0.1}, "tie_tolerance"), ({"tie_tolerance": 1.0}, "tie_tolerance"),
                        ({"divergence": "kl"}, "divergence")):

@@ -87,11 +87,13 @@ DIVERGENCES = {"original": mixture_kl, "jsd": jsd}
 
 
 def contrast(mature_logits: torch.Tensor, premature_logits: torch.Tensor, settings: DolaSettings) -> torch.Tensor:
-    """DoLa's next-token scores: log-softmax contrast, plausibility mask, optional post-softmax."""
+    """DoLa's next-token scores: log-softmax contrast, optional post-softmax, plausibility mask (none at alpha 0)."""
     log_n = torch.log_softmax(mature_logits, dim=-1)
     scores = log_n - torch.log_softmax(premature_logits, dim=-1)
     if settings.post_softmax:
         scores = torch.log_softmax(scores, dim=-1)
+    if settings.alpha == 0:  # no plausibility mask, as the original TruthfulQA-MC run (relative_top 0)
+        return scores
     keep = log_n >= log_n.max(dim=-1, keepdim=True).values + math.log(settings.alpha)
     return torch.where(keep, scores, torch.full_like(scores, -1000.0))
 

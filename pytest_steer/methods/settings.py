@@ -95,7 +95,7 @@ class DolaSettings:
 
     bucket: str | tuple[int, ...] = "lower"
     post_softmax: bool = True
-    alpha: float = 0.1
+    alpha: float = 0.1  # the plausibility mask's "relative top"; 0: no mask
     premature_norm: bool = False  # the paper's choice: no norm on premature layers
     metric: Literal["mc1", "mc2", "mc3", "accuracy"] | None = None
     # how the premature layer is picked: "original", the original code's (KL(M||q_N) + KL(M||q_j)) / 2, as the
@@ -109,8 +109,8 @@ class DolaSettings:
             raise SettingsError(f"{where}.bucket: expected one of {', '.join(BUCKETS)} or a list of layers, got {self.bucket!r}")
         if not isinstance(self.bucket, str) and (not self.bucket or min(self.bucket) < 0):
             raise SettingsError(f"{where}.bucket: a list of layers must be non-empty and hold layer indices >= 0")
-        if not 0 < self.alpha <= 1:
-            raise SettingsError(f"{where}.alpha: must be in (0, 1], got {self.alpha}")
+        if not 0 <= self.alpha <= 1:
+            raise SettingsError(f"{where}.alpha: must be in [0, 1] (0: no plausibility mask), got {self.alpha}")
         if not 0 <= self.tie_tolerance < 1:
             raise SettingsError(f"{where}.tie_tolerance: must be in [0, 1) (a fraction of the largest JSD), "
                                 f"got {self.tie_tolerance}")
