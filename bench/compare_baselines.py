@@ -18,6 +18,7 @@ from pathlib import Path
 from pytest_steer.baselines import BaselineStore
 from pytest_steer.markdown import expected_status
 from pytest_steer.cases import Case, load_case_file
+from pytest_steer.record import CaseResult
 from pytest_steer.report import CaseReport
 
 FIELDS = {
@@ -50,6 +51,21 @@ def _diff(a: object, b: object, path: str, out: list[str], allow_added: bool = F
         out.append(f"{path}: run {a!r} != stored {b!r}")
 
 
+def field_problems(run: CaseResult, stored: CaseResult, skip: list[str], allow_added: bool = False) -> list[str]:
+    """Every field of FIELDS (less `skip`) in which two results differ."""
+    problems: list[str] = []
+    for name, get in FIELDS.items():
+        if name not in skip:
+            _diff(json.loads(json.dumps(get(run))), json.loads(json.dumps(get(stored))), name, problems, allow_added)
+    return problems
+
+
+def show(label: str, problems: list[str]) -> None:
+    print(f"{'SAME' if not problems else 'DIFF'}  {label}")
+    for p in problems[:20]:
+        print(f"      {p}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("report", type=Path)
@@ -78,15 +94,9 @@ def main() -> int:
             got = expected_status(case, r.result, args.threshold, args.tolerance) if args.skip else r.status
             if got != want:
                 problems.append(f"status: run {got} != expected {want}")
-            for name, get in FIELDS.items():
-                if name in args.skip:
-                    continue
-                _diff(json.loads(json.dumps(get(r.result))), json.loads(json.dumps(get(stored))), name, problems,
-                      args.allow_added)
+            problems.extend(field_problems(r.result, stored, args.skip, args.allow_added))
         bad += bool(problems)
-        print(f"{'SAME' if not problems else 'DIFF'}  {r.status:5}  {r.id}")
-        for p in problems[:20]:
-            print(f"      {p}")
+        show(f"{r.status:5}  {r.id}", problems)
     print(f"{len(reports)} cases compared field by field ({', '.join(f for f in FIELDS if f not in args.skip)}) and by verdict: "
           f"{len(reports) - bad} identical, {bad} different")
     if ADDED:

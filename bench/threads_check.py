@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_baselines import FIELDS, _diff  # noqa: E402
+from compare_baselines import FIELDS, field_problems, show  # noqa: E402
 
 from pytest_steer.report import CaseReport  # noqa: E402
 
@@ -56,12 +56,9 @@ def compare(first: list[Path], second: list[Path]) -> int:
         else:
             if x.status != y.status:
                 problems.append(f"status: {x.status} != {y.status}")
-            for name, get in FIELDS.items():
-                _diff(json.loads(json.dumps(get(x.result))), json.loads(json.dumps(get(y.result))), name, problems)
+            problems.extend(field_problems(x.result, y.result, []))
         bad += bool(problems)
-        print(f"{'SAME' if not problems else 'DIFF'}  {case}")
-        for p in problems[:20]:
-            print(f"      {p}")
+        show(case, problems)
     print(f"{len(set(a) | set(b))} cases compared field by field ({', '.join(FIELDS)}) and by status: "
           f"{len(set(a) | set(b)) - bad} identical, {bad} different")
     return 1 if bad else 0
