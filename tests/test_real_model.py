@@ -70,12 +70,12 @@ def test_smollm2_dola_on_fact_completion_reproduces_its_baseline(steer_case) -> 
     assert result.provenance.fingerprint == stored["fingerprint"]
     assert result.curves["premature_layers"] == list(range(0, 16, 2))  # lower half of 30 layers
     assert sum(result.diagnostics["premature_histogram"].values()) == result.diagnostics["scored_tokens"] > 105
-    # The unsteered score is stable: one item of slack for other BLAS builds.
-    assert abs(metrics.unsteered - stored["metrics"]["unsteered"]) <= 1 / metrics.n_test + 1e-9
-    # DoLa's chosen layer is tied to within rounding on ~99 % of SmolLM2's tokens, so the thread count alone
-    # moves it (1 thread per xdist worker: 0.714 as stored; 2 threads in a serial run: 0.686). The suite's
-    # regression tolerance is what absorbs that; hold the test to the same bound.
-    assert abs(metrics.steered - stored["metrics"]["steered"]) <= 0.05 + 1e-9  # the suite's default tolerance
+    # The premature layer is chosen by a rule float rounding cannot move (the original code's divergence, ties
+    # within 1e-3 to the earliest layer), so every item's outcome is the stored one, whatever the thread count.
+    assert result.outcomes.to_json() == stored["per_item"]
+    assert metrics.steered == stored["metrics"]["steered"] and metrics.unsteered == stored["metrics"]["unsteered"]
+    assert result.chosen == stored["chosen"] and result.diagnostics["premature_histogram"] == \
+        stored["diagnostics"]["premature_histogram"]
 
 
 FV_FILE = ROOT / "steering_cases" / "steer_function_vectors.toml"
