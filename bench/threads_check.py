@@ -24,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_baselines import FIELDS, field_problems, show  # noqa: E402
 
+from pytest_steer.cases import Case, load_case_file  # noqa: E402
+from pytest_steer.markdown import expected_status  # noqa: E402
 from pytest_steer.report import CaseReport  # noqa: E402
 
 
@@ -45,8 +47,12 @@ def _cases(paths: list[Path]) -> dict[str, CaseReport]:
     return {r.id: r for path in paths for r in map(CaseReport.from_json, json.loads(path.read_text())["cases"])}
 
 
-def compare(first: list[Path], second: list[Path]) -> int:
+def compare(first: list[Path], second: list[Path], rejudge: bool = False) -> int:
+    """Field by field, and by status (with `rejudge`: the status each result gets from today's case files, for
+    reports taken before an expectation changed)."""
     a, b = _cases(first), _cases(second)
+    cases = {c.id: c for f in sorted(Path("steering_cases").glob("steer_*.toml")) for c in load_case_file(f)
+             if isinstance(c, Case)} if rejudge else {}
     bad = 0
     for case in sorted(set(a) | set(b)):
         problems: list[str] = []
@@ -54,8 +60,10 @@ def compare(first: list[Path], second: list[Path]) -> int:
         if x is None or y is None or x.result is None or y.result is None:
             problems.append("missing from one run or without a result")
         else:
-            if x.status != y.status:
-                problems.append(f"status: {x.status} != {y.status}")
+            sx, sy = (expected_status(cases[case], x.result), expected_status(cases[case], y.result)) if rejudge \
+                else (x.status, y.status)
+            if sx != sy:
+                problems.append(f"status: {sx} != {sy}")
             problems.extend(field_problems(x.result, y.result, []))
         bad += bool(problems)
         show(case, problems)
@@ -72,12 +80,17 @@ def main() -> int:
                         help="an earlier `-n 2` run's --steer-report, not run again (repeat for slices of the suite)")
     parser.add_argument("--models", default=str(Path.home() / ".cache" / "pytest-steer" / "models"))
     parser.add_argument("--out", type=Path, default=Path("threads-check"))
+    parser.add_argument("--serial-report", type=Path, action="append",
+                        help="compare with these serial reports instead of running (with --xdist-report)")
+    parser.add_argument("--rejudge", action="store_true", help="statuses from today's case files, not the runs'")
     args = parser.parse_args()
+    if args.serial_report:
+        return compare(args.xdist_report, args.serial_report, args.rejudge)
     args.out.mkdir(parents=True, exist_ok=True)
     first = args.xdist_report or run_suite("xdist", ["-n", "2", "--dist", "loadgroup"], {}, args, args.out)
     second = run_suite(f"serial{args.serial_threads}", [], {"OMP_NUM_THREADS": str(args.serial_threads)}, args,
                        args.out)
-    return compare(first if isinstance(first, list) else [first], [second])
+    return compare(first if isinstance(first, list) else [first], [second], args.rejudge)
 
 
 if __name__ == "__main__":
