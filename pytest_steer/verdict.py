@@ -259,7 +259,7 @@ def resolve_tolerance(gate: Gate, result: CaseResult) -> Gate:
     binary = bool(np.isin(steered, (0, 1)).all())
     sd = 0.0 if binary or steered.size < 2 else float(np.std(steered, ddof=1))
     floor = minimum_detectable(max(steered.size, 1), sd, 0.0, binary=binary, alpha=gate.level).detectable
-    return replace(gate, tolerance=round(floor, 6))
+    return replace(gate, tolerance=floor)  # exact: rounded down, it would fall below what the split can detect
 
 
 def pending_changes(changes: tuple[ScoreChange, ...]) -> tuple[ScoreChange, ...]:

@@ -160,3 +160,30 @@ def test_auto_tolerance_is_the_smallest_detectable_drop_of_the_design() -> None:
     graded = _result([0.1, 0.9, 0.4, 0.6] * 25)
     g = resolve_tolerance(_gate(1, tolerance=None, multiple="none"), graded)
     assert 0 < g.tolerance < 1
+
+
+def test_no_committed_default_case_is_blind_to_its_tolerance_under_the_default_options() -> None:
+    """The default suite, judged as a run of it judges it (tolerance auto, Holm over every default case): every
+    case can see a drop of its tolerance, so no `power:` line is printed. A committed baseline with fewer items,
+    or a case file that sets a tighter tolerance, fails this."""
+    from pathlib import Path
+
+    from pytest_steer.baselines import BaselineStore
+    from pytest_steer.cases import Case, load_case_file
+    from pytest_steer.options import SteerOptions
+
+    root = Path(__file__).resolve().parents[1]
+    store = BaselineStore(root / "baselines")
+    cases = [c for f in sorted((root / "steering_cases").glob("steer_*.toml")) for c in load_case_file(f)
+             if isinstance(c, Case) and c.options.profile == "default"]
+    assert len(cases) == 48
+    defaults = {f.name: f.default for f in __import__("dataclasses").fields(SteerOptions)}
+    m = comparisons(len(cases))
+    for case in cases:
+        stored = store.load(case.model.name, case.method, case.slot)
+        assert stored is not None, case.id
+        gate = Gate(threshold=-1, tolerance=case_tolerance(case.options.tolerance, None), min_recovery=None,
+                    gate="mean", alpha=defaults["alpha"], multiple=defaults["multiple"], comparisons=m)
+        v = judge(stored, gate, stored, False)
+        assert v.auto_tolerance and v.power is not None and not v.power.blind, (case.id, v.power)
+        assert v.power.detectable <= v.tolerance + 1e-12
