@@ -157,7 +157,9 @@ def test_xdist_gives_the_same_numbers_and_writes_baselines_once(suite, pytester:
     write(models='["tinya", "tinyb"]')
     run("--steer-update", "--steer-report=serial.json").assert_outcomes(passed=4)
     serial_files = {p: p.read_text() for p in sorted((pytester.path / "baselines").rglob("*.json"))}
-    result = run("-n", "2", "--dist", "loadgroup", "--steer-group=model", "--steer-update", "--steer-report=parallel.json")
+    # recomputed: the thread count (2 serially, 1 per worker) is no longer in the result key, so xdist would reuse
+    result = run("-n", "2", "--dist", "loadgroup", "--steer-group=model", "--steer-update", "--steer-rerun",
+                 "--steer-report=parallel.json")
     result.assert_outcomes(passed=4)
     serial = {c["id"]: c for c in _report(pytester.path / "serial.json")["cases"]}
     parallel = {c["id"]: c for c in _report(pytester.path / "parallel.json")["cases"]}
