@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections import Counter
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -90,18 +91,19 @@ def table(method: str, cases: Sequence[Case], store: BaselineStore) -> str:
     """One markdown table of the stored baselines of `method`, a row per case that has one."""
     head, row = TABLES[method]
     head = (*head[:-1], "tolerance", head[-1])
+    profiles = Counter(c.options.profile for c in cases)  # a run of a profile judges its cases together
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for case in sorted((c for c in cases if c.method == method), key=lambda c: (c.model.name, c.task, c.variant)):
         stored = store.load(case.model.name, case.method, case.slot)
         if stored is not None:
             cells = row(case, stored)
-            lines.append("| " + " | ".join([*cells[:-1], _tolerance(case, stored, cases), cells[-1]]) + " |")
+            lines.append("| " + " | ".join([*cells[:-1], _tolerance(case, stored, comparisons(profiles[case.options.profile])),
+                                            cells[-1]]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _tolerance(case: Case, stored: CaseResult, cases: Sequence[Case]) -> str:
+def _tolerance(case: Case, stored: CaseResult, family: int) -> str:
     """The tolerance a run of the case's profile judges it with (Holm over that profile's cases, alpha 0.05)."""
-    family = comparisons(sum(c.options.profile == case.options.profile for c in cases))
     tolerance = case_tolerance(case.options.tolerance, None)
     gate = resolve_tolerance(Gate(0.1, tolerance, None, "mean", multiple="holm", comparisons=family), stored)
     return f"{gate.tolerance:.3f}" + (" (auto)" if tolerance is None else "")

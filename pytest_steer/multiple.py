@@ -50,19 +50,19 @@ def correct(reports: list[CaseReport], method: str, alpha: float) -> tuple[list[
     members = family(reports)
     rejected = reject([c.p_value for _, _, c in members], alpha, method)  # type: ignore[misc]
     out = list(reports)
-    late: dict[int, list[ScoreChange]] = {}
+    late: dict[int, list[int]] = {}  # report index -> indices of its changes the correction rejects
     regressions = 0
     for (i, k, c), hit in zip(members, rejected):
         regressions += int(c.regression or (hit and c.pending))
         if hit and c.pending:
-            late.setdefault(i, []).append(c)
-    for i, changes in late.items():
+            late.setdefault(i, []).append(k)
+    for i, ks in late.items():
         r, v = out[i], out[i].verdict
         assert v is not None
-        decided = tuple(replace(c, regression=True, pending=False) if c in changes else c for c in v.changes)
+        decided = tuple(replace(c, regression=True, pending=False) if k in ks else c for k, c in enumerate(v.changes))
         reasons = v.reasons + tuple(
-            f"regression after the run's {method} correction over {len(members)} comparisons: {c.describe()}"
-            for c in changes)
+            f"regression after the run's {method} correction over {len(members)} comparisons: {v.changes[k].describe()}"
+            for k in ks)
         out[i] = replace(r, status="fail", verdict=replace(v, passed=False, reasons=reasons, baseline="regressed",
                                                             changes=decided, pending=False))
     return out, Correction(method, alpha, len(members), regressions, tuple(out[i].id for i in sorted(late)))

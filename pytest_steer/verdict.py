@@ -161,7 +161,6 @@ def judge(result: CaseResult, gate: Gate, stored: CaseResult | None, updating: b
     notes: list[str] = []
     status: BaselineStatus = "updating" if updating else ("new" if stored is None else "ok")
     changes: tuple[ScoreChange, ...] = ()
-    pending: tuple[ScoreChange, ...] = ()
     model_changed = stored is not None and stored.provenance.fingerprint != result.provenance.fingerprint
     if stored is not None:
         other_data = data_mismatch(result.provenance, stored.provenance)  # other items, device or dtype
@@ -176,7 +175,6 @@ def judge(result: CaseResult, gate: Gate, stored: CaseResult | None, updating: b
                 status = "regressed"
                 reasons.extend(_regression_reason(c, gate) for c in changes if c.regression)
             notes.extend(_noise_note(c, gate) for c in changes if c.beyond_tolerance and not c.regression)
-            pending = pending_changes(changes)
     if result.replay is not None:
         r = result.replay
         notes.append(f"stored vector cannot be applied to the new model: {r.error}" if r.error else
@@ -188,7 +186,8 @@ def judge(result: CaseResult, gate: Gate, stored: CaseResult | None, updating: b
         model_changed=model_changed, changes=changes, notes=tuple(notes),
         power=power(result, stored if changes else None, gate),
         drift=drift(stored, result) if stored is not None and model_changed else None,
-        tolerance=gate.tolerance, auto_tolerance=auto, pending=bool(pending) and not reasons,
+        tolerance=gate.tolerance, auto_tolerance=auto,
+        pending=not updating and not reasons and any(c.pending for c in changes),
     )
 
 
@@ -261,10 +260,6 @@ def resolve_tolerance(gate: Gate, result: CaseResult) -> Gate:
     floor = minimum_detectable(max(steered.size, 1), sd, 0.0, binary=binary, alpha=gate.level).detectable
     return replace(gate, tolerance=floor)  # exact: rounded down, it would fall below what the split can detect
 
-
-def pending_changes(changes: tuple[ScoreChange, ...]) -> tuple[ScoreChange, ...]:
-    """The changes of a case that only the run's correction can rule on."""
-    return tuple(c for c in changes if c.pending)
 
 
 def _pairable(items: tuple[str, ...], other_items: tuple[str, ...], outcomes: tuple[float, ...] | None,

@@ -42,7 +42,7 @@ class AnswerScores:
     dola: list[float]
     premature: list[list[int]]
     forward_tokens: int = 0
-    ties: int = 0  # positions where more than one candidate layer tied for the largest JSD
+    ties: int = 0  # positions where more than one candidate layer tied for the largest divergence
 
 
 def candidate_layers(bucket: str | tuple[int, ...], num_layers: int) -> list[int]:
@@ -61,11 +61,16 @@ def candidate_layers(bucket: str | tuple[int, ...], num_layers: int) -> list[int
     return layers
 
 
-def jsd(mature_logits: torch.Tensor, premature_logits: torch.Tensor) -> torch.Tensor:
-    """Jensen-Shannon divergence between softmax(mature) (..., V) and softmax(premature) (C, ..., V)."""
+def _log_mixture(mature_logits: torch.Tensor, premature_logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """log q_N, log q_j and log M = log((q_N + q_j) / 2), the terms both divergences are made of."""
     log_q_n = torch.log_softmax(mature_logits, dim=-1)
     log_q_j = torch.log_softmax(premature_logits, dim=-1)
-    log_m = torch.logaddexp(log_q_n, log_q_j) - math.log(2.0)
+    return log_q_n, log_q_j, torch.logaddexp(log_q_n, log_q_j) - math.log(2.0)
+
+
+def jsd(mature_logits: torch.Tensor, premature_logits: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence between softmax(mature) (..., V) and softmax(premature) (C, ..., V)."""
+    log_q_n, log_q_j, log_m = _log_mixture(mature_logits, premature_logits)
     kl_n = (log_q_n.exp() * (log_q_n - log_m)).sum(-1)
     kl_j = (log_q_j.exp() * (log_q_j - log_m)).sum(-1)
     return (kl_n + kl_j) / 2
@@ -76,9 +81,7 @@ def mixture_kl(mature_logits: torch.Tensor, premature_logits: torch.Tensor) -> t
     vendored it, and transformers' DoLa decoding): `F.kl_div(log q, M)` is KL(M || q), so its "JS divergence"
     is (KL(M || q_N) + KL(M || q_j)) / 2 with the arguments of the paper's formula reversed (there
     divided by the vocabulary size, which no argmax sees). Unbounded, so it does not saturate at log 2."""
-    log_q_n = torch.log_softmax(mature_logits, dim=-1)
-    log_q_j = torch.log_softmax(premature_logits, dim=-1)
-    log_m = torch.logaddexp(log_q_n, log_q_j) - math.log(2.0)
+    log_q_n, log_q_j, log_m = _log_mixture(mature_logits, premature_logits)
     m = log_m.exp()
     return ((m * (log_m - log_q_n)).sum(-1) + (m * (log_m - log_q_j)).sum(-1)) / 2
 
@@ -239,7 +242,7 @@ class ChunkScores:
     unsteered: torch.Tensor  # (p,) float32
     dola: torch.Tensor  # (p,) float32
     choice: torch.Tensor  # (p,) index into the candidate layers
-    ties: int  # positions where more than one candidate tied for the largest JSD
+    ties: int  # positions where more than one candidate tied for the largest divergence
 
 
 def choose_premature(divergence: torch.Tensor, tie_tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -112,7 +112,7 @@ class DolaSettings:
         if not 0 <= self.alpha <= 1:
             raise SettingsError(f"{where}.alpha: must be in [0, 1] (0: no plausibility mask), got {self.alpha}")
         if not 0 <= self.tie_tolerance < 1:
-            raise SettingsError(f"{where}.tie_tolerance: must be in [0, 1) (a fraction of the largest JSD), "
+            raise SettingsError(f"{where}.tie_tolerance: must be in [0, 1) (a fraction of the largest divergence), "
                                 f"got {self.tie_tolerance}")
 
     def check_task(self, task: Task, n_dev: int, n_test: int, where: str) -> None:
