@@ -128,7 +128,29 @@ def test_a_converted_model_is_verified_and_the_check_remembered(tmp_path: Path, 
     hashed: list[Path] = []
     real = loader.file_sha256
     monkeypatch.setattr(loader, "file_sha256", lambda p: hashed.append(p) or real(p))
-    assert loader.conversion_ok(folder) and hashed == []  # unchanged file: remembered by (size, mtime)
+    assert loader.conversion_ok(folder) and hashed == []  # unchanged file: remembered by its stat
+
+
+@pytest.mark.parametrize("how", ["cp -p", "rename over"])
+def test_weights_replaced_with_their_mtime_restored_are_hashed_again(tmp_path: Path, how: str) -> None:
+    import os
+    import shutil
+
+    from pytest_steer.models.loader import conversion_ok
+
+    folder = _converted(tmp_path / "conv")
+    assert conversion_ok(folder)
+    weights = folder / "model.safetensors"
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"WEIGHTS" * 100)  # same size, other bytes
+    stat = weights.stat()
+    os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    if how == "cp -p":
+        shutil.copy2(other, weights)
+    else:
+        os.replace(other, weights)
+    assert weights.stat().st_size == stat.st_size and weights.stat().st_mtime_ns == stat.st_mtime_ns
+    assert not conversion_ok(folder)
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "old marker", "no weights"])

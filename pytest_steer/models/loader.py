@@ -110,8 +110,11 @@ def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None
 def conversion_ok(target: Path) -> bool:
     """A converted model folder is complete and its weights match the checksum taken when it was written.
 
-    The check is remembered by the weights' (size, mtime) in `.verified`, so an unchanged file is not
-    re-hashed on every load; any write to it (a flipped byte, a truncation) forces a new hash.
+    The check is remembered in `.verified` by the weights' size, mtime, ctime, inode and device, so an
+    unchanged file is not re-hashed on every load. Any write to the file, and any copy over it even with
+    its mtime restored (`cp -p`, tar, `rsync -t`), changes the ctime or the inode and forces a new hash.
+    (The fingerprint hashes the content anyway, so a memo edited by hand can only make the model look
+    changed, never make another model pass.)
     """
     try:
         marker = json.loads((target / ".complete").read_text())
@@ -121,7 +124,8 @@ def conversion_ok(target: Path) -> bool:
     except (OSError, ValueError, KeyError, TypeError):  # missing, or written before weights were checksummed
         return False
     memo_path = target / ".verified"
-    seen = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": expected}
+    seen = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino,
+            "device": stat.st_dev, "sha256": expected}
     try:
         if json.loads(memo_path.read_text()) == seen:
             return True
@@ -179,7 +183,8 @@ def resolve(spec: ModelSpec, cache_dir: Path, progress: Progress | None = None, 
     try:
         location = materialize(spec, Path(cache_dir), progress)
         folder = hub_folder(spec.location, spec.revision) if spec.kind == "hub" else Path(location)
-        return Resolved(location, model_fingerprint(folder, placed, Path(cache_dir) / "fingerprints"))
+        fingerprint = model_fingerprint(folder, placed, Path(cache_dir) / "fingerprints", spec.allow_pickle)
+        return Resolved(location, fingerprint)
     except (FetchError, FileNotFoundError, OSError, ValueError, KeyError, FingerprintError) as exc:
         raise ModelLoadError(f"Could not load {_tried(spec)} with cache {cache_dir}: {type(exc).__name__}: {exc}."
                              f"{_hint(spec, exc)}") from exc
