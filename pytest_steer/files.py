@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
 import tempfile
 from pathlib import Path
@@ -98,3 +99,127 @@ def read_verified(path: Path) -> tuple[bytes, dict[str, str]]:
 def shared_dir(cache_dir: Path, run_id: str) -> Path:
     """Where one run's scores shared between cases live (the run removes them when it ends)."""
     return cache_dir / "shared" / run_id
+
+
+def check_output(path: Path, what: str) -> None:
+    """An output path must be a regular file or a new name in an existing, writable folder (never a folder, a
+    device, a FIFO or a socket, which a rename would replace); StoreError naming `what` otherwise."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:  # a symlink loop, a name too long, a component that is a file
+        raise StoreError(f"{what} {path}: cannot be written ({exc.strerror or exc})") from exc
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise StoreError(f"{what} {path}: is {kind}; expected a regular file or a new file name")
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise StoreError(f"{what} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"{what} {path}: folder {parent} is not writable")
+
+
+MAX_DEPTH = 64  # deeper nesting than any file this project writes; beyond it a reader would recurse too far
+_INT64 = 2**63
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a plain file")
+
+
+def read_text(path: str | Path, error: type[Exception], what: str, where: str | None = None, hint: str = "") -> str:
+    """A regular file's UTF-8 text (a leading BOM dropped, line ends as written).
+
+    Anything else raises `error("<where>: cannot read <what> (<reason>)<hint>")`, `where` being the path
+    unless given; a folder, FIFO or device is refused from its `stat`, never opened.
+    """
+    where = str(path) if where is None else where
+
+    def fail(reason: str) -> Exception:
+        return error(f"{where}: cannot read {what} ({reason}){hint}")
+
+    refused = not_regular(path)
+    if refused:
+        raise fail(refused)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise fail(exc.strerror or str(exc)) from exc
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise fail(f"not UTF-8 text: byte {exc.start}") from exc
+
+
+def not_regular(path: str | Path) -> str | None:
+    """Why `path` cannot be read as a file, from its `stat` alone (a FIFO is never opened); None for a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        return getattr(exc, "strerror", None) or str(exc)
+    return None if stat.S_ISREG(mode) else f"it is not a regular file but {_file_kind(mode)}"
+
+
+def unusable_value(data: Any) -> str | None:
+    """Why parsed JSON or TOML cannot be used as plain data, naming the field; None if it can.
+
+    Refused: nesting deeper than MAX_DEPTH, a string that is not UTF-8 text (an unpaired surrogate
+    from a `\\ud800` escape) and an integer beyond 64 bits.
+    """
+    stack: list[tuple[str, Any, int]] = [("", data, 0)]
+    while stack:
+        where, value, depth = stack.pop()
+        field = f"field '{where}'" if where else "the document"
+        if depth > MAX_DEPTH:
+            return f"{field} is nested deeper than {MAX_DEPTH} levels"
+        if isinstance(value, str) and not _is_utf8(value):
+            return f"{field} holds text that is not UTF-8 (an unpaired surrogate)"
+        if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
+            return f"{field} holds an integer beyond 64 bits"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not _is_utf8(key):
+                    return f"{field} has a key that is not UTF-8 (an unpaired surrogate)"
+                stack.append((f"{where}.{key}" if where else key, item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item, depth + 1) for i, item in enumerate(value))
+    return None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def read_json(path: str | Path, error: type[Exception], what: str, where: str | None = None, hint: str = "") -> Any:
+    """A regular file's JSON as plain data (see `read_text` and `unusable_value`); `error` naming the file otherwise."""
+    text = read_text(path, error, what, where, hint)
+    where = str(path) if where is None else where
+    try:
+        data = json.loads(text)
+    except RecursionError as exc:
+        raise error(f"{where}: cannot read {what} (not valid JSON: nested too deeply){hint}") from exc
+    except ValueError as exc:
+        raise error(f"{where}: cannot read {what} (not valid JSON: {exc}){hint}") from exc
+    problem = unusable_value(data)
+    if problem:
+        raise error(f"{where}: cannot read {what} (not usable JSON: {problem}){hint}")
+    return data
+
+
+def verified_metadata(path: Path) -> dict[str, str]:
+    """The header metadata of a verified safetensors file (`read_verified`); a path that is not a regular file
+    or a header that is not the expected object of tensor entries is a StoreError too."""
+    refused = not_regular(path)
+    if refused:
+        raise StoreError(f"{path}: not a readable safetensors file ({refused})")
+    try:
+        return read_verified(path)[1]
+    except (AttributeError, TypeError, RecursionError) as exc:  # a header or metadata that is not an object
+        raise StoreError(f"{path}: malformed safetensors header ({exc})") from exc

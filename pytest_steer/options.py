@@ -116,12 +116,20 @@ def _float_option(config: pytest.Config, key: str, default: float | None) -> flo
 def _path_option(config: pytest.Config, key: str, default: Path) -> Path:
     raw = config.getoption(key)
     if raw:
-        return Path(raw).expanduser().resolve()
+        return _resolved(raw, key)
     raw = config.getini(key)
     if raw:
         path = Path(raw).expanduser()
-        return path if path.is_absolute() else (config.rootpath / path).resolve()
-    return default
+        return path if path.is_absolute() else _resolved(config.rootpath / path, key)
+    return _resolved(default, key)
+
+
+def _resolved(raw: str | Path, key: str) -> Path:
+    """An absolute path; a symlink loop or an unusable name is a usage error naming the option."""
+    try:
+        return Path(raw).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # RuntimeError: pathlib's symlink loop
+        raise pytest.UsageError(f"--{key.replace('_', '-')} {raw}: not a usable path ({exc})") from None
 
 
 def resolve_options(config: pytest.Config) -> SteerOptions:
@@ -130,13 +138,13 @@ def resolve_options(config: pytest.Config) -> SteerOptions:
     if config.getoption("steer_compare_fail") is not None and not (config.getoption("steer_compare") or config.getini("steer_compare")):
         raise pytest.UsageError("--steer-compare-fail needs --steer-compare PATH (the saved report to compare with)")
     return SteerOptions(
-        cache_dir=_path_option(config, "steer_cache_dir", default_cache.expanduser().resolve()),
+        cache_dir=_path_option(config, "steer_cache_dir", default_cache),
         baseline_dir=_path_option(config, "steer_baseline_dir", config.rootpath / "baselines"),
         update=bool(config.getoption("steer_update")),
         threshold=_float_option(config, "steer_threshold", 0.1),  # type: ignore[arg-type]
         tolerance=_tolerance(config),
         min_recovery=_float_option(config, "steer_min_recovery", None),
-        report_path=Path(report).expanduser().resolve() if report else None,
+        report_path=_resolved(report, "steer_report") if report else None,
         compare_path=_optional_path(config, "steer_compare"),
         compare_fail=_non_negative(config, "steer_compare_fail"),
         rerun=bool(config.getoption("steer_rerun") or config.getini("steer_rerun")),
@@ -209,4 +217,4 @@ def _choice_option(config: pytest.Config, key: str, choices: tuple[str, ...], de
 
 def _optional_path(config: pytest.Config, key: str) -> Path | None:
     raw = config.getoption(key) or config.getini(key) or None
-    return Path(raw).expanduser().resolve() if raw else None
+    return _resolved(raw, key) if raw else None

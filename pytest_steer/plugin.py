@@ -21,7 +21,7 @@ from xdist import get_xdist_worker_id, is_xdist_worker
 
 from pytest_steer.baselines import BaselineStore
 from pytest_steer.cases import FAMILIES, BrokenCase, Case, case_id, load_case_file, marker_name, model_family, task_slot
-from pytest_steer.files import StoreError, shared_dir
+from pytest_steer.files import StoreError, check_output, shared_dir
 from pytest_steer.methods import methods
 from pytest_steer.options import SteerOptions, add_options, resolve_options
 from pytest_steer.record import CaseResult
@@ -72,7 +72,16 @@ class SteerRun:
         self.correction: Any = None  # the run's multiple-comparison correction (controller, at the end)
         # one id for the whole run, controller and workers alike: the scope of scores shared between cases
         self.run_id: str = getattr(config, "workerinput", {}).get("steer_run_id") or uuid.uuid4().hex[:16]
-        if self.options.html_path and not hasattr(config, "workerinput"):  # say now, not after an hour, that it cannot be written
+        self.expected: set[str] = set()  # every case id selected in the run (controller), to name what never reported
+        self.skipped: set[str] = set()
+        if not hasattr(config, "workerinput"):  # say now, not after an hour, that an output cannot be written
+            for what, path in (("--steer-report", self.options.report_path), ("--steer-html", self.options.html_path)):
+                try:
+                    if path is not None:
+                        check_output(path, what)
+                except StoreError as exc:
+                    raise pytest.UsageError(str(exc)) from None
+        if self.options.html_path and not hasattr(config, "workerinput"):
             from pytest_steer.html import HtmlUnavailable, require
 
             try:
@@ -97,6 +106,14 @@ class SteerRun:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.worker = is_xdist_worker(session)
         self.worker_id = get_xdist_worker_id(session)
+        if not self.worker and self.options.report_path and not self.config.option.collectonly:
+            # until the run ends, the report says it is unfinished: a killed run leaves no report that looks complete
+            self._write_report({"complete": False, "unfinished": [], "state": "running"})
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """xdist, on the controller: every case a worker collected (known even if the worker dies later)."""
+        self.expected.update(nodeid.rsplit("::", 1)[-1].split("@", 1)[0] for nodeid in ids if _is_case(nodeid))
 
     def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
         """On the controller (also under xdist, where workers report their starts): one line per case."""
@@ -106,6 +123,8 @@ class SteerRun:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """On the controller (or a serial run): collect each case's report."""
         raw = getattr(report, "steer_report", None)
+        if report.skipped and _is_case(report.nodeid):  # skipped on purpose: not unfinished
+            self.skipped.add(report.nodeid.rsplit("::", 1)[-1].split("@", 1)[0])
         if raw is not None and report.when == "call" and not self.worker:
             case = CaseReport.from_json(json.loads(raw))
             self.reports.append(case)
@@ -188,13 +207,28 @@ class SteerRun:
             from pytest_steer.multiple import correct
 
             self.reports, self.correction = correct(self.reports, self.options.multiple, self.options.alpha)
-        if self.options.report_path and self.reports:
-            write_json_report(self.options.report_path, sorted(self.reports, key=lambda r: r.id),
-                              {"unused_baselines": self.unused_baselines()})
+        if self.options.report_path and (self.reports or self.unfinished()) and not self.config.option.collectonly:
+            self._write_report({"complete": not self.unfinished(), "unfinished": self.unfinished(),
+                                "unused_baselines": self.unused_baselines()})
         if self.options.html_path and self.reports:
             from pytest_steer.html import write_html
 
-            write_html(self.options.html_path, self.reports, self._stored)
+            try:
+                write_html(self.options.html_path, self.reports, self._stored)
+            except OSError as exc:
+                self.write_errors.append(f"--steer-html {self.options.html_path}: not written: {exc}")
+
+    def unfinished(self) -> list[str]:
+        """Selected cases with no report: their worker died, or the run was interrupted before them."""
+        if self.config.option.collectonly:
+            return []
+        return sorted((self.expected | self.selected) - {r.id for r in self.reports} - self.skipped)
+
+    def _write_report(self, extra: dict[str, Any]) -> None:
+        try:
+            write_json_report(self.options.report_path, sorted(self.reports, key=lambda r: r.id), extra)
+        except OSError as exc:
+            self.write_errors.append(f"--steer-report {self.options.report_path}: not written: {exc}")
 
     def _stored(self, report: CaseReport) -> CaseResult | None:
         """A case's stored baseline for the report's pictures (None if absent or unreadable)."""
@@ -274,8 +308,13 @@ class SteerRun:
                 tr.write_line(f"  {path}")
         if self.crashed_workers:
             tr.write_line(f"{self.crashed_workers} xdist worker(s) crashed: unused baselines were not listed")
-        if self.options.report_path and reports:
-            tr.write_line(f"report written: {self.options.report_path}")
+        unfinished = self.unfinished()
+        if unfinished:
+            tr.write_line(f"{len(unfinished)} selected case(s) unfinished (a worker died or the run was interrupted): "
+                          f"{', '.join(unfinished[:5])}{' ...' if len(unfinished) > 5 else ''}", red=True)
+        if self.options.report_path and (reports or unfinished):
+            complete = "" if not unfinished else f" (incomplete: {len(unfinished)} case(s) unfinished; merge refuses it)"
+            tr.write_line(f"report written: {self.options.report_path}{complete}", red=bool(unfinished))
         if self.options.html_path and reports:
             tr.write_line(f"HTML report written: {self.options.html_path}")
         if self.options.compare_path:
@@ -611,7 +650,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         run.finish()
         failed_compare = bool(run.options.compare_path) and bool(run.dropped())
         late = run.correction is not None and bool(run.correction.late)
-        if (run.write_errors or failed_compare or late) and session.exitstatus == pytest.ExitCode.OK:
+        if (run.write_errors or failed_compare or late or run.unfinished()) and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

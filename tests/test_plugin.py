@@ -569,3 +569,90 @@ def test_a_negative_compare_fail_is_a_usage_error(suite) -> None:
     result = run("--steer-compare=saved.json", "--steer-compare-fail=-0.2", "--collect-only")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--steer-compare-fail: expected a number >= 0 (a drop), got '-0.2'*"])
+
+
+@pytest.mark.parametrize("target, fragment", [
+    ("folder", "is a folder"),
+    ("/dev/null", "not a regular file"),
+    ("fifo", "not a regular file"),
+    ("no-such-folder/report.json", "does not exist"),
+    ("loop/report.json", "not a usable path"),
+], ids=["folder", "device-node", "fifo", "missing-parent", "symlink-loop"])
+@pytest.mark.parametrize("option", ["--steer-report", "--steer-html"])
+def test_an_output_that_cannot_be_a_regular_file_is_refused_before_any_case_runs(
+        suite, pytester: pytest.Pytester, option: str, target: str, fragment: str) -> None:
+    import os
+
+    write, run = suite
+    write()
+    (pytester.path / "folder").mkdir()
+    os.mkfifo(pytester.path / "fifo")
+    (pytester.path / "loop").symlink_to(pytester.path / "loop")
+    path = target if target.startswith("/") else str(pytester.path / target)
+    result = run(f"{option}={path}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{option} *{fragment}*"])
+    assert "steer: start" not in result.stdout.str()
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+
+
+def test_a_killed_worker_leaves_a_report_that_says_it_is_incomplete(suite, pytester: pytest.Pytester) -> None:
+    write, run = suite
+    write()
+    pytester.makeconftest("""
+        import os
+
+        def pytest_runtest_call(item):
+            if "othertask" in item.name:
+                os._exit(9)  # as kill -9 would
+    """)
+    report = pytester.path / "report.json"
+    result = run("-n", "2", "--steer-update", f"--steer-report={report}")
+    assert result.ret != 0
+    data = _report(report)
+    assert data["complete"] is False and data["unfinished"] == ["tinya-task_vector-othertask"]
+    assert [c["id"] for c in data["cases"]] == ["tinya-task_vector-tinytask"]
+    result.stdout.fnmatch_lines(["*1 selected case(s) unfinished*tinya-task_vector-othertask*",
+                                 "*report written: *report.json (incomplete: 1 case(s) unfinished*"])
+    from pytest_steer.merge import main
+
+    assert main([str(report), "-o", str(pytester.path / "merged.json")]) != 0  # merge refuses it
+    assert not (pytester.path / "merged.json").exists()
+
+
+def test_a_run_killed_outright_leaves_a_report_marked_unfinished(suite, pytester: pytest.Pytester) -> None:
+    """Even SIGKILL of the whole run (no chance to write anything at the end) leaves no complete-looking report."""
+    import subprocess
+    import sys
+    import time
+
+    write, _ = suite
+    write()
+    report = pytester.path / "report.json"
+    report.write_text(json.dumps({"complete": True, "unfinished": [], "cases": [], "counts": {}}))  # an old run's
+    pytester.makeconftest("""
+        import time
+
+        def pytest_runtest_call(item):
+            time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                             f"--steer-cache-dir={pytester.path / 'cache'}", f"--steer-report={report}"],
+                            cwd=pytester.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _report(report).get("complete") is not False and time.time() < deadline:
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait(timeout=60)
+    data = _report(report)
+    assert data["complete"] is False and data["state"] == "running" and data["cases"] == []
+
+
+def test_a_complete_run_says_so(suite, pytester: pytest.Pytester) -> None:
+    write, run = suite
+    write()
+    report = pytester.path / "report.json"
+    run("--steer-update", f"--steer-report={report}").assert_outcomes(passed=2)
+    data = _report(report)
+    assert data["complete"] is True and data["unfinished"] == [] and "state" not in data
+    assert len(data["cases"]) == 2
