@@ -8,6 +8,7 @@ import os
 import stat
 import struct
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,57 @@ def read_verified(path: Path) -> tuple[bytes, dict[str, str]]:
 def shared_dir(cache_dir: Path, run_id: str) -> Path:
     """Where one run's scores shared between cases live (the run removes them when it ends)."""
     return cache_dir / "shared" / run_id
+
+
+def hold_run(cache_dir: Path, run_id: str) -> Any:
+    """Lock the run's shared folder for as long as the run lives (the OS drops it if the run is killed), after
+    removing the shared folders of runs killed before they could (their locks are free). None on a read-only
+    cache."""
+    from filelock import FileLock, Timeout
+
+    root = Path(cache_dir) / "shared"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(root / f"{run_id}.lock"))
+        lock.acquire(timeout=0)
+    except (OSError, Timeout):
+        return None
+    for entry in root.iterdir():
+        if entry.suffix == ".lock" or entry.name == run_id or not entry.is_dir():
+            continue
+        try:
+            if not (root / f"{entry.name}.lock").exists() and time.time() - entry.stat().st_mtime < 86400:
+                continue  # no lock: a run of an older version, maybe alive; removed once a day old
+            other = FileLock(str(root / f"{entry.name}.lock"))
+            other.acquire(timeout=0)
+        except (OSError, Timeout):  # a live run's, or gone meanwhile
+            continue
+        try:
+            reclaim(root, entry.name)
+            Path(other.lock_file).unlink(missing_ok=True)
+        finally:
+            other.release()
+    return lock
+
+
+def reclaim(folder: Path, pattern: str) -> list[Path]:
+    """Remove what a killed process left under `folder` matching `pattern` (staging folders, partial files).
+
+    Call it only while holding the lock that every writer of such entries holds: whatever matches then
+    belongs to a writer that died."""
+    import shutil
+
+    removed = []
+    for leftover in Path(folder).glob(pattern):
+        try:
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+            removed.append(leftover)
+        except OSError:  # not ours to remove (another user's, read-only): left as it is
+            pass
+    return removed
 
 
 def check_output(path: Path, what: str) -> None:

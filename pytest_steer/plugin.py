@@ -21,7 +21,7 @@ from xdist import get_xdist_worker_id, is_xdist_worker
 
 from pytest_steer.baselines import BaselineStore
 from pytest_steer.cases import FAMILIES, BrokenCase, Case, case_id, load_case_file, marker_name, model_family, task_slot
-from pytest_steer.files import StoreError, check_output, shared_dir
+from pytest_steer.files import StoreError, check_output, hold_run, shared_dir
 from pytest_steer.methods import methods
 from pytest_steer.options import SteerOptions, add_options, resolve_options
 from pytest_steer.record import CaseResult
@@ -74,6 +74,7 @@ class SteerRun:
         self.run_id: str = getattr(config, "workerinput", {}).get("steer_run_id") or uuid.uuid4().hex[:16]
         self.expected: set[str] = set()  # every case id selected in the run (controller), to name what never reported
         self.skipped: set[str] = set()
+        self._run_lock: Any = None  # held while the run lives: its shared folder is not a dead run's
         if not hasattr(config, "workerinput"):  # say now, not after an hour, that an output cannot be written
             for what, path in (("--steer-report", self.options.report_path), ("--steer-html", self.options.html_path)):
                 try:
@@ -106,6 +107,8 @@ class SteerRun:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.worker = is_xdist_worker(session)
         self.worker_id = get_xdist_worker_id(session)
+        if not self.worker:
+            self._run_lock = hold_run(self.options.cache_dir, self.run_id)
         if not self.worker and self.options.report_path and not self.config.option.collectonly:
             # until the run ends, the report says it is unfinished: a killed run leaves no report that looks complete
             self._write_report({"complete": False, "unfinished": [], "state": "running"})
@@ -203,6 +206,9 @@ class SteerRun:
         """On the controller (or a serial run): correct the run's regression tests together, write the JSON and
         HTML reports, drop the run's shared scores."""
         shutil.rmtree(shared_dir(self.options.cache_dir, self.run_id), ignore_errors=True)
+        if self._run_lock is not None:
+            self._run_lock.release()
+            Path(self._run_lock.lock_file).unlink(missing_ok=True)
         if self.reports and not self.options.update:
             from pytest_steer.multiple import correct
 

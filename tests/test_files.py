@@ -75,3 +75,43 @@ def test_atomic_write_interrupt_cleans_up(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.undo()
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_a_dead_runs_shared_folder_is_reclaimed_and_a_live_ones_kept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from pytest_steer.files import hold_run, shared_dir
+
+    cache = tmp_path / "cache"
+    for run in ("dead", "live", "old-version-recent"):
+        (shared_dir(cache, run) / "scores").mkdir(parents=True)
+    (cache / "shared" / "dead.lock").write_text("")  # its run was killed: the lock file stays, nobody holds it
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); "
+        "time.sleep(60)"), str(cache / "shared" / "live.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        lock = hold_run(cache, "mine")
+        assert lock is not None and lock.is_locked
+        assert not shared_dir(cache, "dead").exists() and not (cache / "shared" / "dead.lock").exists()
+        assert shared_dir(cache, "live").is_dir()  # its run is alive
+        assert shared_dir(cache, "old-version-recent").is_dir()  # no lock, less than a day old
+        os.utime(shared_dir(cache, "old-version-recent"), (time.time() - 2 * 86400,) * 2)
+        lock.release()
+        assert hold_run(cache, "mine-again") is not None
+        assert not shared_dir(cache, "old-version-recent").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_cache_that_cannot_be_written_holds_no_run_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_steer.files import hold_run
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)  # as a read-only team cache answers (root ignores chmod)
+    assert hold_run(tmp_path / "cache", "mine") is None

