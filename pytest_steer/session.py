@@ -287,8 +287,16 @@ class SteerSession:
                 f"no baseline for {case.id} at {path}. Create it with:\n"
                 f"    pytest '{nodeid}' --steer-update"
             )
-        return judge(result, self.gate(case), stored, self.options.update,
-                     candidate=case.model.name in self.options.candidates)
+        verdict = judge(result, self.gate(case), stored, self.options.update,
+                        candidate=case.model.name in self.options.candidates)
+        replayed = result.replay
+        if case.options.gate_vector == "replay" and stored is not None and (replayed is None or replayed.error):
+            # the gate is the accepted vector; when it cannot be applied, a fresh vector must not stand in for it
+            path = self.baselines.vector_path(case.model.name, case.method, case.slot)
+            why = f"cannot be applied: {replayed.error}" if replayed is not None else "is missing or was not replayed"
+            verdict = replace(verdict, passed=False, reasons=(
+                *verdict.reasons, f"gate_vector = 'replay': the accepted vector {path} {why}"))
+        return verdict
 
 
 def place(spec: ModelSpec, options: SteerOptions, worker_id: str) -> Placement:

@@ -115,4 +115,11 @@ def _cached(path: Path, key: str) -> dict[str, torch.Tensor] | None:
         tensors, metadata = read_tensors(path)
     except StoreError:
         return None
-    return tensors if metadata.get("cache_key") == key else None
+    if metadata.get("cache_key") != key or not all_finite(tensors):
+        return None  # another key's, or numbers no computation of ours stores: rebuilt
+    return tensors
+
+
+def all_finite(tensors: Mapping[str, torch.Tensor]) -> bool:
+    """No NaN or infinity in any floating-point tensor."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point())

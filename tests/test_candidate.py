@@ -154,6 +154,33 @@ def test_gate_vector_replay_gates_on_the_accepted_vector(suite, pytester: pytest
     assert other["replay"] is not None and "extracted_chosen" not in other["diagnostics"]
 
 
+@pytest.mark.parametrize("damage", ["wrong-width", "two-dimensional", "nan"])
+def test_gate_vector_replay_never_gates_on_a_fresh_vector_when_the_accepted_one_cannot_apply(
+        suite, pytester: pytest.Pytester, damage: str) -> None:
+    """A shipped vector that does not fit (its checksum re-recorded, so it loads) fails the case by name."""
+    import torch
+
+    from pytest_steer.store import read_tensors, write_tensors
+
+    write, run = suite
+    write(extra='\n[[case]]\ntask = "tinytask"\ngate_vector = "replay"\n')
+    run("--steer-update").assert_outcomes(passed=2)
+    vector = pytester.path / "baselines" / "tinya" / "task_vector" / "tinytask.safetensors"
+    tensors, metadata = read_tensors(vector)
+    name = next(iter(tensors))
+    good = tensors[name]
+    tensors[name] = {"wrong-width": good[:-1], "two-dimensional": good.reshape(2, -1),
+                     "nan": torch.full_like(good, float("nan"))}[damage]
+    write_tensors(vector, tensors, {k: v for k, v in metadata.items() if k != "content_sha256"})
+    stored = vector.with_suffix(".json")
+    data = json.loads(stored.read_text())
+    data["vector_sha256"] = read_tensors(vector)[1]["content_sha256"]
+    stored.write_text(json.dumps(data))
+    result = run("--steer-rerun", "-k", "tinytask")
+    result.assert_outcomes(failed=1, deselected=1)
+    result.stdout.fnmatch_lines([f"*gate_vector = 'replay': the accepted vector *tinytask.safetensors cannot be applied*"])
+
+
 def test_gate_vector_replay_needs_a_vector_method(suite, pytester: pytest.Pytester) -> None:
     write, run = suite
     write(extra='\n[[case]]\nmethod = "dola"\ngate_vector = "replay"\n')

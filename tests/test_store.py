@@ -352,3 +352,17 @@ def test_cache_files_are_readable_as_the_umask_allows(tmp_path):
         os.umask(old)
     assert outcome.path.stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_a_cached_vector_with_non_finite_numbers_is_rebuilt_not_used(tmp_path, bad):
+    cache = VectorCache(tmp_path)
+    parts = {"model": "m", "layer": 3}
+    built, first = cache.get_or_build("tv", parts, lambda: {"v": torch.ones(4)})
+    assert not first.hit
+    tensors, metadata = read_tensors(first.path)
+    tensors["v"][1] = bad  # a valid file (checksum re-recorded) holding a number no computation of ours stores
+    write_tensors(first.path, tensors, {k: v for k, v in metadata.items() if k != "content_sha256"})
+    again, outcome = cache.get_or_build("tv", parts, lambda: {"v": torch.ones(4)})
+    assert not outcome.hit and outcome.rebuilt_corrupt and torch.equal(again["v"], torch.ones(4))
+    assert torch.equal(read_tensors(first.path)[0]["v"], torch.ones(4))

@@ -241,6 +241,8 @@ def check_replay(handle: ModelHandle, vector: torch.Tensor, layer: int, what: st
     width = handle.adapter.hidden_size
     if vector.ndim != 1 or vector.shape[0] != width:
         raise ReplayError(f"the stored {what} has shape {tuple(vector.shape)}; this model's residual stream is {width} wide")
+    if not vector.is_floating_point() or not bool(torch.isfinite(vector).all()):
+        raise ReplayError(f"the stored {what} ({vector.dtype}) is not a finite floating-point vector")
     if not 0 <= layer < handle.adapter.num_layers:
         raise ReplayError(f"the stored {what} was accepted at block {layer}; this model has {handle.adapter.num_layers}")
 
