@@ -10,8 +10,10 @@ import gc
 import hashlib
 import os
 import platform
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -265,7 +267,11 @@ class SteerSession:
         }
         key = cache_key({"meta": meta, "settings": provenance.settings, "seed": provenance.seed})
         path = self.options.cache_dir / "accepted" / case.method / f"{key}.safetensors"
-        write_tensors(path, outcome.vectors, meta)
+        try:
+            write_tensors(path, outcome.vectors, meta)
+        except OSError:  # a read-only cache: staged in this user's temporary folder instead (same machine, same run)
+            path = Path(tempfile.gettempdir()) / f"pytest-steer-{os.getuid()}" / "accepted" / case.method / path.name
+            write_tensors(path, outcome.vectors, meta)
         return str(path)
 
     def gate(self, case: Case) -> Gate:

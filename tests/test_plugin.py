@@ -656,3 +656,43 @@ def test_a_complete_run_says_so(suite, pytester: pytest.Pytester) -> None:
     data = _report(report)
     assert data["complete"] is True and data["unfinished"] == [] and "state" not in data
     assert len(data["cases"]) == 2
+
+
+def test_a_read_only_cache_on_a_miss_computes_in_memory_with_the_same_numbers(suite, pytester: pytest.Pytester) -> None:
+    """A team cache this user may read but not write (simulated: root ignores modes): every write under it
+    fails as a read-only mount would, and the run still computes, judges and reports."""
+    write, run = suite
+    write()
+    report = pytester.path / "first.json"
+    run("--steer-update", f"--steer-report={report}").assert_outcomes(passed=2)
+    pytester.makeconftest(f"""
+        import errno, os
+
+        CACHE = {str(pytester.path / 'cache')!r}
+        _open, _mkdir = os.open, os.mkdir
+
+        def _read_only(path):
+            return os.path.abspath(os.fspath(path)).startswith(CACHE)
+
+        def ro_open(path, flags, *args, **kwargs):
+            if _read_only(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                raise OSError(errno.EROFS, "Read-only file system", os.fspath(path))
+            return _open(path, flags, *args, **kwargs)
+
+        def ro_mkdir(path, *args, **kwargs):
+            if _read_only(path) and not os.path.isdir(path):
+                raise OSError(errno.EROFS, "Read-only file system", os.fspath(path))
+            return _mkdir(path, *args, **kwargs)
+
+        os.open, os.mkdir = ro_open, ro_mkdir
+    """)
+    before = {p: p.stat().st_mtime_ns for p in (pytester.path / "cache").rglob("*") if p.is_file()}
+    again = pytester.path / "again.json"
+    result = run("--steer-rerun", f"--steer-report={again}")
+    result.assert_outcomes(passed=2)
+    after = {p: p.stat().st_mtime_ns for p in (pytester.path / "cache").rglob("*") if p.is_file()}
+    assert after == before  # nothing under the cache was written
+    first = {c["id"]: c["result"] for c in _report(report)["cases"]}
+    for case in _report(again)["cases"]:
+        assert case["result"]["per_item"] == first[case["id"]]["per_item"]
+        assert case["result"]["metrics"] == first[case["id"]]["metrics"]
