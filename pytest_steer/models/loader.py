@@ -154,14 +154,16 @@ def materialize(spec: ModelSpec, cache_dir: Path, progress: Progress | None = No
     if spec.kind == "gguf":
         gguf = Path(spec.location).expanduser().resolve()
         if not gguf.is_file():
-            raise FileNotFoundError(f"GGUF file {gguf} does not exist")
+            why = "is not a regular file" if gguf.exists() else "does not exist"
+            raise FileNotFoundError(f"GGUF file {gguf} {why}")
         source_id = f"sha256:{file_sha256(gguf)}"  # by content: a file replaced with its mtime restored is new
         folder = convert_gguf(gguf, _conversion_dir(cache_dir, "gguf-" + gguf.stem, source_id), progress)
         return str(folder)
     if spec.kind == "folder":
         folder = Path(spec.location).expanduser()
         if not folder.is_dir():
-            raise FileNotFoundError(f"model folder {folder} does not exist")
+            why = "is not a folder" if folder.exists() or folder.is_symlink() else "does not exist"
+            raise FileNotFoundError(f"model folder {folder} {why}")
         return str(folder)
     return spec.location
 
