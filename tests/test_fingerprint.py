@@ -260,3 +260,11 @@ def test_a_damaged_weight_file_is_named(tiny_model_dir: Path, tmp_path: Path) ->
     (copy / "model.safetensors").write_bytes(b"\x05")
     with pytest.raises(FingerprintError, match="model.safetensors"):
         model_fingerprint(copy)
+
+
+@pytest.mark.parametrize("name", ["special_tokens_map.json", "added_tokens.json"])
+def test_the_other_token_files_the_tokenizer_reads_count(tiny_model_dir: Path, tmp_path: Path, name: str) -> None:
+    before = model_fingerprint(tiny_model_dir)
+    copy = _copy(tiny_model_dir, tmp_path / "copy")
+    (copy / name).write_text(json.dumps({"pad_token": "w0"} if name.startswith("special") else {"<new>": 999}))
+    assert model_fingerprint(copy) != before

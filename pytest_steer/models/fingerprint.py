@@ -32,6 +32,8 @@ INCIDENTAL_CONFIG = frozenset({
 # tokenizer.json parts that decide how text becomes ids (not its padding/truncation settings)
 TOKENIZER_PARTS = ("model", "added_tokens", "normalizer", "pre_tokenizer", "post_processor", "decoder")
 SLOW_TOKENIZER_FILES = ("tokenizer.model", "vocab.json", "merges.txt", "vocab.txt", "spiece.model")
+# files the tokenizer loader also reads (special and added tokens), hashed as they are where present
+TOKEN_FILES = ("special_tokens_map.json", "added_tokens.json")
 # the weight files transformers looks for in a local folder, in its order: single file, then shard index
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -145,6 +147,13 @@ def _transformers_version() -> str:
     return version("transformers")
 
 
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise FingerprintError(f"{path}: cannot be read ({exc})") from exc
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -164,7 +173,10 @@ def tokenizer_digest(folder: Path) -> str:
     else:  # a slow tokenizer: its vocabulary files as they are
         for name in SLOW_TOKENIZER_FILES:
             if (folder / name).is_file():
-                digest.update(name.encode() + hashlib.sha256((folder / name).read_bytes()).digest())
+                digest.update(name.encode() + hashlib.sha256(_read_bytes(folder / name)).digest())
+    for name in TOKEN_FILES:  # absent from the packaged models, so their fingerprints are what they were
+        if (folder / name).is_file():
+            digest.update(name.encode() + hashlib.sha256(_read_bytes(folder / name)).digest())
     settings = folder / "tokenizer_config.json"
     if settings.is_file():
         data = _read_json(settings)
