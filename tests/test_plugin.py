@@ -696,3 +696,15 @@ def test_a_read_only_cache_on_a_miss_computes_in_memory_with_the_same_numbers(su
     for case in _report(again)["cases"]:
         assert case["result"]["per_item"] == first[case["id"]]["per_item"]
         assert case["result"]["metrics"] == first[case["id"]]["metrics"]
+
+
+def test_a_cache_whose_folders_are_symlink_loops_still_judges_every_case(suite, pytester: pytest.Pytester) -> None:
+    write, run = suite
+    write()
+    run("--steer-update").assert_outcomes(passed=2)
+    cache = pytester.path / "loops"
+    cache.mkdir()
+    for name in ("results", "vectors", "accepted", "shared", "fingerprints", "models"):
+        (cache / name).symlink_to(cache / name)  # each one a loop onto itself
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--steer-cache-dir={cache}", "--steer-device=cpu")
+    result.assert_outcomes(passed=2)
