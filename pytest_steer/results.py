@@ -13,15 +13,12 @@ import json
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from pytest_steer.files import atomic_write_json
+from pytest_steer.identity import plugin_source_hash
 from pytest_steer.record import CaseResult
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-
 
 @dataclass(frozen=True)
 class ResultInputs:
@@ -41,7 +38,7 @@ class ResultInputs:
     adapter_override: dict[str, Any] | None = None
     gate_vector: str = "extracted"
     replay: str | None = None  # checksum of the accepted vector replayed on this model, if any
-    source: str = field(default_factory=lambda: plugin_source_hash())
+    source: str = field(default_factory=lambda: plugin_source_hash())  # the code's identity (identity.py)
 
     def keyed(self) -> dict[str, Any]:
         """The inputs the key covers: all but where the model came from (the fingerprint covers its files,
@@ -54,16 +51,6 @@ class ResultInputs:
 
 def _canonical(data: Any) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
-
-
-@lru_cache(maxsize=1)
-def plugin_source_hash() -> str:
-    """Hash of the installed plugin's own files: an editable install changes code, not its version."""
-    digest = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*")):
-        if path.is_file() and path.suffix in (".py", ".json") and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
 
 
 def now() -> str:

@@ -170,7 +170,8 @@ class SteerSession:
             return out
         handle = self.model(first.model)
         loaded = time.perf_counter()
-        context = RunContext(cache=VectorCache(self.options.cache_dir / "vectors"), seed=o.seed, progress=self.progress,
+        context = RunContext(cache=VectorCache(self.options.cache_dir / "vectors", methods()[first.method].code()),
+                             seed=o.seed, progress=self.progress,
                              shared=None if self.run_id is None else VectorCache(shared_dir(self.options.cache_dir, self.run_id)))
         torch.manual_seed(o.seed)
         batch = min((getattr(case.settings, "batch_size", 0) for case, _ in todo), default=0)
@@ -237,6 +238,7 @@ class SteerSession:
             task_sha256=task_sha256, counts=counts, seed=case.options.seed, settings=settings_dict(case.settings),
             versions=versions(), adapter_override=None if override is None else asdict(override),
             gate_vector=case.options.gate_vector, replay=None if accepted is None else accepted.sha256,
+            source=methods()[case.method].code(),
         )
 
     def _record(self, case: Case, handle: ModelHandle, task: Any, inputs: ResultInputs, outcome: MethodOutcome,

@@ -61,10 +61,12 @@ class CacheOutcome:
 
 
 class VectorCache:
-    """Content-addressed safetensors files under `<root>/<namespace>/<key>.safetensors`."""
+    """Content-addressed safetensors files under `<root>/<namespace>/<key>.safetensors`; `code` (the identity of
+    the code that builds the entries) is part of every key, so an edit of that code never reuses an entry."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, code: str = "") -> None:
         self.root = Path(root)
+        self.code = code
 
     def path(self, namespace: str, key: str) -> Path:
         return self.root / namespace / f"{key}.safetensors"
@@ -81,7 +83,7 @@ class VectorCache:
         parallel workers from building the same entry twice. A corrupt or truncated file is
         rebuilt, never used; a file this user cannot read is left alone, never deleted.
         """
-        key = cache_key(parts)
+        key = cache_key({**parts, "code": self.code} if self.code else parts)
         path = self.path(namespace, key)
         hit = _cached(path, key)
         if hit is not None:

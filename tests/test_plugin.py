@@ -708,3 +708,29 @@ def test_a_cache_whose_folders_are_symlink_loops_still_judges_every_case(suite, 
         (cache / name).symlink_to(cache / name)  # each one a loop onto itself
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--steer-cache-dir={cache}", "--steer-device=cpu")
     result.assert_outcomes(passed=2)
+
+
+def test_an_edit_of_the_plugins_code_invalidates_stored_results_and_cached_vectors(suite,
+                                                                                   pytester: pytest.Pytester) -> None:
+    write, run = suite
+    write()
+    report = pytester.path / "r.json"
+
+    def outcomes() -> tuple[set[bool], set[bool], set[str]]:
+        results = [c["result"] for c in _report(report)["cases"]]
+        return ({r["reused"] for r in results}, {r["diagnostics"]["cache"]["hit"] for r in results},
+                {r["diagnostics"]["cache"]["path"] for r in results})
+
+    run("--steer-update", f"--steer-report={report}").assert_outcomes(passed=2)
+    run("--steer-rerun", f"--steer-report={report}").assert_outcomes(passed=2)
+    reused, hits, paths = outcomes()
+    assert reused == {False} and hits == {True}  # results recomputed on request, vectors reused
+    pytester.makeconftest("""
+        import pytest_steer.identity as identity
+
+        identity.plugin_source_hash = lambda: "0123456789abcdef"  # as after an edit of a built-in's extraction
+    """)
+    run(f"--steer-report={report}").assert_outcomes(passed=2)
+    reused, hits, edited = outcomes()
+    assert reused == {False}  # no stored result is used
+    assert False in hits and not edited & paths  # nor any cached vector: each is extracted anew, under new keys

@@ -119,3 +119,60 @@ def test_a_third_party_method_runs_as_a_suite_case(tmp_path: Path, tiny_model_di
     assert case["id"] == "tiny-every_other-pairs" and case["status"] == "pass"
     assert case["result"]["metrics"]["steered"] == 0.5 and case["result"]["chosen"] == {"share": 0.5}
     assert (tmp_path / "baselines" / "tiny" / "every_other" / "pairs.json").is_file()
+
+
+def test_editing_a_third_party_method_invalidates_its_stored_results(tmp_path: Path, tiny_model_dir: Path,
+                                                                     tiny_task_file: Path) -> None:
+    site = tmp_path / "site"
+    _install_third_party(site)
+    (tmp_path / "steer_third.toml").write_text(textwrap.dedent(f"""
+        [defaults]
+        n_dev = 10
+        n_test = 20
+        threshold = 0.0
+
+        [models.tiny]
+        path = "{tiny_model_dir}"
+
+        [tasks.pairs]
+        path = "{tiny_task_file}"
+
+        [[suite]]
+        models = ["tiny"]
+        methods = ["every_other"]
+        tasks = ["pairs"]
+    """))
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+
+    def run(*extra: str) -> dict:
+        args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(tmp_path / "steer_third.toml"),
+                f"--steer-cache-dir={tmp_path / 'cache'}", f"--steer-baseline-dir={tmp_path / 'baselines'}",
+                f"--steer-report={tmp_path / 'r.json'}", "--steer-tolerance=1", *extra]
+        subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        return json.loads((tmp_path / "r.json").read_text())["cases"][0]["result"]
+
+    first = run("--steer-update")
+    assert not first["reused"] and first["metrics"]["steered"] == 0.5
+    assert run()["reused"]  # nothing changed: judged from the stored result
+    module = site / "everyother.py"
+    module.write_text(module.read_text().replace("settings.share * n", "0.25 * n"))  # an edit of its code only
+    edited = run()
+    assert not edited["reused"] and edited["metrics"]["steered"] == 0.25
+
+
+def test_a_methods_code_identity_follows_its_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_steer import identity
+
+    package = tmp_path / "steerpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "method.py").write_text("SCALE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    identity.module_source_hash.cache_clear()
+    before = identity.code_identity("steerpkg.method:Method")
+    assert before.startswith(identity.plugin_source_hash() + "+") and len(before) > 20
+    (package / "method.py").write_text("SCALE = 2\n")
+    identity.module_source_hash.cache_clear()
+    assert identity.code_identity("steerpkg.method:Method") != before
+    assert identity.code_identity("pytest_steer.methods.dola:DolaMethod") == identity.plugin_source_hash()
+    assert "steerpkg" not in sys.modules  # found, not imported

@@ -366,3 +366,12 @@ def test_a_cached_vector_with_non_finite_numbers_is_rebuilt_not_used(tmp_path, b
     again, outcome = cache.get_or_build("tv", parts, lambda: {"v": torch.ones(4)})
     assert not outcome.hit and outcome.rebuilt_corrupt and torch.equal(again["v"], torch.ones(4))
     assert torch.equal(read_tensors(first.path)[0]["v"], torch.ones(4))
+
+
+def test_the_code_identity_is_part_of_every_vector_key(tmp_path):
+    parts = {"model": "m", "layer": 1}
+    _, first = VectorCache(tmp_path, code="aaaa").get_or_build("tv", parts, lambda: {"v": torch.ones(2)})
+    _, same = VectorCache(tmp_path, code="aaaa").get_or_build("tv", parts, lambda: {"v": torch.zeros(2)})
+    edited, other = VectorCache(tmp_path, code="bbbb").get_or_build("tv", parts, lambda: {"v": torch.zeros(2)})
+    assert same.hit and same.path == first.path
+    assert not other.hit and other.path != first.path and torch.equal(edited["v"], torch.zeros(2))

@@ -34,6 +34,12 @@ class MethodEntry:
     shares_work: bool = False  # has `run_many`: cases differing only in settings run in one pass
     replays: bool = False  # has `replay`: a stored (accepted) vector can be applied to another model
 
+    def code(self) -> str:
+        """The identity of the code that computes this method's results and vectors (`identity.code_identity`)."""
+        from pytest_steer.identity import code_identity
+
+        return code_identity(self.target)
+
     def load(self) -> Method:
         module, _, attr = self.target.partition(":")
         obj = getattr(importlib.import_module(module), attr)
