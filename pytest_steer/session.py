@@ -26,6 +26,7 @@ from pytest_steer.cases import Case
 from pytest_steer.options import SteerOptions
 from pytest_steer.methods import load_method, methods
 from pytest_steer.methods.base import MethodOutcome, Progress, RunContext
+from pytest_steer.methods.contract import Batched
 from pytest_steer.models.loader import ModelHandle, Resolved, load_model, resolve
 from pytest_steer.device import Placement, available, physical_gpus, resolve_device, resolve_dtype, with_backoff, worker_gpus, worker_index
 from pytest_steer.files import StoreError, shared_dir
@@ -174,7 +175,7 @@ class SteerSession:
                              seed=o.seed, progress=self.progress,
                              shared=None if self.run_id is None else VectorCache(shared_dir(self.options.cache_dir, self.run_id)))
         torch.manual_seed(o.seed)
-        batch = min((getattr(case.settings, "batch_size", 0) for case, _ in todo), default=0)
+        batch = min((case.settings.batch_size if isinstance(case.settings, Batched) else 0 for case, _ in todo), default=0)
 
         def run(size: int) -> list[MethodOutcome]:
             chosen = [_batched(case.settings, size) for case, _ in todo]
@@ -330,10 +331,9 @@ def device_type(device: str) -> str:
 
 def _batched(settings: Any, size: int) -> Any:
     """The settings with a smaller batch (after an out-of-memory error); unchanged when it did not shrink."""
-    batch = getattr(settings, "batch_size", size)
-    if not size or batch <= size:
+    if not isinstance(settings, Batched) or not size or settings.batch_size <= size:
         return settings
-    return replace(settings, batch_size=size, max_rows=max(1, getattr(settings, "max_rows", batch) * size // batch))
+    return replace(settings, batch_size=size, max_rows=max(1, settings.max_rows * size // settings.batch_size))
 
 
 def _peak_gib() -> float:

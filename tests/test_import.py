@@ -56,3 +56,34 @@ def test_collecting_steering_cases_imports_no_torch(pytester: pytest.Pytester, t
         tasks = ["pairs"]
     """))
     assert _collect(pytester) == []
+
+
+def test_an_installed_third_party_method_is_not_imported_by_a_run_that_does_not_use_it(
+        pytester: pytest.Pytester, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    info = site / "heavymethod-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / "heavymethod.py").write_text(textwrap.dedent("""
+        import pathlib, torch  # a method module imports torch at its top, as most do
+        pathlib.Path("imported-heavymethod").write_text("yes")
+
+        class Heavy:
+            pass
+    """))
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: heavymethod\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[pytest_steer.methods]\nheavy = heavymethod:Heavy\n")
+    pytester.makepyfile(test_plain="def test_one():\n    assert 1 + 1 == 2\n")
+    pytester.makeconftest(RECORDER)
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--markers"],
+                          cwd=pytester.path, env=env, capture_output=True, text=True)
+    assert "@pytest.mark.heavy:" in done.stdout  # its marker is registered from the entry point's name alone
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"],
+                          cwd=pytester.path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    import json
+
+    assert json.loads((pytester.path / "loaded.json").read_text()) == []
+    assert not (pytester.path / "imported-heavymethod").exists()

@@ -176,3 +176,46 @@ def test_a_methods_code_identity_follows_its_source(tmp_path: Path, monkeypatch:
     assert identity.code_identity("steerpkg.method:Method") != before
     assert identity.code_identity("pytest_steer.methods.dola:DolaMethod") == identity.plugin_source_hash()
     assert "steerpkg" not in sys.modules  # found, not imported
+
+
+def test_the_contract_error_names_every_missing_capability() -> None:
+    class Half:
+        settings_type = dict  # not a dataclass
+
+        def prepare(self, *args: object) -> None: ...
+
+    with pytest.raises(RegistryError, match=r"lacks `settings_type` \(a dataclass\), `run`"):
+        _from_entry_point(_EntryPoint("half", "pkg:Half", Half))
+
+
+def test_optional_capabilities_are_read_from_the_contract() -> None:
+    from pytest_steer.methods.contract import Batched, ChecksTask, replays, shares_work
+
+    class Full:
+        settings_type = TaskVectorSettings
+        prepare = run = run_many = replay = staticmethod(lambda *a: None)
+
+    entry = _from_entry_point(_EntryPoint("full", "pkg:Full", Full))
+    assert entry.shares_work and entry.replays and shares_work(Full) and replays(Full)
+    assert isinstance(TaskVectorSettings(), Batched) and isinstance(TaskVectorSettings(), ChecksTask)
+
+
+def test_the_registry_loads_an_entry_point_only_when_it_is_looked_up() -> None:
+    from pytest_steer.methods import _BUILTINS, Registry
+
+    class Method:
+        settings_type = TaskVectorSettings
+        prepare = run = staticmethod(lambda *a: None)
+
+    loads: list[str] = []
+
+    class Point(_EntryPoint):
+        def load(self) -> object:
+            loads.append(self.name)
+            return super().load()
+
+    registry = Registry(_BUILTINS, {"mine": Point("mine", "pkg:Method", Method), "dola": Point("dola", "x:Y", None)})
+    assert list(registry) == ["task_vector", "function_vector", "dola", "mine"] and "mine" in registry
+    assert loads == []  # names, membership and markers need no import
+    assert registry["mine"].settings_type is TaskVectorSettings and loads == ["mine"]
+    assert registry["dola"].target.startswith("pytest_steer.")  # an entry point cannot replace a built-in

@@ -7,6 +7,7 @@ type; the method's module (and torch) is imported when a case of it runs.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 from pytest_steer.methods.settings import DolaSettings, FunctionVectorSettings, TaskVectorSettings
 
 if TYPE_CHECKING:
-    from pytest_steer.methods.base import Method
+    from pytest_steer.methods.contract import Method
 
 ENTRY_POINT_GROUP = "pytest_steer.methods"
 
@@ -55,29 +56,50 @@ _BUILTINS = (
 
 
 def _from_entry_point(ep: object) -> MethodEntry:
+    """Load a third-party method's entry point and check it against the method contract (`base.Method`)."""
+    from pytest_steer.methods.contract import missing, replays, shares_work
+
     name, value = ep.name, ep.value  # type: ignore[attr-defined]
     try:
         obj = ep.load()  # type: ignore[attr-defined]
     except Exception as exc:  # a broken third-party package must name itself
         raise RegistryError(f"entry point {ENTRY_POINT_GROUP}:{name} = {value!r} failed to load: {exc}") from exc
-    settings_type = getattr(obj, "settings_type", None)
-    if not isinstance(settings_type, type) or not callable(getattr(obj, "run", None)) or not callable(getattr(obj, "prepare", None)):
+    lacking = missing(obj)
+    if lacking:
         raise RegistryError(
-            f"entry point {ENTRY_POINT_GROUP}:{name} = {value!r} is not a method: expected a class with "
-            "`settings_type` (a dataclass), `prepare` and `run`"
+            f"entry point {ENTRY_POINT_GROUP}:{name} = {value!r} is not a method: it lacks {', '.join(lacking)} "
+            "(a method has `settings_type` (a dataclass), `prepare` and `run`; see docs/writing-a-method.md)"
         )
-    return MethodEntry(name, settings_type, value, shares_work=callable(getattr(obj, "run_many", None)),
-                       replays=callable(getattr(obj, "replay", None)))
+    return MethodEntry(name, obj.settings_type, value, shares_work=shares_work(obj), replays=replays(obj))
+
+
+class Registry(Mapping[str, MethodEntry]):
+    """Methods by name: the built-ins, then entry points, each loaded (and checked) only when first looked up,
+    so a run that uses none of them imports none of them (nor torch)."""
+
+    def __init__(self, builtins: tuple[MethodEntry, ...], points: dict[str, object]) -> None:
+        self._entries: dict[str, MethodEntry] = {entry.name: entry for entry in builtins}
+        self._points = {name: ep for name, ep in points.items() if name not in self._entries}
+
+    def __getitem__(self, name: str) -> MethodEntry:
+        if name not in self._entries:
+            self._entries[name] = _from_entry_point(self._points[name])  # KeyError for an unknown name
+        return self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from [*(n for n in self._entries if n not in self._points), *self._points]
+
+    def __len__(self) -> int:
+        return len(set(self._entries) | set(self._points))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries or name in self._points
 
 
 @cache
-def methods() -> dict[str, MethodEntry]:
+def methods() -> Registry:
     """Every registered method by name (built-ins first; an entry point cannot replace one)."""
-    found = {entry.name: entry for entry in _BUILTINS}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in found:
-            found[ep.name] = _from_entry_point(ep)
-    return found
+    return Registry(_BUILTINS, {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)})
 
 
 @cache

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,20 +64,3 @@ class Phases:
         now = time.perf_counter()
         self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 3)
         self._last = now
-
-
-class Method(Protocol):
-    """A steering method: its settings type, its split of a task, and one run on one model.
-
-    Register a third-party method under the `pytest_steer.methods` entry-point group
-    (name = the method name used in case files, value = `module:Class`).
-    """
-
-    name: str
-    settings_type: type
-
-    def prepare(self, task: Task, n_dev: int, n_test: int, seed: int) -> tuple[Any, dict[str, int]]:
-        """The splits the run selects on and reports on, and their sizes for the record."""
-        ...
-
-    def run(self, handle: ModelHandle, task: Task, splits: Any, settings: Any, context: RunContext) -> MethodOutcome: ...
