@@ -9,20 +9,17 @@ import numpy as np
 
 from pytest_steer.record import CaseResult
 
-_SETTING_KEYS = ("layer", "heads", "strength", "top_premature_layer")
-
-
 @dataclass(frozen=True)
 class Drift:
     """The accepted and the current choice, and how alike the evidence for it is."""
 
-    before: dict[str, Any]  # the accepted chosen setting (layer, heads, strength, top premature layer)
+    before: dict[str, Any]  # the accepted chosen setting (the keys the method's presentation names)
     after: dict[str, Any]
-    curve: str  # which curve was correlated ("dev_accuracy", "premature_share"), "" when none
+    curve: str  # which curve was correlated (the method's drift curve), "" when none
     correlation: float | None  # Pearson r of the two curves; None when one is flat or they differ in length
-    heads_shared: int | None = None  # function vectors: top heads in both
+    heads_shared: int | None = None  # where the method picks heads: top heads in both
     heads_total: int | None = None
-    histogram_shift: float | None = None  # DoLa: total variation distance of the premature-layer shares
+    histogram_shift: float | None = None  # where it picks layers per position: total variation of their shares
 
     @property
     def moved(self) -> tuple[str, ...]:
@@ -37,7 +34,7 @@ class Drift:
         if self.heads_total:
             parts.append(f"top heads {self.heads_shared}/{self.heads_total} shared")
         if self.histogram_shift is not None:
-            parts.append(f"premature-layer histogram moved {self.histogram_shift:.2f} (total variation)")
+            parts.append(f"layer histogram moved {self.histogram_shift:.2f} (total variation)")
         return "; ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
@@ -52,23 +49,18 @@ class Drift:
 
 
 def drift(accepted: CaseResult, now: CaseResult) -> Drift:
-    """Compare the accepted result's choice and curves with this run's."""
-    before = {k: accepted.chosen[k] for k in _SETTING_KEYS if k in accepted.chosen}
+    """Compare the accepted result's choice and curves with this run's, as the method's presentation says."""
+    from pytest_steer.methods.presentation import presentation_of
+
+    shown = presentation_of(now.method)
     found = now.diagnostics.get("extracted_chosen", now.chosen)  # a case gated on the replay keeps the accepted setting
-    after = {k: found[k] for k in _SETTING_KEYS if k in found}
-    curve = next((name for name in ("dev_accuracy", "premature_share") if name in accepted.curves and name in now.curves), "")
+    before = {k: accepted.chosen[k] for k in shown.setting_keys(accepted.chosen)}
+    after = {k: found[k] for k in shown.setting_keys(found)}
+    curve = shown.curve(accepted, now)
     correlation = _correlation(accepted.curves[curve], now.curves[curve]) if curve else None
-    shared = total = None
-    if "top_heads" in accepted.diagnostics and "top_heads" in now.diagnostics:
-        old = {tuple(h) for h in accepted.diagnostics["top_heads"]}
-        new = {tuple(h) for h in now.diagnostics["top_heads"]}
-        shared, total = len(old & new), max(len(old), len(new))
-    shift = None
-    if curve == "premature_share" and accepted.curves.get("premature_layers") == now.curves.get("premature_layers"):
-        a, b = np.asarray(accepted.curves[curve], float), np.asarray(now.curves[curve], float)
-        if a.shape == b.shape:
-            shift = round(float(0.5 * np.abs(a - b).sum()), 4)
-    return Drift(before, after, curve, correlation, shared, total, shift)
+    extras = shown.drift_extras(accepted, now)
+    return Drift(before, after, curve, correlation, extras.get("heads_shared"), extras.get("heads_total"),
+                 extras.get("histogram_shift"))
 
 
 def _correlation(a: list[Any], b: list[Any]) -> float | None:

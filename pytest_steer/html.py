@@ -4,11 +4,12 @@
     python -m pytest_steer.html run.json -o report.html       # from a saved --steer-report
 
 Per method a heatmap of models x tasks coloured by the steering gain (a button switches to
-recovery, steered / 5-shot), each cell marked with its verdict; per case the dev curve over
-layers with the chosen layer, the unsteered and 5-shot levels and the test score with its
-interval (the stored baseline's curve beside it when the case failed), the function-vector
-(heads, strength) grid at the chosen layer, DoLa's premature-layer histogram and MC bars;
-and the run's provenance. plotly.js is inlined, so the file opens without a network.
+recovery, steered / 5-shot, for methods shown with the vector layout), each cell marked with
+its verdict; per case the figures its method presents (`methods.presentation`: for the
+built-ins the dev curve over layers, the (heads, strength) grid, the chosen-layer
+histogram and metric bars; for any other method every numeric curve), the stored
+baseline's beside a failed case; and the run's provenance. plotly.js is inlined, so the
+file opens without a network.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_steer.files import atomic_write_bytes
+from pytest_steer.methods.presentation import presentation_of
 from pytest_steer.record import CaseResult
 from pytest_steer.report import CaseReport, counts
 
@@ -86,7 +88,7 @@ def heatmap(method: str, reports: Sequence[CaseReport]) -> Any:
                                   zmid=0, colorbar={"title": "gain"}, hovertemplate="%{y} / %{x}<br>%{z}<extra></extra>"))
     figure.update_layout(title=f"{method}: steered - unsteered (test split; ↺ reused result)", height=140 + 60 * len(models),
                          width=max(520, 140 + 120 * len(columns)), margin={"l": 160})
-    if method != "dola":
+    if presentation_of(method).layout == "vector":  # accuracy against a 5-shot ceiling: recovery means something
         figure.update_layout(updatemenus=[{"type": "buttons", "direction": "right", "x": 0, "y": 1.25, "buttons": [
             {"label": "gain", "method": "restyle", "args": [{"z": [gain], "zmid": 0, "colorbar.title.text": "gain"}]},
             {"label": "recovery (steered over 5-shot)", "method": "restyle",
@@ -95,84 +97,14 @@ def heatmap(method: str, reports: Sequence[CaseReport]) -> Any:
     return figure
 
 
-def layer_curve(result: CaseResult, stored: CaseResult | None) -> Any:
-    """Dev accuracy over layers, the chosen layer, unsteered and 5-shot test levels, the test score with its interval."""
-    import plotly.graph_objects as go
-
-    m, curves = result.metrics, result.curves
-    layers, accuracy = curves["dev_layers"], curves["dev_accuracy"]
-    figure = go.Figure(go.Scatter(x=layers, y=accuracy, mode="lines+markers", name="dev accuracy (this run)"))
-    if stored is not None and stored.curves.get("dev_accuracy"):
-        figure.add_trace(go.Scatter(x=stored.curves["dev_layers"], y=stored.curves["dev_accuracy"], mode="lines",
-                                    line={"dash": "dash"}, name="dev accuracy (stored baseline)"))
-    layer = result.chosen["layer"]
-    low, high = m.delta_ci
-    figure.add_trace(go.Scatter(x=[layer], y=[m.steered], mode="markers", marker={"size": 11, "symbol": "diamond"},
-                                name=f"test, steered {m.steered:.2f}",
-                                error_y={"type": "data", "symmetric": False, "array": [m.unsteered + high - m.steered],
-                                         "arrayminus": [m.steered - m.unsteered - low]}))
-    figure.add_vline(x=layer, line_dash="dot", annotation_text=f"chosen layer {layer}")
-    figure.add_hline(y=m.unsteered, line_color="gray", annotation_text=f"unsteered {m.unsteered:.2f}")
-    if m.icl is not None:
-        figure.add_hline(y=m.icl, line_color="green", annotation_text=f"5-shot {m.icl:.2f}")
-    figure.update_layout(title="accuracy against layer", xaxis_title="layer", yaxis_title="accuracy",
-                         yaxis_range=[-0.02, 1.02], width=620, height=380)
-    return figure
-
-
-def strength_grid(result: CaseResult) -> Any | None:
-    """The function-vector (heads, strength) dev grid at the chosen layer."""
-    import plotly.graph_objects as go
-
-    c = result.curves
-    if "grid_dev_accuracy" not in c:
-        return None
-    figure = go.Figure(go.Heatmap(z=c["grid_dev_accuracy"], x=[f"{s:g}" for s in c["grid_strengths"]],
-                                  y=[str(h) for h in c["grid_heads"]], colorscale="Viridis", zmin=0, zmax=1,
-                                  texttemplate="%{z:.2f}", colorbar={"title": "dev acc"}))
-    figure.update_layout(title=f"(heads, strength) at layer {result.chosen['layer']}", xaxis_title="strength (lambda)",
-                         yaxis_title="heads", width=520, height=380)
-    return figure
-
-
-def dola_figures(result: CaseResult) -> list[Any]:
-    """The premature-layer histogram and unsteered vs DoLa bars for every metric."""
-    import plotly.graph_objects as go
-
-    c, m = result.curves, result.metrics
-    histogram = go.Figure(go.Bar(x=[str(l) for l in c["premature_layers"]], y=c["premature_share"]))
-    histogram.update_layout(title="premature layer chosen (share of scored tokens)", xaxis_title="layer",
-                            yaxis_title="share", width=520, height=360)
-    comparisons = {m.metric: m.gated, **m.secondary}
-    names = sorted(comparisons)
-    bars = go.Figure([
-        go.Bar(name="unsteered", x=names, y=[comparisons[n].unsteered for n in names]),
-        go.Bar(name="DoLa", x=names, y=[comparisons[n].steered for n in names],
-               error_y={"type": "data", "symmetric": False,
-                        "array": [comparisons[n].unsteered + comparisons[n].delta_ci[1] - comparisons[n].steered for n in names],
-                        "arrayminus": [comparisons[n].steered - comparisons[n].unsteered - comparisons[n].delta_ci[0]
-                                       for n in names]}),
-    ])
-    bars.update_layout(title=f"unsteered vs DoLa (gated: {m.metric})", barmode="group", yaxis_range=[0, 1.02],
-                       width=520, height=360)
-    return [histogram, bars]
-
-
 def case_figures(report: CaseReport, stored: CaseResult | None) -> list[Any]:
+    """The case's figures as its method presents them; the stored baseline drawn beside a failed or regressed case."""
     result = report.result
     if result is None:
         return []
-    if result.method == "dola" or "premature_layers" in result.curves:
-        return dola_figures(result)
-    figures = []
-    if "dev_layers" in result.curves:
-        compare_with = stored if report.status in ("fail", "error") or (
-            report.verdict is not None and report.verdict.baseline == "regressed") else None
-        figures.append(layer_curve(result, compare_with))
-    grid = strength_grid(result)
-    if grid is not None:
-        figures.append(grid)
-    return figures
+    compare_with = stored if report.status in ("fail", "error") or (
+        report.verdict is not None and report.verdict.baseline == "regressed") else None
+    return presentation_of(result.method).figures(result, compare_with)
 
 
 def render(reports: Sequence[CaseReport], stored: Callable[[CaseReport], CaseResult | None],

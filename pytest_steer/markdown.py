@@ -4,7 +4,7 @@
     python -m pytest_steer.markdown README.md --check   # exit 1 if a block is out of date
 
 A block is the text between `<!-- steer-table METHOD -->` and `<!-- /steer-table -->`;
-METHOD is task_vector, function_vector or dola. Verdicts are the ones the stored results
+METHOD is a registered method (its presentation gives the columns). Verdicts are the ones the stored results
 get from their case files' gates (with the default threshold 0.1 unless a case sets one); the
 tolerance is the one a run of the case's profile judges it with (auto: the smallest drop its
 test split can detect, Holm-corrected over the profile's cases at alpha 0.05).
@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections import Counter
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pytest_steer.baselines import BaselineStore
 from pytest_steer.cases import Case, load_case_file
+from pytest_steer.methods import methods
+from pytest_steer.methods.presentation import presentation_of
 from pytest_steer.record import CaseResult, Comparison
 from pytest_steer.verdict import Gate, case_tolerance, comparisons, judge, resolve_tolerance
 
@@ -51,45 +53,40 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _vector_row(case: Case, r: CaseResult) -> list[str]:
-    m, chosen = r.metrics, r.chosen
-    if r.method == "function_vector":
-        setting = f"{chosen['layer']}, {chosen['heads']}, {chosen['strength']:g}"
-    else:
-        setting = f"{chosen['layer']} ({r.provenance.adapter.get('num_layers', '?')})"
-    return [r.model, r.task, _pct(m.unsteered), _pct(m.steered), _pct(m.icl), _interval(m.gated), setting,
-            _verdict(case, r)]
-
-
 def _pair(r: CaseResult, name: str) -> str:
     m = r.metrics
     c = m.gated if m.metric == name else m.secondary.get(name)
     if c is None:
         return "-"
-    label = {"accuracy": "acc", "mc1": "MC1", "mc2": "MC2", "mc3": "MC3"}[name]
+    label = "acc" if name == "accuracy" else name.upper()
     return f"{label} {c.unsteered:.2f} > {c.steered:.2f}, {_interval(c)}"
 
 
-def _dola_row(case: Case, r: CaseResult) -> list[str]:
-    chosen, near = r.chosen, r.diagnostics.get("tie_share", r.diagnostics.get("near_tie_share"))
-    top = f"{chosen['top_premature_layer']} ({chosen['top_share']:.0%})" if "top_premature_layer" in chosen else "-"
-    return [r.model, r.task, r.variant or "-", str(r.metrics.n_test), _pair(r, r.metrics.metric), _pair(r, "mc2"),
-            _pair(r, "mc3"), top, "-" if near is None else f"{near:.2f}", _verdict(case, r)]
+def layout(method: str) -> tuple[tuple[str, ...], Callable[[Case, CaseResult], list[str]]]:
+    """The header and the row function of a method's table, from its presentation."""
+    shown = presentation_of(method)
+    own = tuple(head for head, _ in shown.columns)
+    if shown.layout == "metrics":
+        head = ("model", "task", "variant", "n", f"gated: unsteered > {shown.label}, delta [95% CI]",
+                *(f"{name.upper()} (CI of delta)" for name in shown.secondary), *own, "verdict")
 
+        def metrics_row(case: Case, r: CaseResult) -> list[str]:
+            return [r.model, r.task, r.variant or "-", str(r.metrics.n_test), _pair(r, r.metrics.metric),
+                    *(_pair(r, name) for name in shown.secondary), *(cell(r) for _, cell in shown.columns),
+                    _verdict(case, r)]
+        return head, metrics_row
+    head = ("model", "task", "zero-shot", "steered", "5-shot ICL", "delta [95% CI]", *own, "verdict")
 
-TABLES: dict[str, tuple[tuple[str, ...], Callable[[Case, CaseResult], list[str]]]] = {
-    "task_vector": (("model", "task", "zero-shot", "steered", "5-shot ICL", "delta [95% CI]", "layer (of L)",
-                     "verdict"), _vector_row),
-    "function_vector": (("model", "task", "zero-shot", "steered", "5-shot ICL", "delta [95% CI]",
-                         "layer, heads, lambda", "verdict"), _vector_row),
-    "dola": (("model", "task", "variant", "n", "gated: unsteered > DoLa, delta [95% CI]", "MC2 (CI of delta)",
-              "MC3 (CI of delta)", "top premature layer (share)", "tied share", "verdict"), _dola_row),
-}
+    def vector_row(case: Case, r: CaseResult) -> list[str]:
+        m = r.metrics
+        return [r.model, r.task, _pct(m.unsteered), _pct(m.steered), _pct(m.icl), _interval(m.gated),
+                *(cell(r) for _, cell in shown.columns), _verdict(case, r)]
+    return head, vector_row
 
 
 def table(method: str, cases: Sequence[Case], store: BaselineStore) -> str:
     """One markdown table of the stored baselines of `method`, a row per case that has one."""
-    head, row = TABLES[method]
+    head, row = layout(method)
     head = (*head[:-1], "tolerance", head[-1])
     profiles = Counter(c.options.profile for c in cases)  # a run of a profile judges its cases together
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -113,8 +110,8 @@ def render(text: str, cases: Sequence[Case], store: BaselineStore) -> str:
     """`text` with every generated block rewritten from the baselines."""
     def block(match: re.Match[str]) -> str:
         method = match.group(2)
-        if method not in TABLES:
-            raise ValueError(f"unknown table '{method}' (expected one of {', '.join(TABLES)})")
+        if method not in methods():
+            raise ValueError(f"unknown table '{method}' (expected a method: {', '.join(methods())})")
         return match.group(1) + table(method, cases, store) + match.group(4)
 
     return BLOCK.sub(block, text)

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pytest_steer.files import atomic_write_json
+from pytest_steer.methods.presentation import Presentation, presentation_of
 from pytest_steer.record import CaseResult, Metrics
 from pytest_steer.verdict import Verdict
 
@@ -116,7 +117,7 @@ def build_table(reports: Sequence[CaseReport]) -> Table:
                           _verdict(r), "-")
             continue
         m = r.result.metrics
-        chosen = ", ".join(f"{k}={v}" for k, v in r.result.chosen.items() if k != "relative_depth")
+        chosen = "; ".join(cell(r.result) for _, cell in presentation_of(r.method).terminal)
         table.add_row(r.model, r.task, _method(r), _pct(m.unsteered), _pct(m.steered), _pct(m.icl), _delta(m),
                       _baseline(r), _tolerance(r), chosen, _verdict(r), _computed(r))
     return table
@@ -129,27 +130,31 @@ def _pair(m: Metrics, name: str) -> str:
     return "-" if other is None else f"{other.unsteered:.2f}>{other.steered:.2f}"
 
 
-def build_dola_table(reports: Sequence[CaseReport]) -> Table:
-    """One row per DoLa case: unsteered>DoLa for every metric, the gated one with its interval."""
-    table = Table(title="pytest-steer DoLa results (unsteered>DoLa, test split)", show_lines=False)
+def build_metrics_table(reports: Sequence[CaseReport], shown: Presentation) -> Table:
+    """One row per case of a method judged on several metrics: unsteered>steered for each, the gated one with its
+    interval, then the method's own columns."""
+    label = shown.label
+    table = Table(title=f"pytest-steer {label} results (unsteered>{label}, test split)", show_lines=False)
     for head in ("model", "task", "variant"):
         table.add_column(head)
-    for head in ("n", "MC1/acc", "MC2", "MC3", "gated delta [95% CI]", "baseline (change)", "tolerance"):
+    for head in ("n", "MC1/acc", *(name.upper() for name in shown.secondary), "gated delta [95% CI]",
+                 "baseline (change)", "tolerance"):
         table.add_column(head, justify="right")
-    table.add_column("top layer")
+    for head, _ in shown.terminal:
+        table.add_column(head)
     table.add_column("verdict")
     table.add_column("computed")
     for r in sorted(reports, key=lambda r: (r.model, r.task, r.variant)):
         if r.result is None:
-            table.add_row(r.model, r.task, r.variant or "-", *["-"] * 5, _baseline(r), _tolerance(r), "-",
-                          _verdict(r), "-")
+            table.add_row(r.model, r.task, r.variant or "-", *["-"] * (3 + len(shown.secondary)), _baseline(r),
+                          _tolerance(r), *["-"] * len(shown.terminal), _verdict(r), "-")
             continue
-        m, chosen = r.result.metrics, r.result.chosen
+        m = r.result.metrics
         first = "mc1" if m.metric.startswith("mc") else "accuracy"
-        top = f"{chosen['top_premature_layer']} ({chosen['top_share']:.0%})" if "top_premature_layer" in chosen else "-"
         table.add_row(
-            r.model, r.task, r.variant or str(chosen.get("bucket", "-")), str(m.n_test), _pair(m, first), _pair(m, "mc2"),
-            _pair(m, "mc3"), f"{m.metric} {_delta(m)}", _baseline(r), _tolerance(r), top, _verdict(r), _computed(r),
+            r.model, r.task, r.variant or "-", str(m.n_test), _pair(m, first),
+            *(_pair(m, name) for name in shown.secondary), f"{m.metric} {_delta(m)}", _baseline(r), _tolerance(r),
+            *(cell(r.result) for _, cell in shown.terminal), _verdict(r), _computed(r),
         )
     return table
 
@@ -164,10 +169,13 @@ def _text(tables: Sequence[Table], width: int, markup: bool) -> str:
 
 
 def render_table(reports: Sequence[CaseReport], width: int, markup: bool) -> str:
-    """The tables as text: steering vectors, then DoLa."""
-    vectors = [r for r in reports if r.method != "dola"]
-    dola = [r for r in reports if r.method == "dola"]
-    return _text(([build_table(vectors)] if vectors else []) + ([build_dola_table(dola)] if dola else []), width, markup)
+    """The tables as text: every method of the vector layout in one, then one per method of the metrics layout."""
+    shown = {r.method: presentation_of(r.method) for r in reports}
+    vectors = [r for r in reports if shown[r.method].layout == "vector"]
+    tables = [build_table(vectors)] if vectors else []
+    for method in sorted(m for m in shown if shown[m].layout == "metrics"):
+        tables.append(build_metrics_table([r for r in reports if r.method == method], shown[method]))
+    return _text(tables, width, markup)
 
 
 def counts(reports: Sequence[CaseReport]) -> dict[str, int]:

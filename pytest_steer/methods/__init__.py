@@ -34,6 +34,13 @@ class MethodEntry:
     target: str  # "module:attribute" of the method class (or instance)
     shares_work: bool = False  # has `run_many`: cases differing only in settings run in one pass
     replays: bool = False  # has `replay`: a stored (accepted) vector can be applied to another model
+    shows: str = ""  # "module:attribute" of its Presentation; "" = the method class's `presentation` attribute
+
+    def presentation(self) -> object:
+        """How its results are shown (`methods.presentation.Presentation`), or None for the generic rendering."""
+        module, _, attr = (self.shows or self.target).partition(":")
+        found = getattr(importlib.import_module(module), attr)
+        return found if self.shows else getattr(found, "presentation", None)
 
     def code(self) -> str:
         """The identity of the code that computes this method's results and vectors (`identity.code_identity`)."""
@@ -48,10 +55,12 @@ class MethodEntry:
 
 
 _BUILTINS = (
-    MethodEntry("task_vector", TaskVectorSettings, "pytest_steer.methods.task_vector:TaskVectorMethod", replays=True),
+    MethodEntry("task_vector", TaskVectorSettings, "pytest_steer.methods.task_vector:TaskVectorMethod", replays=True,
+                shows="pytest_steer.methods.presentation:TASK_VECTOR"),
     MethodEntry("function_vector", FunctionVectorSettings, "pytest_steer.methods.function_vector:FunctionVectorMethod",
-                replays=True),
-    MethodEntry("dola", DolaSettings, "pytest_steer.methods.dola:DolaMethod", shares_work=True),
+                replays=True, shows="pytest_steer.methods.presentation:FUNCTION_VECTOR"),
+    MethodEntry("dola", DolaSettings, "pytest_steer.methods.dola:DolaMethod", shares_work=True,
+                shows="pytest_steer.methods.presentation:DOLA"),
 )
 
 
