@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from filelock import FileLock
 
-from pytest_steer.files import StoreError, atomic_write_bytes, atomic_write_json, read_verified
-from pytest_steer.record import CaseResult
+from pytest_steer.files import (StoreError, atomic_write_bytes, atomic_write_json, read_json, read_verified,
+                                verified_metadata)
+from pytest_steer.record import CaseResult, RecordError, is_name
 
 
 class BaselineStore:
@@ -18,31 +18,42 @@ class BaselineStore:
         self.root = Path(root)
 
     def json_path(self, model: str, method: str, slot: str) -> Path:
-        return self.root / model / method / f"{slot}.json"
+        return self._inside(model, method, slot, ".json")
 
     def vector_path(self, model: str, method: str, slot: str) -> Path:
-        return self.root / model / method / f"{slot}.safetensors"
+        return self._inside(model, method, slot, ".safetensors")
+
+    def _inside(self, model: str, method: str, slot: str, suffix: str) -> Path:
+        """`<root>/<model>/<method>/<slot><suffix>`; StoreError naming the field unless each part is a name
+        (`record.is_name`) and the path stays inside the root."""
+        for field, name in (("model", model), ("method", method), ("slot", slot)):
+            if not is_name(name):
+                raise StoreError(f"{self.root}: baseline {field} name {name!r} may hold only letters, digits, '.', '_' "
+                                 "and '-' (first a letter or digit)")
+        path = self.root / model / method / f"{slot}{suffix}"
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise StoreError(f"{self.root}: baseline path {path} of model {model!r} leads outside the baseline folder")
+        return path
 
     def load(self, model: str, method: str, slot: str) -> CaseResult | None:
-        """The stored result, None if there is none; StoreError if it cannot be read."""
+        """The stored result, None if there is none; StoreError naming the file and the field if it cannot be read."""
+        if "" in (model, method, slot):  # a case that broke before it had a model, method and task has none
+            return None
         path = self.json_path(model, method, slot)
         if not path.exists():
             return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StoreError(f"{path}: baseline is not valid JSON ({exc}); refresh it with --steer-update") from exc
-        except OSError as exc:
-            raise StoreError(f"{path}: baseline cannot be read ({exc})") from exc
+        hint = "; refresh it with --steer-update"
+        data = read_json(path, StoreError, "the baseline", hint=hint)
         if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
-            raise StoreError(f"{path}: baseline has no 'metrics' object; refresh it with --steer-update")
-        self._check_vector(path, data.get("vector_sha256"), self.vector_path(model, method, slot))
+            raise StoreError(f"{path}: baseline has no 'metrics' object{hint}")
+        expected = data.get("vector_sha256")
+        if expected is not None and not isinstance(expected, str):
+            raise StoreError(f"{path}: baseline field 'vector_sha256': expected a string, got {expected!r}{hint}")
+        self._check_vector(path, expected, self.vector_path(model, method, slot))
         try:
             return CaseResult.from_baseline(data)
-        except KeyError as exc:
-            raise StoreError(f"{path}: baseline has no field {exc}; refresh it with --steer-update") from exc
-        except (TypeError, ValueError) as exc:
-            raise StoreError(f"{path}: baseline has a malformed field ({exc}); refresh it with --steer-update") from exc
+        except RecordError as exc:
+            raise StoreError(f"{path}: baseline is malformed: {exc}{hint}") from exc
 
     @staticmethod
     def _check_vector(json_path: Path, expected: str | None, vector: Path) -> None:
@@ -51,7 +62,7 @@ class BaselineStore:
             return
         if not vector.exists():
             raise StoreError(f"{json_path}: its vector {vector} is missing; refresh the baseline with --steer-update")
-        actual = read_verified(vector)[1]["content_sha256"]
+        actual = verified_metadata(vector)["content_sha256"]
         if expected is not None and actual != expected:
             raise StoreError(
                 f"{vector}: vector_sha256 {actual[:12]} does not match {expected[:12]} recorded in {json_path} "

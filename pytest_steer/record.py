@@ -7,19 +7,170 @@ layout this project has written.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 SCHEMA = 2  # baseline files without a schema field (written before typed records) have the same layout
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds are 32-bit
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_REQUIRED: Any = object()
 
 
-def _finite(data: dict[str, Any], key: str) -> float:
-    """A stored number, rejected when it is NaN or infinite (a NaN would turn every comparison off)."""
-    value = float(data[key])
-    if not math.isfinite(value):
-        raise ValueError(f"metric '{key}' is {data[key]!r}, not a finite number")
+def is_name(text: object) -> bool:
+    """A model, method, task or variant name: letters, digits, '.', '_' and '-', first a letter or digit, matched
+    in full (so no '/', '..', NUL or trailing newline: it is safe as one path component)."""
+    return isinstance(text, str) and _NAME.fullmatch(text) is not None
+
+
+class RecordError(ValueError):
+    """A stored record is malformed; the message names the field by its path (`metrics.delta_ci`) and what was
+    expected."""
+
+
+def field_path(path: str, key: str | int) -> str:
+    """`path.key`, or `path[key]` for a list index; a key that is not printable is shown quoted."""
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    key = key if key.isprintable() else repr(key)
+    return f"{path}.{key}" if path else key
+
+
+def check_name(value: str, path: str, empty: bool = False) -> str:
+    """`value` if it is a name (`is_name`), or empty where `empty` allows; RecordError naming the field otherwise."""
+    if not is_name(value) and not (empty and value == ""):
+        raise RecordError(f"field '{path}': expected a name of letters, digits, '.', '_' and '-' (first a letter "
+                          f"or digit), got {short_repr(value)}")
     return value
+
+
+def short_repr(value: Any) -> str:
+    """`repr(value)`, cut to 60 characters (one line: a message quotes data, not echoes it)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_NOUNS = {float: ("a finite number", "finite numbers"), int: ("an integer", "integers"),
+          bool: ("true or false", "flags"), str: ("a string", "strings"), type(None): ("null", "nulls"),
+          dict: ("an object", "objects")}
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    """What a type hint asks for, in words: `tuple[float, ...]` -> 'a list of finite numbers'."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a, plural) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin is tuple:
+        size = "" if args[-1] is Ellipsis else f"{len(args)} "
+        return ("lists of " if plural else "a list of ") + size + _describe(args[0], plural=True)
+    nouns = _NOUNS.get(origin or hint, ("an object", "objects"))
+    return nouns[plural]
+
+
+def _bad(path: str, hint: Any, value: Any) -> RecordError:
+    return RecordError(f"field '{path}': expected {_describe(hint)}, got {short_repr(value)}")
+
+
+def check_value(value: Any, hint: Any, path: str) -> Any:
+    """`value` as the type `hint` says (float: finite; int: not a bool, 64-bit; tuple: from a JSON list; a
+    dataclass: from an object, see `check_record`); RecordError naming the field `path` otherwise."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1 and options[0] not in _NOUNS:  # a list or an object: its error names the inner field
+            return check_value(value, options[0], path)
+        for option in options:
+            try:
+                return check_value(value, option, path)
+            except RecordError:
+                continue
+        raise _bad(path, hint, value)
+    if origin is typing.Literal:
+        if not any(type(value) is type(a) and value == a for a in args):
+            raise _bad(path, hint, value)
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or (args[-1] is not Ellipsis and len(value) != len(args)):
+            raise _bad(path, hint, value)
+        kinds = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        return tuple(check_value(v, k, field_path(path, i)) for i, (v, k) in enumerate(zip(value, kinds)))
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise _bad(path, dict, value)
+        kind = args[1] if args else Any
+        return {k: v if kind is Any else check_value(v, kind, field_path(path, str(k))) for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return check_record(hint, value, path)
+    if not _is_a(value, hint):
+        raise _bad(path, hint, value)
+    return float(value) if hint is float else value
+
+
+def _is_a(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+    return isinstance(value, hint)
+
+
+def check_record(cls: type, data: Any, path: str, skip: tuple[str, ...] = ()) -> Any:
+    """An instance of dataclass `cls` from a JSON object with its field names (other keys are ignored); every
+    field checked against its annotation. Fields in `skip` are left at their defaults for the caller."""
+    data = _object(data, path)
+    hints = _hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        if f.name in data:
+            values[f.name] = check_value(data[f.name], hints[f.name], field_path(path, f.name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise RecordError(f"no field '{field_path(path, f.name)}'")
+    return cls(**values)
+
+
+_hints = functools.cache(typing.get_type_hints)
+
+
+def get(data: dict[str, Any], key: str, hint: Any, path: str, default: Any = _REQUIRED) -> Any:
+    """One field of a JSON object, checked (`check_value`); `default` when absent, RecordError if required."""
+    if key not in data:
+        if default is _REQUIRED:
+            raise RecordError(f"no field '{field_path(path, key)}'")
+        return default
+    return check_value(data[key], hint, field_path(path, key))
+
+
+def _object(data: Any, path: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise RecordError(f"field '{path or '(top level)'}': expected an object, got {short_repr(data)}")
+    return data
+
+
+def _outcomes(data: dict[str, Any], key: str, path: str, n: int, optional: bool = False) -> Any:
+    """Per-item outcomes: `n` finite numbers in [0, 1], as stored (0/1 stay ints); None if optional and absent."""
+    if optional and data.get(key) is None:
+        return None
+    where = field_path(path, key)
+    values = get(data, key, tuple[float, ...], path)
+    if len(values) != n:
+        raise RecordError(f"field '{where}': expected {n} per-item outcomes (one per test item), got {len(values)}")
+    for i, v in enumerate(values):
+        if not 0 <= v <= 1:
+            raise RecordError(f"field '{field_path(where, i)}': expected an outcome in [0, 1], got {v!r}")
+    return tuple(data[key])
 
 
 @dataclass(frozen=True)
@@ -38,13 +189,13 @@ class Comparison:
                 "delta_ci": list(self.delta_ci), "ci_level": self.ci_level, "n_test": self.n_test}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Comparison:
-        if not isinstance(data["delta_ci"], list) or len(data["delta_ci"]) != 2:
-            raise ValueError(f"metric 'delta_ci' must be a list of two numbers, got {data['delta_ci']!r}")
-        low, high = data["delta_ci"]
-        return cls(_finite(data, "unsteered"), _finite(data, "steered"), _finite(data, "delta"),
-                   (_finite({"delta_ci[0]": low}, "delta_ci[0]"), _finite({"delta_ci[1]": high}, "delta_ci[1]")),
-                   _finite(data, "ci_level"), int(data["n_test"]))
+    def from_json(cls, data: dict[str, Any], path: str = "") -> Comparison:
+        """RecordError naming the field if a number is missing, not finite, or the test split is empty."""
+        comparison = check_record(cls, data, path)
+        if comparison.n_test < 1:
+            raise RecordError(f"field '{field_path(path, 'n_test')}': expected at least 1 test item, "
+                              f"got {comparison.n_test}")
+        return comparison
 
 
 @dataclass(frozen=True)
@@ -89,12 +240,13 @@ class Metrics:
         return out
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Metrics:
+    def from_json(cls, data: dict[str, Any], path: str = "") -> Metrics:
+        where = field_path(path, "secondary")
+        secondary = get(_object(data, path), "secondary", dict, path, {})
         return cls(
-            gated=Comparison.from_json(data), metric=data.get("metric", "accuracy"),
-            icl=None if data.get("icl") is None else _finite(data, "icl"),
-            recovery=None if data.get("recovery") is None else _finite(data, "recovery"),
-            secondary={k: Comparison.from_json(v) for k, v in data.get("secondary", {}).items()},
+            gated=Comparison.from_json(data, path), metric=get(data, "metric", str, path, "accuracy"),
+            icl=get(data, "icl", float | None, path, None), recovery=get(data, "recovery", float | None, path, None),
+            secondary={k: Comparison.from_json(v, field_path(where, k)) for k, v in secondary.items()},
         )
 
 
@@ -116,12 +268,20 @@ class Outcomes:
         return out
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Outcomes:
+    def from_json(cls, data: dict[str, Any], path: str = "per_item", n_test: int | None = None) -> Outcomes:
+        """RecordError naming the field unless every list has one entry per test item (`n_test`, else as many
+        as `items`) and every outcome is a finite number in [0, 1]."""
+        items = get(_object(data, path), "items", tuple[str, ...], path)
+        n = len(items) if n_test is None else n_test
+        if len(items) != n:
+            raise RecordError(f"field '{field_path(path, 'items')}': expected {n} test items (metrics.n_test), "
+                              f"got {len(items)}")
         names = sorted({k[: -len("_unsteered")] for k in data if k.endswith("_unsteered")})
         return cls(
-            items=tuple(data["items"]), unsteered=tuple(data["unsteered"]), steered=tuple(data["steered"]),
-            icl=None if data.get("icl") is None else tuple(data["icl"]),
-            secondary={n: (tuple(data[f"{n}_unsteered"]), tuple(data[f"{n}_steered"])) for n in names},
+            items=items, unsteered=_outcomes(data, "unsteered", path, n), steered=_outcomes(data, "steered", path, n),
+            icl=_outcomes(data, "icl", path, n, optional=True),
+            secondary={m: (_outcomes(data, f"{m}_unsteered", path, n), _outcomes(data, f"{m}_steered", path, n))
+                       for m in names},
         )
 
 
@@ -166,9 +326,15 @@ class Replay:
                 "score": self.score, "steered": list(self.steered), "error": self.error}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Replay:
-        return cls(str(data["vector_sha256"]), dict(data["setting"]), float(data["accepted"]), float(data["score"]),
-                   tuple(data["steered"]), str(data.get("error", "")))
+    def from_json(cls, data: dict[str, Any], path: str = "replay", n_test: int | None = None) -> Replay:
+        """RecordError naming the field if malformed; its outcomes are none (it could not be applied) or one per
+        test item."""
+        replay = check_record(cls, data, path, skip=("steered",))
+        steered = get(data, "steered", tuple[float, ...], path, ())
+        if not steered:
+            return replay
+        n = len(steered) if n_test is None else n_test
+        return dataclasses.replace(replay, steered=_outcomes(data, "steered", path, n))
 
 
 @dataclass(frozen=True)
@@ -217,21 +383,74 @@ class CaseResult:
                 "replay": None if self.replay is None else self.replay.to_json()}
 
     @classmethod
-    def from_baseline(cls, data: dict[str, Any]) -> CaseResult:
-        """Read a baseline (any layout written so far) or a `to_json` payload; KeyError/TypeError/ValueError if malformed."""
-        task = data["task_data"]
-        provenance = Provenance(
-            fingerprint=str(data["fingerprint"]), model_source=dict(data.get("model_source", {})),
-            adapter=dict(data.get("adapter", {})), versions=dict(data.get("versions", {})),
-            task_data=TaskData(str(task["source"]), str(task["sha256"]), int(task["items"])),
-            seed=int(data["seed"]), counts=dict(data.get("counts", {})), settings=dict(data.get("settings", {})),
-            device=str(data.get("device", "cpu")), dtype=str(data.get("dtype", "float32")),  # baselines before 2026-11-25: CPU float32
-        )
+    def from_baseline(cls, data: dict[str, Any], path: str = "") -> CaseResult:
+        """Read a baseline (any layout written so far) or a `to_json` payload, every field checked; RecordError
+        naming the field (by its path under `path`) if malformed."""
+        data = _object(data, path)
+        metrics = Metrics.from_json(get(data, "metrics", dict, path), field_path(path, "metrics"))
+        replay = data.get("replay")
         return cls(
-            id=data["id"], model=data["model"], method=data["method"], task=data["task"],
-            variant=data.get("variant", ""), metrics=Metrics.from_json(data["metrics"]), chosen=dict(data["chosen"]),
-            curves=dict(data.get("curves", {})), outcomes=Outcomes.from_json(data["per_item"]), provenance=provenance,
-            diagnostics=dict(data.get("diagnostics", {})), timing_s=dict(data.get("timing_s", {})),
-            vector_file=data.get("vector_file"), computed_at=data.get("computed_at"), reused=bool(data.get("reused")),
-            replay=None if data.get("replay") is None else Replay.from_json(data["replay"]),
+            id=get(data, "id", str, path), model=_name(data, "model", path), method=_name(data, "method", path),
+            task=_name(data, "task", path), variant=_name(data, "variant", path, ""), metrics=metrics,
+            chosen=_chosen(get(data, "chosen", dict, path), field_path(path, "chosen")),
+            curves=_curves(get(data, "curves", dict, path, {}), field_path(path, "curves")),
+            outcomes=Outcomes.from_json(get(data, "per_item", dict, path), field_path(path, "per_item"), metrics.n_test),
+            provenance=_provenance(data, path), diagnostics=get(data, "diagnostics", dict, path, {}),
+            timing_s=_as_stored(data, "timing_s", dict[str, float], path, {}),
+            vector_file=get(data, "vector_file", str | None, path, None),
+            computed_at=get(data, "computed_at", str | None, path, None),
+            reused=get(data, "reused", bool, path, False),
+            replay=None if replay is None else Replay.from_json(replay, field_path(path, "replay"), metrics.n_test),
         )
+
+
+def _as_stored(data: dict[str, Any], key: str, hint: Any, path: str, default: Any) -> Any:
+    """A field checked as `get` checks it, returned as stored (ints stay ints)."""
+    get(data, key, hint, path, default)
+    return dict(data[key]) if isinstance(data.get(key), dict) else data.get(key, default)
+
+
+def _name(data: dict[str, Any], key: str, path: str, default: str | None = None) -> str:
+    """A model, method, task or variant name (`is_name`; the variant may be empty)."""
+    value = get(data, key, str, path, _REQUIRED if default is None else default)
+    return check_name(value, field_path(path, key), empty=default == "")
+
+
+def _provenance(data: dict[str, Any], path: str) -> Provenance:
+    seed = get(data, "seed", int, path)
+    if not 0 <= seed <= MAX_SEED:
+        raise RecordError(f"field '{field_path(path, 'seed')}': expected a seed in 0..{MAX_SEED}, got {seed}")
+    task = check_record(TaskData, get(data, "task_data", dict, path), field_path(path, "task_data"))
+    if task.items < 0:
+        raise RecordError(f"field '{field_path(path, 'task_data.items')}': expected a count >= 0, got {task.items}")
+    return Provenance(
+        fingerprint=get(data, "fingerprint", str, path), model_source=get(data, "model_source", dict, path, {}),
+        adapter=get(data, "adapter", dict, path, {}), versions=get(data, "versions", dict, path, {}),
+        task_data=task, seed=seed, counts=get(data, "counts", dict[str, int], path, {}),
+        settings=get(data, "settings", dict, path, {}),
+        device=get(data, "device", str, path, "cpu"), dtype=get(data, "dtype", str, path, "float32"),  # baselines before 2026-11-25: CPU float32
+    )
+
+
+def _chosen(chosen: dict[str, Any], path: str) -> dict[str, Any]:
+    """The chosen setting: per key a string, flag, finite number or null, or a list of them (as read, unconverted)."""
+    for key, value in chosen.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(v is None or isinstance(v, str | bool) or _is_a(v, float) for v in values):
+            raise RecordError(f"field '{field_path(path, key)}': expected a string, finite number, true/false or null, "
+                              f"or a list of them, got {short_repr(value)}")
+    return chosen
+
+
+def _curves(curves: dict[str, Any], path: str) -> dict[str, list[Any]]:
+    """Each curve a list of numbers, or of lists of numbers (a grid); NaN allowed (as read, unconverted)."""
+    for key, value in curves.items():
+        ok = isinstance(value, list) and all(_number(v) or isinstance(v, list) and all(map(_number, v)) for v in value)
+        if not ok:
+            raise RecordError(f"field '{field_path(path, key)}': expected a list of numbers or of lists of numbers, "
+                              f"got {short_repr(value)}")
+    return curves
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -183,7 +183,7 @@ def test_missing_metrics(tmp_path: Path, content: str) -> None:
 @pytest.mark.parametrize(
     "drop, fragment",
     [("task_data", "'task_data'"), ("per_item", "'per_item'"), ("fingerprint", "'fingerprint'"),
-     ("metrics.steered", "'steered'"), ("metrics.delta_ci", "'delta_ci'")],
+     ("metrics.steered", "'metrics.steered'"), ("metrics.delta_ci", "'metrics.delta_ci'")],
 )
 def test_a_missing_field_is_named(tmp_path: Path, drop: str, fragment: str) -> None:
     data = make_result().to_baseline()
@@ -197,7 +197,7 @@ def test_a_missing_field_is_named(tmp_path: Path, drop: str, fragment: str) -> N
     with pytest.raises(StoreError) as info:
         bs.load("m", "tv", "t")
     message = str(info.value)
-    assert str(path) in message and f"has no field {fragment}" in message and "--steer-update" in message
+    assert str(path) in message and f"is malformed: no field {fragment}" in message and "--steer-update" in message
 
 
 @pytest.mark.parametrize("field, value", [("seed", "zero"), ("metrics.delta_ci", [0.1]), ("metrics.n_test", None)])
@@ -210,7 +210,7 @@ def test_a_malformed_field_is_a_store_error(tmp_path: Path, field: str, value: o
         data[field] = value
     bs = BaselineStore(tmp_path)
     path = _write_raw(bs, json.dumps(data))
-    with pytest.raises(StoreError, match="has a malformed field") as info:
+    with pytest.raises(StoreError, match=f"is malformed: field '{field}': expected ") as info:
         bs.load("m", "tv", "t")
     assert str(path) in str(info.value)
 
@@ -298,7 +298,7 @@ def test_a_stored_non_finite_metric_is_rejected_naming_it(tmp_path: Path, field:
     path = _write_raw(bs, json.dumps(data))  # json writes NaN / Infinity literals, as a hand edit could
     with pytest.raises(StoreError) as info:
         bs.load("m", "tv", "t")
-    assert str(path) in str(info.value) and f"metric '{field}'" in str(info.value) and "not a finite number" in str(info.value)
+    assert str(path) in str(info.value) and f"field 'metrics.{field}': expected a finite number" in str(info.value)
 
 
 def _written_pair(tmp_path: Path) -> tuple[BaselineStore, Path, Path]:
@@ -387,5 +387,5 @@ def test_a_malformed_interval_names_the_metric(tmp_path: Path) -> None:
     data["metrics"]["delta_ci"] = [0.1]
     bs = BaselineStore(tmp_path)
     _write_raw(bs, json.dumps(data))
-    with pytest.raises(StoreError, match=r"metric 'delta_ci' must be a list of two numbers, got \[0\.1\]"):
+    with pytest.raises(StoreError, match=r"field 'metrics.delta_ci': expected a list of 2 finite numbers, got \[0\.1\]"):
         bs.load("m", "tv", "t")

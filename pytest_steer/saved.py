@@ -1,0 +1,26 @@
+"""Reading the cases of a saved `--steer-report` file (for `--steer-compare` and the merge), every field checked."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from pytest_steer.record import CaseResult, RecordError, check_name, check_record, field_path
+from pytest_steer.report import CaseReport
+
+
+def report_case(raw: Any, path: str = "") -> CaseReport:
+    """A case as `CaseReport.to_json` writes it; RecordError naming the field (under `path`) if malformed.
+
+    Its names are names (`record.is_name`) or empty (a case that broke before it had them); its verdict and
+    result are checked field by field, the result's per-item outcomes against its test-item count.
+    """
+    case = check_record(CaseReport, raw, path, skip=("result",))
+    for key in ("model", "method", "task", "variant"):
+        check_name(getattr(case, key), field_path(path, key), empty=True)
+    if case.model_loads < 0:
+        raise RecordError(f"field '{field_path(path, 'model_loads')}': expected a count >= 0, got {case.model_loads}")
+    result = raw.get("result")
+    if result is None:
+        return case
+    return replace(case, result=CaseResult.from_baseline(result, field_path(path, "result")))
