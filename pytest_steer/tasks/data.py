@@ -16,11 +16,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Union
+
+from pytest_steer.files import read_json, read_text
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 
@@ -182,13 +185,20 @@ _FACTOR = ("full_prefix", "completion", "contradiction_0", "contradiction_1", "c
 
 def _csv_rows(path: Path) -> tuple[list[str], list[tuple[str, dict[str, str]]]]:
     """Header and each data row with its location (`<path>: row N`, the header being row 1)."""
+    reader = csv.DictReader(io.StringIO(read_text(path, TaskError, "the task file"), newline=""))
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            rows = [(f"{path}: row {i}", row) for i, row in enumerate(reader, start=2)]
-            return list(reader.fieldnames or []), rows
-    except UnicodeDecodeError as exc:
-        raise TaskError(f"{path}: not UTF-8 text (byte {exc.start}); save the CSV as UTF-8") from exc
+        rows = [(f"{path}: row {i}", row) for i, row in enumerate(reader, start=2)]
+    except csv.Error as exc:
+        raise TaskError(f"{path}: line {reader.line_num}: not a readable CSV row ({exc})") from exc
+    return list(reader.fieldnames or []), rows
+
+
+def _cell(row: dict[str, str], where: str, column: str) -> str:
+    """A row's value of `column`; a row shorter than the header lacks it."""
+    value = row.get(column)
+    if value is None:
+        raise TaskError(f"{where}: field '{column}' is missing (the row has fewer columns than the header)")
+    return value
 
 
 def _need_columns(path: Path, header: list[str], needed: tuple[str, ...]) -> None:
@@ -203,8 +213,10 @@ def read_csv_task(path: Path) -> tuple[Kind, tuple[Item, ...]]:
     if "Question" in header:
         _need_columns(path, header, _TRUTHFULQA)
         items: list[Item] = [
-            _question(text_field(row["Question"], where, "Question"), text_field(row["Best Answer"], where, "Best Answer"),
-                      row["Correct Answers"].split(";"), row["Incorrect Answers"].split(";"), where)
+            _question(text_field(_cell(row, where, "Question"), where, "Question"),
+                      text_field(_cell(row, where, "Best Answer"), where, "Best Answer"),
+                      _cell(row, where, "Correct Answers").split(";"), _cell(row, where, "Incorrect Answers").split(";"),
+                      where)
             for where, row in rows
         ]
         return "mc", tuple(items)
@@ -212,20 +224,16 @@ def read_csv_task(path: Path) -> tuple[Kind, tuple[Item, ...]]:
         _need_columns(path, header, _FACTOR)
         items = []
         for where, row in rows:
-            wrong = tuple(text_field(row[f"contradiction_{k}"], where, f"contradiction_{k}") for k in range(3))
-            items.append(Completion(text_field(row["full_prefix"], where, "full_prefix"), text_field(row["completion"], where, "completion"), wrong))
+            cell = {column: text_field(_cell(row, where, column), where, column) for column in _FACTOR}
+            wrong = tuple(cell[f"contradiction_{k}"] for k in range(3))
+            items.append(Completion(cell["full_prefix"], cell["completion"], wrong))
         return "completion", tuple(items)
     raise TaskError(f"{path}: CSV columns match neither TruthfulQA ({', '.join(_TRUTHFULQA)}) nor FACTOR ({', '.join(_FACTOR)})")
 
 
 def read_json_task(path: Path) -> tuple[Kind, tuple[Item, ...]]:
     """Any of our JSON layouts, told apart by the first item's fields."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise TaskError(f"{path}: not UTF-8 text (byte {exc.start}); save the task file as UTF-8 JSON") from exc
-    except json.JSONDecodeError as exc:
-        raise TaskError(f"{path}: not valid JSON: {exc}") from exc
+    data = read_json(path, TaskError, "the task file")
     first = data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else {}
     if "question" in first:
         return "mc", read_questions(data, str(path))
@@ -237,7 +245,7 @@ def read_json_task(path: Path) -> tuple[Kind, tuple[Item, ...]]:
 def load_task(name: str, path: Path) -> Task:
     """Read a task file in any supported layout."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise TaskError(f"task '{name}': file {path} does not exist")
     kind, items = read_csv_task(path) if path.suffix.lower() == ".csv" else read_json_task(path)
     if not items:
