@@ -27,16 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_steer.methods import methods
 from pytest_steer.device import DEVICE_FORM, DEVICES, DTYPES
+from pytest_steer.files import read_text, unusable_value
+from pytest_steer.methods import methods
 from pytest_steer.models.packaged import PACKAGED_MODELS
 from pytest_steer.models.spec import AdapterError, ArchitectureOverride, ModelSpec
+from pytest_steer.record import MAX_SEED, is_name
 from pytest_steer.settings import SettingsError, build_settings
 from pytest_steer.tasks import BUILTIN_DIR, Task, TaskError, load_task
 
 
 class CaseFileError(Exception):
     """A case file cannot be used; the message names the file and the field."""
+
+
+MAX_ITEMS = 1_000_000  # an upper bound on n_dev and n_test far beyond any task file
 
 
 @dataclass(frozen=True)
@@ -59,10 +64,14 @@ class CaseOptions:
         for name in ("n_dev", "n_test"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{where}.{name}: must be at least 1, got {getattr(self, name)}")
+            if getattr(self, name) > MAX_ITEMS:
+                raise SettingsError(f"{where}.{name}: must be at most {MAX_ITEMS}, got {getattr(self, name)}")
         if isinstance(self.tolerance, float) and self.tolerance < 0:
             raise SettingsError(f"{where}.tolerance: must be 'auto' or a number >= 0, got {self.tolerance}")
         if self.seed < 0:
             raise SettingsError(f"{where}.seed: must be >= 0, got {self.seed}")
+        if self.seed > MAX_SEED:
+            raise SettingsError(f"{where}.seed: must be at most {MAX_SEED} (a 32-bit seed), got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -141,7 +150,6 @@ def _check_task_fits(settings: Any, task_path: Path, name: str, options: CaseOpt
 @functools.lru_cache(maxsize=64)
 def _read_task(name: str, path: Path, _mtime_ns: int) -> Task:
     return load_task(name, path)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def _table(value: Any, where: str) -> Mapping[str, Any]:
@@ -192,8 +200,7 @@ def _model_spec(name: str, models: Mapping[str, Any], base: Path, where: str) ->
                 raise CaseFileError(f"{where}: [models.{name}].packaged: unknown alias {location!r} (known: {', '.join(PACKAGED_MODELS)})")
             return ModelSpec(name, "packaged", location, override=override, **opt_ins)
         if kind in ("path", "gguf"):
-            path = Path(location).expanduser()
-            location = str(path if path.is_absolute() else (base / path).resolve())
+            location = str(_local_path(location, base, f"{where}: [models.{name}].{kind}"))
         return ModelSpec(name, "folder" if kind == "path" else kind, location, revision, override, **opt_ins)
     if name in PACKAGED_MODELS:
         return ModelSpec(name, "packaged", name)
@@ -212,7 +219,7 @@ def _placement(entry: dict[str, Any], where: str) -> dict[str, str]:
             continue
         value = entry.pop(key)
         if not isinstance(value, str) or (allowed is not None and value not in allowed) or \
-                (key == "device" and not DEVICE_FORM.match(value)):
+                (key == "device" and not DEVICE_FORM.fullmatch(value)):
             expected = ", ".join(allowed) if allowed is not None else ", ".join(DEVICES)
             raise CaseFileError(f"{where}.{key}: expected one of {expected}, got {value!r}")
         out[key] = value
@@ -225,8 +232,7 @@ def _task_path(name: str, tasks: Mapping[str, Any], base: Path, where: str) -> P
         unknown = sorted(set(entry) - {"path"})
         if unknown or not isinstance(entry.get("path"), str):
             raise CaseFileError(f"{where}: [tasks.{name}]: expected exactly one field 'path' (a JSON file)")
-        path = Path(entry["path"]).expanduser()
-        return path if path.is_absolute() else (base / path).resolve()
+        return _local_path(entry["path"], base, f"{where}: [tasks.{name}].path")
     for folder in (base / "tasks", BUILTIN_DIR):
         candidate = folder / f"{name}.json"
         if candidate.is_file():
@@ -234,13 +240,39 @@ def _task_path(name: str, tasks: Mapping[str, Any], base: Path, where: str) -> P
     raise CaseFileError(f"{where}: unknown task {name!r}: no tasks/{name}.json next to the case file or built in, and no [tasks.{name}] table")
 
 
+def _local_path(text: str, base: Path, where: str) -> Path:
+    """A path from the case file, `~` expanded, relative to the case file's folder."""
+    if not text or "\0" in text:
+        raise CaseFileError(f"{where}: expected a file path, got {text!r}")
+    try:
+        path = Path(text).expanduser()
+        return path if path.is_absolute() else (base / path).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # RuntimeError: `~user` of no known user
+        raise CaseFileError(f"{where}: cannot use path {text!r} ({exc})") from exc
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The parsed case file as plain data; CaseFileError naming the file and the field if it is not."""
+    text = read_text(path, CaseFileError, "case file")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CaseFileError(f"{path}: cannot read case file (not valid TOML: {exc})") from exc
+    except RecursionError as exc:
+        raise CaseFileError(f"{path}: cannot read case file (not valid TOML: nested too deeply)") from exc
+    problem = unusable_value(data)
+    if problem:
+        raise CaseFileError(f"{path}: cannot read case file ({problem})")
+    return data
+
+
 def load_case_file(path: Path) -> list[Case | BrokenCase]:
     """Parse and expand one case file. Never raises for content errors: see BrokenCase."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        return [BrokenCase(f"{path.stem}-invalid", f"{path}: cannot read case file: {exc}", path)]
+        data = _read_toml(path)
+    except CaseFileError as exc:
+        return [BrokenCase(f"{path.stem}-invalid", str(exc), path)]
     try:
         return _expand(data, path)
     except (CaseFileError, SettingsError) as exc:
@@ -328,7 +360,7 @@ def _suite_combos(suite: Any, where: str) -> list[Combo]:
         if key not in suite:
             raise CaseFileError(f"{where}: missing field '{key}'")
     variant = suite.get("variant", "")
-    if not isinstance(variant, str) or (variant and not _NAME.match(variant)):
+    if not isinstance(variant, str) or (variant and not is_name(variant)):
         raise CaseFileError(f"{where}.variant: expected a name of letters, digits, '.', '_' and '-', got {variant!r}")
     settings = _table(suite.get("settings", {}), f"{where}.settings")
     if settings and not variant:
@@ -368,7 +400,7 @@ def _build_case(
     here = f"{combo.where} case {cid}"
     try:
         for label, name in (("model", model), ("task", task)):
-            if not _NAME.match(name):
+            if not is_name(name):
                 raise CaseFileError(f"{here}: {label} name {name!r} may hold only letters, digits, '.', '_' and '-'")
         if method not in methods():
             raise CaseFileError(f"{here}: unknown method {method!r} (known: {', '.join(methods())})")
