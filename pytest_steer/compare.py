@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from pytest_steer.files import read_json
+from pytest_steer.record import RecordError
 from pytest_steer.report import CaseReport
+from pytest_steer.saved import report_case
 from pytest_steer.stats import PairedTest, paired_bootstrap, paired_test
 
 
@@ -41,17 +43,17 @@ class Change:
 
 
 def load_saved(path: Path) -> dict[str, CaseReport]:
-    """The cases of a report written by `--steer-report`, by id."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CompareError(f"--steer-compare {path}: cannot read the saved report ({exc})") from exc
+    """The cases of a report written by `--steer-report`, by id; CompareError naming the file and the field if
+    it is not one."""
+    where = f"--steer-compare {path}"
+    data = read_json(path, CompareError, "the saved report", where)
     if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
-        raise CompareError(f"--steer-compare {path}: not a pytest-steer report (expected an object with a 'cases' list)")
+        raise CompareError(f"{where}: not a pytest-steer report (expected an object with a 'cases' list)")
     try:
-        return {c["id"]: CaseReport.from_json(c) for c in data["cases"]}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CompareError(f"--steer-compare {path}: a case is malformed ({exc!r})") from exc
+        cases = [report_case(raw, f"cases[{i}]") for i, raw in enumerate(data["cases"])]
+    except RecordError as exc:
+        raise CompareError(f"{where}: a case is malformed ({exc})") from exc
+    return {case.id: case for case in cases}
 
 
 def _paired(before: CaseReport, after: CaseReport) -> tuple[tuple[float, float, float] | None, str, PairedTest | None]:

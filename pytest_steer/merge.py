@@ -7,6 +7,9 @@ Each shard is a `--steer-report` file of one slice of the suite (say, one model 
 The merge is refused when a case is in more than one shard, or when the shards' results were
 computed with different library versions or different fingerprints of the same model.
 
+A shard must be a complete run (`"complete": true`): a run whose selected cases did not all
+report (a killed worker, an interrupt) would merge into a suite that silently lacks them.
+
 Exit status: 0 every case passed, xfailed or xpassed; 1 a case failed, errored or has no
 baseline (as pytest would exit for the whole suite); 2 the merge was refused or a shard is
 unreadable (nothing written); 5 the shards hold no case.
@@ -15,7 +18,6 @@ unreadable (nothing written); 5 the shards hold no case.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from collections.abc import Sequence
@@ -25,9 +27,10 @@ from typing import Any
 
 from pytest_steer.baselines import BaselineStore
 from pytest_steer.cases import task_slot
-from pytest_steer.files import StoreError, read_verified
-from pytest_steer.record import CaseResult
+from pytest_steer.files import StoreError, read_json, verified_metadata
+from pytest_steer.record import CaseResult, RecordError, short_repr
 from pytest_steer.report import CaseReport, counts, render_table, write_json_report
+from pytest_steer.saved import report_case
 
 PASSING = frozenset({"pass", "xfail", "xpass"})
 REFUSED, NO_CASES = 2, 5
@@ -56,30 +59,52 @@ class Seen:
 
 
 def load_shard(path: Path) -> Shard:
-    """A shard report written by `--steer-report`; MergeError naming the file if it is not one."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MergeError(f"{path}: cannot read the shard report ({exc})") from exc
+    """A shard report of a complete run written by `--steer-report`; MergeError naming the file and the field
+    if it is not one."""
+    data = read_json(path, MergeError, "the shard report")
     if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
         raise MergeError(f"{path}: not a pytest-steer report (expected a JSON object with a 'cases' list, "
                          "as --steer-report writes)")
+    check_complete(path, data)
     cases = tuple(_case(path, i, raw) for i, raw in enumerate(data["cases"]))
     unused = data.get("unused_baselines") or []
-    if not isinstance(unused, list):
-        raise MergeError(f"{path}: 'unused_baselines' must be a list of paths, got {type(unused).__name__}")
-    return Shard(Path(path), cases, tuple(str(u) for u in unused))
+    if not isinstance(unused, list) or not all(isinstance(u, str) for u in unused):
+        raise MergeError(f"{path}: 'unused_baselines' must be a list of paths, got {short_repr(unused)}")
+    return Shard(Path(path), cases, tuple(unused))
+
+
+def check_complete(path: Path, data: dict[str, Any]) -> None:
+    """The shard's run reported every case it selected: `"complete": true` and nothing `"unfinished"`."""
+    if "complete" not in data:
+        raise MergeError(f"{path}: no field 'complete': written by an older pytest-steer or by an interrupted run; "
+                         "re-run it")
+    complete, unfinished = data["complete"], data.get("unfinished", [])
+    if not isinstance(complete, bool):
+        raise MergeError(f"{path}: field 'complete': expected true or false, got {short_repr(complete)}")
+    if not isinstance(unfinished, list) or not all(isinstance(u, str) for u in unfinished):
+        raise MergeError(f"{path}: field 'unfinished': expected a list of case ids, got {short_repr(unfinished)}")
+    if not complete and data.get("state") == "running":
+        raise MergeError(f"{path}: field 'complete' is false: the run never finished (state 'running': it was killed "
+                         "or is still running); re-run it")
+    if not complete:
+        more = f" and {len(unfinished) - 10} more" if len(unfinished) > 10 else ""
+        shown = ", ".join(map(repr, unfinished[:10])) + more
+        raise MergeError(f"{path}: field 'complete' is false: {len(unfinished)} selected case(s) have no result "
+                         f"({shown or 'none listed'}); re-run them")
+    if unfinished:
+        raise MergeError(f"{path}: field 'unfinished' lists {len(unfinished)} case(s) ({short_repr(unfinished)}) but "
+                         "'complete' is true")
 
 
 def _case(path: Path, index: int, raw: Any) -> CaseReport:
-    label = f"case #{index}" + (f" ({raw['id']})" if isinstance(raw, dict) and "id" in raw else "")
     if not isinstance(raw, dict):
-        raise MergeError(f"{path}: {label} is malformed (expected an object, got {type(raw).__name__})")
+        raise MergeError(f"{path}: case #{index} is malformed (expected an object, got {type(raw).__name__})")
+    cid = raw.get("id")
+    named = cid if isinstance(cid, str) and cid.isprintable() else short_repr(cid)
+    label = f"case #{index}" + ("" if cid is None else f" ({named})")
     try:
-        return CaseReport.from_json(raw)
-    except KeyError as exc:
-        raise MergeError(f"{path}: {label} is malformed (no field {exc})") from exc
-    except (TypeError, ValueError, AttributeError) as exc:
+        return report_case(raw)
+    except RecordError as exc:
         raise MergeError(f"{path}: {label} is malformed ({exc})") from exc
 
 
@@ -146,14 +171,28 @@ def exit_status(reports: Sequence[CaseReport]) -> int:
 
 def find_vector(case: str, recorded: Path, vector_dirs: Sequence[Path]) -> Path:
     """A case's staged vector: where its shard wrote it (`recorded`), else `<dir>/<method>/<file name>`
-    under one of `vector_dirs` (a shard's `<cache>/accepted/` folder, copied here)."""
-    candidates = [recorded] + [Path(d) / recorded.parent.name / recorded.name for d in vector_dirs]
+    under one of `vector_dirs` (a shard's `<cache>/accepted/` folder, copied here); MergeError if that
+    leads outside the folder."""
+    candidates = [recorded] + [_under(Path(d), case, recorded) for d in vector_dirs]
     for path in candidates:
         if path.is_file():
             return path
     looked = ", ".join(str(p) for p in candidates)
     hint = "" if vector_dirs else "; pass the shard's <cache>/accepted/ folder with --vectors DIR"
     raise MergeError(f"case {case}: its vector was not found (looked at {looked}){hint}")
+
+
+def _under(folder: Path, case: str, recorded: Path) -> Path:
+    """`<folder>/<method>/<file name>` of a recorded vector path, refused unless it stays inside `folder`."""
+    path = folder / recorded.parent.name / recorded.name
+    try:
+        inside = bool(recorded.name) and path.resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):  # a NUL in the path, a symlink loop
+        inside = False
+    if not inside:
+        raise MergeError(f"case {case}: field 'result.vector_file' ({str(recorded)!r}) leads outside "
+                         f"--vectors {folder}")
+    return path
 
 
 def updatable(reports: Sequence[CaseReport]) -> list[CaseResult]:
@@ -172,7 +211,7 @@ def _located(result: CaseResult, vector_dirs: Sequence[Path]) -> CaseResult:
         return result
     path = find_vector(result.id, Path(result.vector_file), vector_dirs)
     try:
-        metadata = read_verified(path)[1]
+        metadata = verified_metadata(path)
     except StoreError as exc:
         raise MergeError(f"case {result.id}: {exc}") from exc
     if metadata.get("case", result.id) != result.id:
@@ -211,8 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MergeError as exc:
         print(f"merge refused: {exc}", file=sys.stderr)
         return REFUSED
-    write_json_report(args.output, reports, {"unused_baselines": unused_everywhere(shards),
-                                             "merged_from": [str(s.path) for s in shards]})
+    try:
+        write_json_report(args.output, reports, {"unused_baselines": unused_everywhere(shards), "complete": True,
+                                                 "unfinished": [], "merged_from": [str(s.path) for s in shards]})
+    except (StoreError, OSError) as exc:
+        print(f"merge stopped: cannot write {args.output} ({exc})", file=sys.stderr)
+        return REFUSED
     width = shutil.get_terminal_size().columns
     print(render_table(reports, width, sys.stdout.isatty()), end="")
     tally = ", ".join(f"{n} {status}" for status, n in sorted(counts(reports).items()))

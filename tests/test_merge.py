@@ -48,8 +48,8 @@ def case(model: str, status: str = "pass", method: str = "task_vector", versions
 
 
 def shard(path: Path, *reports: CaseReport, unused: list[str] | None = None) -> Path:
-    """A shard report, written exactly as `--steer-report` writes one."""
-    write_json_report(path, list(reports), {"unused_baselines": unused or []})
+    """A shard report of a complete run, written exactly as `--steer-report` writes one."""
+    write_json_report(path, list(reports), {"unused_baselines": unused or [], "complete": True, "unfinished": []})
     return path
 
 
@@ -171,9 +171,9 @@ def test_two_fingerprints_of_one_model_are_refused(tmp_path: Path, capsys) -> No
     ("{not json", "cannot read the shard report"),
     ("[1, 2]", "not a pytest-steer report \\(expected a JSON object with a 'cases' list"),
     ('{"counts": {}}', "not a pytest-steer report"),
-    ('{"cases": [7]}', r"case #0 is malformed \(expected an object, got int\)"),
-    ('{"cases": [{"id": "m-x", "model": "m"}]}', r"case #0 \(m-x\) is malformed \(no field 'method'\)"),
-    ('{"cases": [], "unused_baselines": "x"}', "'unused_baselines' must be a list"),
+    ('{"cases": [7], "complete": true}', r"case #0 is malformed \(expected an object, got int\)"),
+    ('{"cases": [{"id": "m-x", "model": "m"}], "complete": true}', r"case #0 \(m-x\) is malformed \(no field 'method'\)"),
+    ('{"cases": [], "complete": true, "unused_baselines": "x"}', "'unused_baselines' must be a list"),
 ])
 def test_an_unreadable_shard_is_named_with_what_was_expected(tmp_path: Path, capsys, content: str | None,
                                                              expected: str) -> None:
@@ -192,7 +192,7 @@ def test_a_case_with_malformed_metrics_is_named(tmp_path: Path) -> None:
     data = case("smollm2-135m").to_json()
     data["result"]["metrics"]["steered"] = "NaN"
     path = tmp_path / "s.json"
-    path.write_text(json.dumps({"cases": [data]}))
+    path.write_text(json.dumps({"cases": [data], "complete": True, "unfinished": []}))
     with pytest.raises(MergeError, match=r"case #0 \(smollm2-135m-task_vector-antonym\) is malformed .*finite"):
         load_shard(path)
 
