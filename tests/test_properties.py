@@ -15,21 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-pytest.importorskip("hypothesis")
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from pytest_steer.baselines import BaselineStore  # noqa: E402
-from pytest_steer.cases import BrokenCase, Case, load_case_file  # noqa: E402
-from pytest_steer.compare import CompareError, load_saved  # noqa: E402
-from pytest_steer.files import StoreError  # noqa: E402
-from pytest_steer.merge import MergeError, load_shard, main  # noqa: E402
-from pytest_steer.record import CaseResult, is_name  # noqa: E402
-from pytest_steer.report import CaseReport  # noqa: E402
-from pytest_steer.tasks import Task, TaskError, load_task  # noqa: E402
-from pytest_steer.verdict import ScoreChange, Verdict  # noqa: E402
+from pytest_steer.baselines import BaselineStore
+from pytest_steer.cases import BrokenCase, Case, load_case_file
+from pytest_steer.compare import CompareError, load_saved
+from pytest_steer.files import StoreError
+from pytest_steer.merge import MergeError, load_shard, main
+from pytest_steer.record import CaseResult, is_name
+from pytest_steer.report import CaseReport
+from pytest_steer.tasks import Task, TaskError, load_task
+from pytest_steer.verdict import ScoreChange, Verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = json.loads((ROOT / "baselines" / "smollm2-135m" / "task_vector" / "present-past.json").read_text())
@@ -171,7 +168,9 @@ def write(path: Path, content: bytes | str | Any) -> Path:
     if isinstance(content, bytes):
         path.write_bytes(content)
     else:
-        path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
+        # a lone surrogate is written as the invalid bytes a broken editor would leave
+        path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8",
+                        errors="surrogatepass")
     return path
 
 

@@ -17,7 +17,7 @@ def _comparison(unsteered: float, steered: float) -> Comparison:
 
 def _result(cid: str, method: str, task: str, variant: str, metrics: Metrics, chosen: dict) -> CaseResult:
     provenance = Provenance("f" * 32, {}, {}, {}, TaskData("t.json", "0" * 64, 98), 0, {"test": 98}, {})
-    outcomes = Outcomes(("q",), (0,), (1,))
+    outcomes = Outcomes(tuple(f"q{i}" for i in range(98)), (0,) * 98, (1,) * 98)  # one per test item
     return CaseResult(cid, "m", method, task, variant, metrics, chosen, {}, outcomes, provenance, {})
 
 
