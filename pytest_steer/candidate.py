@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pytest_steer.errors import SteerError
 from pytest_steer.models.packaged import PACKAGED_MODELS
 from pytest_steer.models.spec import ModelSpec
 
@@ -14,7 +15,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _PREFIXES = ("packaged", "path", "hub", "gguf")
 
 
-class CandidateError(ValueError):
+class CandidateError(SteerError, ValueError):
     """A `--steer-candidate` value that cannot be used; the message says what was expected."""
 
 

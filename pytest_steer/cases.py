@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pytest_steer.device import DEVICE_FORM, DEVICES, DTYPES
+from pytest_steer.errors import SteerError
 from pytest_steer.files import read_text, unusable_value
 from pytest_steer.methods import methods
+from pytest_steer.methods.contract import ChecksTask
 from pytest_steer.models.packaged import PACKAGED_MODELS
 from pytest_steer.models.spec import AdapterError, ArchitectureOverride, ModelSpec
 from pytest_steer.record import MAX_SEED, is_name
@@ -37,7 +39,7 @@ from pytest_steer.settings import SettingsError, build_settings
 from pytest_steer.tasks import BUILTIN_DIR, Task, TaskError, load_task
 
 
-class CaseFileError(Exception):
+class CaseFileError(SteerError):
     """A case file cannot be used; the message names the file and the field."""
 
 
@@ -137,11 +139,10 @@ _SELECTORS = ("model", "method", "task", "variant")
 
 def _check_task_fits(settings: Any, task_path: Path, name: str, options: CaseOptions, where: str) -> None:
     """Read the task now (no model needed) so that a pool too small for the settings fails at collection."""
-    check = getattr(settings, "check_task", None)
-    if check is None:
+    if not isinstance(settings, ChecksTask):
         return
     try:
-        check(_read_task(name, task_path, task_path.stat().st_mtime_ns if task_path.exists() else 0),
+        settings.check_task(_read_task(name, task_path, task_path.stat().st_mtime_ns if task_path.exists() else 0),
               options.n_dev, options.n_test, where)
     except TaskError as exc:
         raise CaseFileError(f"{where}: {exc}") from exc

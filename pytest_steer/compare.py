@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from pytest_steer.errors import SteerError
 from pytest_steer.files import read_json
 from pytest_steer.record import RecordError
 from pytest_steer.report import CaseReport
@@ -17,7 +18,7 @@ from pytest_steer.saved import report_case
 from pytest_steer.stats import PairedTest, paired_bootstrap, paired_test
 
 
-class CompareError(Exception):
+class CompareError(SteerError):
     """The saved report cannot be read; the message names the file and what was expected."""
 
 
@@ -42,10 +43,10 @@ class Change:
         return max(0.0, self.before - self.after)
 
 
-def load_saved(path: Path) -> dict[str, CaseReport]:
-    """The cases of a report written by `--steer-report`, by id; CompareError naming the file and the field if
-    it is not one."""
-    where = f"--steer-compare {path}"
+def load_saved(path: Path, what: str = "--steer-compare") -> dict[str, CaseReport]:
+    """The cases of a report written by `--steer-report`, by id; CompareError naming `what` (the option or
+    command reading it), the file and the field if it is not one."""
+    where = f"{what} {path}"
     data = read_json(path, CompareError, "the saved report", where)
     if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
         raise CompareError(f"{where}: not a pytest-steer report (expected an object with a 'cases' list)")

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from pytest_steer.errors import SteerError
+
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _CUDA_N = re.compile(r"^cuda:(\d+)$")
@@ -16,7 +18,7 @@ DEVICE_FORM = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 T = TypeVar("T")
 
 
-class DeviceError(ValueError):
+class DeviceError(SteerError, ValueError):
     """A device or dtype that cannot be used here; the message says what is available."""
 
 
@@ -108,7 +110,7 @@ def worker_index(worker_id: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-class OutOfMemory(RuntimeError):
+class OutOfMemory(SteerError, RuntimeError):
     """A run that did not fit even one row at a time; the message names the case and the memory it needed."""
 
 

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pytest_steer.errors import SteerError
 
-class StoreError(Exception):
+
+class StoreError(SteerError):
     """A stored file is unreadable; the message names the file and what was expected."""
 
 
@@ -70,15 +72,21 @@ def read_verified(path: Path) -> tuple[bytes, dict[str, str]]:
     The hash covers names, dtypes, shapes and bytes exactly as `store.content_hash` does, so a
     truncated file, a flipped byte or a header that lies about its tensors is a StoreError.
     """
+    refused = not_regular(path)  # a FIFO is never opened
+    if refused:
+        raise StoreError(f"{path}: not a readable safetensors file ({refused})")
     try:
         raw = Path(path).read_bytes()
         (size,) = struct.unpack("<Q", raw[:8])
         header = json.loads(raw[8 : 8 + size])
-    except (OSError, struct.error, ValueError, UnicodeDecodeError) as exc:
+    except (OSError, struct.error, ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise StoreError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__") or {}, dict):
+        raise StoreError(f"{path}: malformed safetensors header (expected an object of tensors with a "
+                         "'__metadata__' object)")
     metadata = header.pop("__metadata__", None) or {}
     expected = metadata.get("content_sha256")
-    if expected is None:
+    if not isinstance(expected, str):
         raise StoreError(f"{path}: metadata has no 'content_sha256'")
     data = raw[8 + size :]
     digest = hashlib.sha256()
@@ -153,9 +161,10 @@ def reclaim(folder: Path, pattern: str) -> list[Path]:
     return removed
 
 
-def check_output(path: Path, what: str) -> None:
-    """An output path must be a regular file or a new name in an existing, writable folder (never a folder, a
-    device, a FIFO or a socket, which a rename would replace); StoreError naming `what` otherwise."""
+def check_output(path: Path, what: str, create: bool = False) -> None:
+    """An output path must be a regular file or a new name in an existing (with `create`: creatable), writable
+    folder, never a folder, a device, a FIFO or a socket, which a rename would replace; StoreError naming `what`
+    otherwise."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -166,6 +175,11 @@ def check_output(path: Path, what: str) -> None:
         kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
         raise StoreError(f"{what} {path}: is {kind}; expected a regular file or a new file name")
     parent = Path(path).parent
+    if create and not parent.exists():
+        try:
+            parent.mkdir(parents=True)
+        except OSError as exc:
+            raise StoreError(f"{what} {path}: folder {parent} cannot be created ({exc.strerror or exc})") from exc
     if not parent.is_dir():
         raise StoreError(f"{what} {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -235,7 +249,8 @@ def unusable_value(data: Any) -> str | None:
             for key, item in value.items():
                 if not _is_utf8(key):
                     return f"{field} has a key that is not UTF-8 (an unpaired surrogate)"
-                stack.append((f"{where}.{key}" if where else key, item, depth + 1))
+                name = key if key.isprintable() else repr(key)[1:-1]  # a message stays one line
+                stack.append((f"{where}.{name}" if where else name, item, depth + 1))
         elif isinstance(value, list):
             stack.extend((f"{where}[{i}]", item, depth + 1) for i, item in enumerate(value))
     return None
@@ -268,10 +283,4 @@ def read_json(path: str | Path, error: type[Exception], what: str, where: str | 
 def verified_metadata(path: Path) -> dict[str, str]:
     """The header metadata of a verified safetensors file (`read_verified`); a path that is not a regular file
     or a header that is not the expected object of tensor entries is a StoreError too."""
-    refused = not_regular(path)
-    if refused:
-        raise StoreError(f"{path}: not a readable safetensors file ({refused})")
-    try:
-        return read_verified(path)[1]
-    except (AttributeError, TypeError, RecursionError) as exc:  # a header or metadata that is not an object
-        raise StoreError(f"{path}: malformed safetensors header ({exc})") from exc
+    return read_verified(path)[1]

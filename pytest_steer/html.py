@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pytest_steer.errors import SteerError
 from pytest_steer.files import atomic_write_bytes
 from pytest_steer.methods.presentation import presentation_of
 from pytest_steer.record import CaseResult
@@ -31,7 +32,7 @@ EXTRA_HINT = "pip install 'pytest-steer[html]'"
 MARK = {"pass": "pass", "fail": "FAIL", "xfail": "xfail", "xpass": "XPASS", "error": "ERROR", "missing": "missing"}
 
 
-class HtmlUnavailable(Exception):
+class HtmlUnavailable(SteerError):
     """plotly or jinja2 is not installed."""
 
 
@@ -156,6 +157,8 @@ def write_html(path: Path, reports: Sequence[CaseReport], stored: Callable[[Case
 def main(argv: Sequence[str] | None = None) -> int:
     from pytest_steer.baselines import BaselineStore
     from pytest_steer.cases import task_slot
+    from pytest_steer.compare import load_saved
+    from pytest_steer.files import check_output
 
     parser = argparse.ArgumentParser(prog="python -m pytest_steer.html", description=__doc__.splitlines()[0])
     parser.add_argument("report", type=Path, help="a JSON report written by --steer-report")
@@ -165,16 +168,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         require()
-        data = json.loads(args.report.read_text())
-        reports = [CaseReport.from_json(c) for c in data["cases"]]
-    except HtmlUnavailable as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"{args.report}: not a readable --steer-report file ({type(exc).__name__}: {exc})", file=sys.stderr)
+        check_output(args.output, "-o", create=True)
+        reports = list(load_saved(args.report, "report").values())
+    except SteerError as exc:
+        print(f"python -m pytest_steer.html: {exc}", file=sys.stderr)
         return 2
     store = BaselineStore(args.baselines)
-    write_html(args.output, reports, lambda r: store.load(r.model, r.method, task_slot(r.task, r.variant)), args.expand)
+
+    def stored(r: CaseReport) -> CaseResult | None:
+        try:
+            return store.load(r.model, r.method, task_slot(r.task, r.variant))
+        except SteerError:  # a damaged baseline: the page shows the run without it
+            return None
+
+    try:
+        write_html(args.output, reports, stored, args.expand)
+    except OSError as exc:
+        print(f"python -m pytest_steer.html: -o {args.output}: not written ({exc})", file=sys.stderr)
+        return 2
     print(f"report written: {args.output}")
     return 0
 

@@ -27,7 +27,8 @@ from typing import Any
 
 from pytest_steer.baselines import BaselineStore
 from pytest_steer.cases import task_slot
-from pytest_steer.files import StoreError, read_json, verified_metadata
+from pytest_steer.errors import SteerError
+from pytest_steer.files import StoreError, check_output, read_json, verified_metadata
 from pytest_steer.record import CaseResult, RecordError, short_repr
 from pytest_steer.report import CaseReport, counts, render_table, write_json_report
 from pytest_steer.saved import report_case
@@ -36,7 +37,7 @@ PASSING = frozenset({"pass", "xfail", "xpass"})
 REFUSED, NO_CASES = 2, 5
 
 
-class MergeError(Exception):
+class MergeError(SteerError):
     """The shards cannot be merged; the message names the file(s) and the case or field at fault."""
 
 
@@ -244,10 +245,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        check_output(args.output, "-o", create=True)
         shards = [load_shard(path) for path in args.shards]
         reports = merge(shards)
         planned = plan_update(reports, args.vectors) if args.update else []
-    except MergeError as exc:
+    except (MergeError, StoreError) as exc:
         print(f"merge refused: {exc}", file=sys.stderr)
         return REFUSED
     try:

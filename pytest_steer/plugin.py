@@ -21,6 +21,7 @@ from xdist import get_xdist_worker_id, is_xdist_worker
 
 from pytest_steer.baselines import BaselineStore
 from pytest_steer.cases import FAMILIES, BrokenCase, Case, case_id, load_case_file, marker_name, model_family, task_slot
+from pytest_steer.errors import SteerError
 from pytest_steer.files import StoreError, check_output, hold_run, shared_dir
 from pytest_steer.methods import methods
 from pytest_steer.options import SteerOptions, add_options, resolve_options
@@ -42,7 +43,7 @@ class SteerRegression(AssertionError):
     """The case fell below its stored baseline: a failure even where failing the gate is expected."""
 
 
-class CaseError(Exception):
+class CaseError(SteerError):
     """Raised by a broken case item."""
 
 
@@ -505,28 +506,13 @@ class CaseItem(pytest.Item):
     def repr_failure(self, excinfo, style=None):  # type: ignore[no-untyped-def,override]
         if isinstance(excinfo.value, (SteerFailure, SteerRegression, BaselineMissing)):
             return str(excinfo.value)
-        if isinstance(excinfo.value, _input_errors()):
+        if isinstance(excinfo.value, SteerError):
             # the message names the file and the field: a traceback would only bury it
             return f"{self.case.id}: {type(excinfo.value).__name__}: {excinfo.value}"
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, f"steer case {self.case.id}"
-
-
-def _input_errors() -> tuple[type[BaseException], ...]:
-    """Errors about a case's inputs (files, settings, models): reported as their one-line message."""
-    from pytest_steer.device import DeviceError, OutOfMemory
-    from pytest_steer.files import StoreError
-    from pytest_steer.methods import RegistryError
-    from pytest_steer.models.loader import ModelLoadError
-    from pytest_steer.models.packaged import FetchError
-    from pytest_steer.models.spec import AdapterError
-    from pytest_steer.settings import SettingsError
-    from pytest_steer.tasks import TaskError
-
-    return (TaskError, SettingsError, StoreError, ModelLoadError, FetchError, AdapterError, RegistryError, DeviceError,
-            OutOfMemory)
 
 
 class BrokenCaseItem(pytest.Item):

@@ -16,6 +16,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_steer.errors import SteerError
+
 SCHEMA = 2  # baseline files without a schema field (written before typed records) have the same layout
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds are 32-bit
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -28,7 +30,7 @@ def is_name(text: object) -> bool:
     return isinstance(text, str) and _NAME.fullmatch(text) is not None
 
 
-class RecordError(ValueError):
+class RecordError(SteerError, ValueError):
     """A stored record is malformed; the message names the field by its path (`metrics.delta_ci`) and what was
     expected."""
 

@@ -73,8 +73,8 @@ class ResultStore:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            return self._reject(path, f"unreadable ({exc})")
+        except (OSError, ValueError, RecursionError) as exc:
+            return self._reject(path, f"unreadable ({type(exc).__name__}: {exc})")
         try:
             body = data["body"]
             if hashlib.sha256(_canonical(body)).hexdigest() != data["sha256"]:
@@ -82,7 +82,7 @@ class ResultStore:
             if {k: v for k, v in body["inputs"].items() if k != "model_source"} != json.loads(_canonical(inputs.keyed())):
                 return self._reject(path, "stored for other inputs")
             result = CaseResult.from_baseline(body["result"])
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
             return self._reject(path, f"malformed ({type(exc).__name__}: {exc})")
         if result.vector_file and not Path(result.vector_file).is_file():
             return self._reject(path, f"its vector file {result.vector_file} is gone")

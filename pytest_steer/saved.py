@@ -16,8 +16,8 @@ def report_case(raw: Any, path: str = "") -> CaseReport:
     result are checked field by field, the result's per-item outcomes against its test-item count.
     """
     case = check_record(CaseReport, raw, path, skip=("result",))
-    for key in ("model", "method", "task", "variant"):
-        check_name(getattr(case, key), field_path(path, key), empty=True)
+    for key in ("id", "model", "method", "task", "variant"):
+        check_name(getattr(case, key), field_path(path, key), empty=key != "id")
     if case.model_loads < 0:
         raise RecordError(f"field '{field_path(path, 'model_loads')}': expected a count >= 0, got {case.model_loads}")
     result = raw.get("result")

@@ -9,10 +9,12 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from pytest_steer.errors import SteerError
+
 T = TypeVar("T")
 
 
-class SettingsError(Exception):
+class SettingsError(SteerError):
     """A setting is unknown or has the wrong type; the message says where and what was expected."""
 
 

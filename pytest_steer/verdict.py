@@ -8,6 +8,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pytest_steer.drift import Drift, drift
+from pytest_steer.errors import SteerError
 from pytest_steer.record import CaseResult, Comparison, Metrics, Provenance
 from pytest_steer.stats import Power, minimum_detectable, paired_bootstrap, paired_test, sure_level
 
@@ -82,7 +83,7 @@ def _p(value: float | None) -> str:
 BaselineStatus = Literal["ok", "regressed", "mismatch", "updating", "new"]
 
 
-class BaselineMissing(Exception):
+class BaselineMissing(SteerError):
     """No stored baseline for a case; the message holds the command that creates it."""
 
 

@@ -93,7 +93,7 @@ def test_the_command_line_builds_the_page_from_a_saved_report(tmp_path: Path, ca
     assert "accuracy against layer" in out.read_text()
     (tmp_path / "bad.json").write_text("{")
     assert html.main([str(tmp_path / "bad.json"), "-o", str(out)]) == 2
-    assert "bad.json: not a readable --steer-report file" in capsys.readouterr().err
+    assert "bad.json: cannot read the saved report (not valid JSON" in capsys.readouterr().err
 
 
 def chromium() -> str:

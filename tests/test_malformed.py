@@ -158,6 +158,12 @@ def test_a_case_file_that_is_not_a_utf8_file_is_named(tmp_path: Path, make: Call
                  "row 2: field 'Incorrect Answers' is missing", id="task-csv-short-row"),
     pytest.param("t.csv", "full_prefix,completion,contradiction_0,contradiction_1,contradiction_2\n\"" + "x" * 200_000 + "\",c,d,e,f\n",
                  "not a readable CSV row", id="task-csv-field-over-limit"),
+    pytest.param("t.csv", "Question,Best Answer,Correct Answers,Incorrect Answers\nq\x00?,a,a,b\n",
+                 "row 2: field 'Question' holds the control character U+0000", id="task-csv-nul-in-question"),
+    pytest.param("t.json", '[{"input": "a\\u001b[31m", "output": "b"}]',
+                 "item 0: field 'input' holds the control character U+001B", id="task-json-escape-code-in-input"),
+    pytest.param("t.json", '{"input": "hot", "output": "cold"}', "a single {\"input\", \"output\"} object",
+                 id="task-json-one-pair-not-in-a-list"),
 ])
 def test_a_malformed_task_file_names_the_file_and_field(tmp_path: Path, name: str, content: str, field: str) -> None:
     path = tmp_path / name
@@ -349,6 +355,10 @@ def test_a_valid_saved_report_reads_as_written(tmp_path: Path) -> None:
     pytest.param(lambda: changed(report_data, put("cases.0.result.task", "antonym\n")),
                  "field 'result.task': expected a name", id="shard-result-task-trailing-newline"),
     pytest.param(DEEP, "not valid JSON: nested too deeply", id="shard-nested-100000-deep"),
+    pytest.param(lambda: changed(report_data, put("cases.0.id", "m-task_vector-antonym\n")),
+                 "field 'id': expected a name", id="shard-case-id-trailing-newline"),
+    pytest.param(lambda: changed(report_data, lambda d: d.update({"complete\n": 2**70})),
+                 "field 'complete\\n' holds", id="shard-key-with-newline-named-on-one-line"),
 ])
 def test_a_malformed_shard_is_a_merge_error_naming_the_file_and_field(tmp_path: Path, data: Any, field: str) -> None:
     path = write_json(tmp_path / "shard.json", data if isinstance(data, str) else data())
@@ -393,3 +403,42 @@ def test_a_merge_update_with_a_name_leading_outside_writes_and_deletes_nothing(t
     assert err.count("\n") == 1 and err.startswith(f"merge refused: {shard}: case #0 ")
     assert f"field 'result.{key}': expected a name" in err
     assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(("header", "reason"), [
+    pytest.param(b"[1, 2]", "malformed safetensors header", id="vector-header-a-list"),
+    pytest.param(b'{"__metadata__": [1]}', "malformed safetensors header", id="vector-metadata-a-list"),
+    pytest.param(b'{"__metadata__": {"content_sha256": 7}}', "metadata has no 'content_sha256'",
+                 id="vector-checksum-a-number"),
+    pytest.param(b"[" * 5000 + b"]" * 5000, "not a readable safetensors file", id="vector-header-nested-deep"),
+])
+def test_a_vector_whose_header_is_not_an_object_is_a_store_error(tmp_path: Path, header: bytes, reason: str) -> None:
+    import struct
+
+    from pytest_steer.files import StoreError, read_verified
+
+    path = tmp_path / "v.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(StoreError, match=re.escape(reason)) as info:
+        read_verified(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_vector_path_that_is_a_fifo_is_refused_without_opening_it(tmp_path: Path) -> None:
+    from pytest_steer.files import StoreError, read_verified
+
+    with pytest.raises(StoreError, match="not a regular file but a FIFO"):
+        read_verified(make_fifo(tmp_path / "v.safetensors"))
+
+
+@pytest.mark.parametrize("command", ["merge", "html"])
+def test_an_output_that_is_a_folder_or_device_is_refused_by_the_commands(tmp_path: Path, capsys, command: str) -> None:
+    from pytest_steer import html, merge
+
+    shard = write_json(tmp_path / "shard.json", report_data())
+    for target in (tmp_path, Path("/dev/null")):
+        main = merge.main if command == "merge" else html.main
+        assert main([str(shard), "-o", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert f"-o {target}:" in err and err.count("\n") == 1
+    assert Path("/dev/null").exists() and not Path("/dev/null").is_file()

@@ -13,6 +13,7 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
+from pytest_steer.errors import SteerError
 from pytest_steer.methods.settings import DolaSettings, FunctionVectorSettings, TaskVectorSettings
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "pytest_steer.methods"
 
 
-class RegistryError(Exception):
+class RegistryError(SteerError):
     """A registered method cannot be loaded or does not look like a method."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pytest_steer.errors import SteerError
 from pytest_steer.methods.base import MethodOutcome, Phases, RunContext
 from pytest_steer.methods.hooks import HookReport, Intervene, silent_layers
 from pytest_steer.methods.scoring import TokenCounter, first_target_ids, score_interventions
@@ -232,7 +233,7 @@ class LayerSearch(ABC):
         return outcome
 
 
-class ReplayError(ValueError):
+class ReplayError(SteerError, ValueError):
     """A stored vector cannot be applied to this model (its width or setting does not fit)."""
 
 

@@ -18,6 +18,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from pytest_steer.errors import SteerError
 from pytest_steer.files import atomic_write_json, file_sha256
 
 VERSION = "fp2"  # changes when what the fingerprint covers changes
@@ -42,7 +43,7 @@ ITEM_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16"
               "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
-class FingerprintError(Exception):
+class FingerprintError(SteerError):
     """The model's files could not be read for a fingerprint; the message names the file."""
 
 

@@ -16,6 +16,7 @@ import torch
 from filelock import FileLock
 
 from pytest_steer.device import Placement
+from pytest_steer.errors import SteerError
 from pytest_steer.files import file_sha256, reclaim, shared_mode
 from pytest_steer.models.fingerprint import FingerprintError, hub_folder, model_fingerprint
 from pytest_steer.models.adapter import ArchitectureAdapter, resolve_adapter
@@ -25,7 +26,7 @@ from pytest_steer.models.spec import ModelSpec
 Progress = Callable[[str, int, int], None]
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(SteerError):
     """A model could not be fetched or loaded; the message says what was tried."""
 
 

