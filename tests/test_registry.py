@@ -219,3 +219,68 @@ def test_the_registry_loads_an_entry_point_only_when_it_is_looked_up() -> None:
     assert loads == []  # names, membership and markers need no import
     assert registry["mine"].settings_type is TaskVectorSettings and loads == ["mine"]
     assert registry["dola"].target.startswith("pytest_steer.")  # an entry point cannot replace a built-in
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "share-method"
+
+
+def _install_example(site: Path) -> Path:
+    """Lay the example package out as pip installs it: its source, and a dist-info with its entry points."""
+    import shutil
+    import tomllib
+
+    meta = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]
+    shutil.copytree(EXAMPLE / "src" / "share_method", site / "share_method")
+    info = site / f"share_method-{meta['version']}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {meta['name']}\nVersion: {meta['version']}\n")
+    points = meta["entry-points"][ENTRY_POINT_GROUP]
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))
+    return site / "share_method" / "__init__.py"
+
+
+def test_the_example_package_runs_as_a_suite_case_with_its_row_and_figures(tmp_path: Path, tiny_model_dir: Path,
+                                                                          tiny_task_file: Path) -> None:
+    source = _install_example(tmp_path / "site")
+    (tmp_path / "steer_example.toml").write_text(textwrap.dedent(f"""
+        [defaults]
+        n_dev = 10
+        n_test = 20
+        threshold = 0.4
+
+        [methods.share]
+        share = 0.5
+
+        [models.tiny]
+        path = "{tiny_model_dir}"
+
+        [tasks.pairs]
+        path = "{tiny_task_file}"
+
+        [[suite]]
+        models = ["tiny"]
+        methods = ["share"]
+        tasks = ["pairs"]
+    """))
+    env = {"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(tmp_path / "steer_example.toml"),
+                f"--steer-cache-dir={tmp_path / 'cache'}", f"--steer-baseline-dir={tmp_path / 'baselines'}",
+                f"--steer-report={tmp_path / 'r.json'}", f"--steer-html={tmp_path / 'page.html'}", "-m", "share",
+                "--strict-markers", *extra]
+        return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    done = run("--steer-update")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "50% of items" in done.stdout  # its own column in the terminal table
+    case = json.loads((tmp_path / "r.json").read_text())["cases"][0]
+    assert case["id"] == "tiny-share-pairs" and case["status"] == "pass" and not case["result"]["reused"]
+    page = (tmp_path / "page.html").read_text()
+    assert "share_sweep" in page  # its curve drawn by the generic figures
+    assert run().returncode == 0 and json.loads((tmp_path / "r.json").read_text())["cases"][0]["result"]["reused"]
+    source.write_text(source.read_text().replace("SCALE = 1.0", "SCALE = 0.5"))  # an edit of the method's code
+    done = run()
+    result = json.loads((tmp_path / "r.json").read_text())["cases"][0]["result"]
+    assert not result["reused"] and result["metrics"]["steered"] == 0.25
+    assert done.returncode != 0  # and it regressed against the accepted 0.5
