@@ -1,7 +1,7 @@
-"""Markdown tables of the stored baselines, so a README's figures are generated, never retyped.
+"""Markdown tables of the stored baselines, so a document's figures are generated, never retyped.
 
-    python -m pytest_steer.markdown README.md           # rewrite every generated block
-    python -m pytest_steer.markdown README.md --check   # exit 1 if a block is out of date
+    python -m pytest_steer.markdown docs/results.md           # rewrite every generated block
+    python -m pytest_steer.markdown docs/results.md --check   # exit 1 if a block is out of date
 
 A block is the text between `<!-- steer-table METHOD -->` and `<!-- /steer-table -->`;
 METHOD is a registered method (its presentation gives the columns). Verdicts are the ones the stored results

@@ -1,4 +1,4 @@
-"""README tables are generated from the committed baselines, so their figures cannot drift."""
+"""The tables of docs/results.md are generated from the committed baselines, so their figures cannot drift."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pytest_steer.markdown import load_cases, main, render
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_readme_tables_are_the_committed_baselines() -> None:
-    assert main([str(ROOT / "README.md"), "--check", "--baselines", str(ROOT / "baselines"),
+def test_the_results_tables_are_the_committed_baselines() -> None:
+    assert main([str(ROOT / "docs" / "results.md"), "--check", "--baselines", str(ROOT / "baselines"),
                  "--cases", str(ROOT / "steering_cases")]) == 0
 
 
