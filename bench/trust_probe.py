@@ -530,7 +530,7 @@ def baseline_chosen_is_a_list(s: Path) -> object:
 def cached_vector_all_nan(s: Path) -> object:
     import torch
 
-    from pytest_steer.store import VectorCache, read_tensors, write_tensors
+    from pytest_steer.tensors import VectorCache, read_tensors, write_tensors
 
     cache = VectorCache(s)
     _, first = cache.get_or_build("tv", {"k": 1}, lambda: {"v": torch.ones(3)})

@@ -53,7 +53,7 @@ class SteerRun:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.options: SteerOptions = resolve_options(config)
-        self.store = BaselineStore(self.options.baseline_dir)
+        self.baselines = BaselineStore(self.options.baseline_dir)
         self.reports: list[CaseReport] = []
         self.selected: set[str] = set()
         self.held: set[str] = set()  # ids of cases held back by their profile (their baselines are not stale)
@@ -152,7 +152,7 @@ class SteerRun:
         if case.result is None or case.status == "error":
             return
         try:
-            self.written.extend(self.store.write(case.result, task_slot(case.task, case.variant)))
+            self.written.extend(self.baselines.write(case.result, task_slot(case.task, case.variant)))
         except (StoreError, OSError) as exc:
             self.write_errors.append(f"{case.id}: baseline not written: {exc}")
 
@@ -171,6 +171,14 @@ class SteerRun:
             self._session = SteerSession(self.options, ProgressBars(capman) if show else None,
                                          selected=self.selected_cases, run_id=self.run_id)
         return self._session
+
+    def where(self, case: Case, fresh: bool) -> tuple[int, str]:
+        """How often this process loaded the case's model, and where a freshly computed case ran ("" otherwise);
+        nothing loaded (0, "") when no case ran here."""
+        if self._session is None:
+            return 0, ""
+        loads = self._session.load_counts.get(case.model.name, 0)
+        return loads, self._session.placement(case.model).describe() if fresh else ""
 
     def check_candidates(self, session: pytest.Session) -> None:
         """A candidate whose alias no selected case uses would test nothing and pass: refuse it."""
@@ -240,7 +248,7 @@ class SteerRun:
     def _stored(self, report: CaseReport) -> CaseResult | None:
         """A case's stored baseline for the report's pictures (None if absent or unreadable)."""
         try:
-            return self.store.load(report.model, report.method, task_slot(report.task, report.variant))
+            return self.baselines.load(report.model, report.method, task_slot(report.task, report.variant))
         except (StoreError, OSError):
             return None
 
@@ -257,7 +265,7 @@ class SteerRun:
         if not self.collected_any or self.crashed_workers or self.filtered():
             return []
         known = self.selected | self.held
-        return [str(self.store.json_path(*ids)) for ids in sorted(self.store.all_ids()) if case_id(*ids) not in known]
+        return [str(self.baselines.json_path(*ids)) for ids in sorted(self.baselines.all_ids()) if case_id(*ids) not in known]
 
     def summary(self, tr: Any) -> None:
         if not self.reports and not self.collected_any:
@@ -554,9 +562,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     run = item.config.stash[RUN_KEY]
     if isinstance(item, CaseItem):
         c = item.case
-        loads = run._session.load_counts.get(c.model.name, 0) if run._session else 0
         fresh = item.steer_result is not None and not item.steer_result.reused
-        device = run._session.placement(c.model).describe() if run._session and fresh else ""
+        loads, device = run.where(c, fresh)
         missing = call.excinfo is not None and isinstance(call.excinfo.value, BaselineMissing)
         steer = CaseReport(c.id, c.model.name, c.method, c.task, c.variant, _status(report, error, missing),
                            item.steer_result,

@@ -57,7 +57,7 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-class ResultStore:
+class ResultCache:
     """`<cache>/results/<key>.json`: one computed result per set of inputs, written atomically."""
 
     def __init__(self, root: Path) -> None:

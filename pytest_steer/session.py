@@ -33,9 +33,9 @@ from pytest_steer.files import StoreError, shared_dir
 from pytest_steer.methods.search import ReplayError
 from pytest_steer.models.spec import ModelSpec
 from pytest_steer.record import CaseResult, Outcomes, Provenance, Replay, TaskData
-from pytest_steer.results import ResultInputs, ResultStore, now
+from pytest_steer.results import ResultInputs, ResultCache, now
 from pytest_steer.settings import settings_dict
-from pytest_steer.store import VectorCache, cache_key, read_tensors, write_tensors
+from pytest_steer.tensors import VectorCache, cache_key, read_tensors, write_tensors
 from pytest_steer.tasks import load_task
 from pytest_steer.verdict import (
     BaselineMissing, Gate, Verdict, case_tolerance, comparisons, judge, metrics_from_outcomes,
@@ -65,16 +65,16 @@ class SteerSession:
     _results: dict[Case, CaseResult] = field(default_factory=dict)
     _resolved: dict[ModelSpec, Resolved] = field(default_factory=dict)
     _placements: dict[ModelSpec, Placement] = field(default_factory=dict)
-    _store: ResultStore | None = None
+    _cache: ResultCache | None = None
     selected: list[Case] = field(default_factory=list)  # the cases this process may run (for shared work)
     run_id: str | None = None  # scores shared between cases live under <cache>/shared/<run_id> for this run only
 
     @property
-    def store(self) -> ResultStore:
+    def results(self) -> ResultCache:
         """Computed results keyed by their inputs."""
-        if self._store is None:
-            self._store = ResultStore(self.options.cache_dir / "results")
-        return self._store
+        if self._cache is None:
+            self._cache = ResultCache(self.options.cache_dir / "results")
+        return self._cache
 
     def resolve(self, spec: ModelSpec) -> Resolved:
         """The model's location and fingerprint in its dtype (fetched or converted if needed, not loaded)."""
@@ -120,8 +120,8 @@ class SteerSession:
                 # another worker (xdist without loadgroup) may be running the same group: wait for it,
                 # then find its results stored instead of computing them twice
                 try:
-                    self.store.root.mkdir(parents=True, exist_ok=True)
-                    lock: Any = FileLock(str(self.store.root / f".{_work_hash(case)}.lock"))
+                    self.results.root.mkdir(parents=True, exist_ok=True)
+                    lock: Any = FileLock(str(self.results.root / f".{_work_hash(case)}.lock"))
                     lock.acquire()
                 except OSError:  # a read-only cache: nothing is stored there to wait for
                     lock = None
@@ -162,7 +162,7 @@ class SteerSession:
             if accepted is not None:
                 replays[case] = accepted
             inputs = self._inputs(case, task_sha256, counts, accepted)
-            stored = None if self.options.rerun else self.store.get(inputs)
+            stored = None if self.options.rerun else self.results.get(inputs)
             if stored is not None:  # the same weights from another source reuse it: say where this run's came from
                 out[case] = replace(stored, provenance=replace(stored.provenance, model_source=inputs.model_source))
             else:
@@ -198,7 +198,7 @@ class SteerSession:
                     outcome = _gate_on_replay(outcome, replayed, replays[case])
             out[case] = replace(self._record(case, handle, task, inputs, outcome, {**timing, **outcome.phases}),
                                 replay=replayed)
-            self.store.put(inputs, out[case])
+            self.results.put(inputs, out[case])
         return out
 
     def _accepted_vector(self, case: Case) -> Accepted | None:

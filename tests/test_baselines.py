@@ -13,7 +13,7 @@ from filelock import FileLock
 from pytest_steer.baselines import BaselineStore
 from pytest_steer.files import StoreError, read_verified
 from pytest_steer.record import SCHEMA, CaseResult, Comparison, Metrics, Outcomes, Provenance, TaskData
-from pytest_steer.store import read_tensors, write_tensors
+from pytest_steer.tensors import read_tensors, write_tensors
 
 COMMITTED = Path(__file__).resolve().parent.parent / "baselines"
 

@@ -160,7 +160,7 @@ def test_gate_vector_replay_never_gates_on_a_fresh_vector_when_the_accepted_one_
     """A shipped vector that does not fit (its checksum re-recorded, so it loads) fails the case by name."""
     import torch
 
-    from pytest_steer.store import read_tensors, write_tensors
+    from pytest_steer.tensors import read_tensors, write_tensors
 
     write, run = suite
     write(extra='\n[[case]]\ntask = "tinytask"\ngate_vector = "replay"\n')

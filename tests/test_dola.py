@@ -248,7 +248,7 @@ def completion_file(tmp_path):
 
 def _run(handle, path, n_test, settings, tmp_path):
     from pytest_steer.methods.base import RunContext
-    from pytest_steer.store import VectorCache
+    from pytest_steer.tensors import VectorCache
 
     method = DolaMethod()
     task = load_task("t", path)
@@ -375,7 +375,7 @@ def test_settings_validation() -> None:
 def test_variants_in_one_pass_get_exactly_their_own_numbers(tiny_handle, fixture, request, tmp_path, monkeypatch) -> None:
     from pytest_steer.methods import dola
     from pytest_steer.methods.base import RunContext
-    from pytest_steer.store import VectorCache
+    from pytest_steer.tensors import VectorCache
 
     path = request.getfixturevalue(fixture)
     variants = [DolaSettings(bucket="lower"), DolaSettings(bucket="upper"), DolaSettings(bucket="upper", premature_norm=True)]

@@ -18,7 +18,7 @@ from pytest_steer.files import read_verified
 from pytest_steer.merge import MergeError, Shard, load_shard, main, unused_everywhere
 from pytest_steer.record import CaseResult, Comparison, Metrics, Outcomes, Provenance, TaskData
 from pytest_steer.report import CaseReport, write_json_report
-from pytest_steer.store import write_tensors
+from pytest_steer.tensors import write_tensors
 from pytest_steer.verdict import Verdict
 
 VERSIONS = {"pytest_steer": "0.1.0", "torch": "2.5.1", "transformers": "4.56.0", "numpy": "2.1.0", "python": "3.12.3"}

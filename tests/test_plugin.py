@@ -57,7 +57,7 @@ def test_update_then_compare_then_regression(suite, pytester: pytest.Pytester) -
     assert "worker" not in data["diagnostics"]
     assert len(data["curves"]["dev_accuracy"]) == 3
     assert data["metrics"]["delta_ci"][0] <= data["metrics"]["delta"] <= data["metrics"]["delta_ci"][1]
-    from pytest_steer.store import read_tensors
+    from pytest_steer.tensors import read_tensors
 
     tensors, meta = read_tensors(vector)
     assert tensors["task_vector"].shape == (32,) and meta["layer"] == str(data["chosen"]["layer"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pytest_steer.record import CaseResult
-from pytest_steer.results import ResultInputs, ResultStore
+from pytest_steer.results import ResultInputs, ResultCache
 
 INPUTS = ResultInputs(
     case="m-task_vector-t", model_source={"name": "m", "kind": "folder", "location": "/m"}, fingerprint="f" * 32,
@@ -39,7 +39,7 @@ def test_the_same_weights_from_another_source_share_the_key(tmp_path: Path, stor
     """The fingerprint covers the model's files: a copy in another folder (same fingerprint) reuses the result."""
     moved = replace(INPUTS, model_source=CHANGED["model_source"])
     assert moved.key() == INPUTS.key()
-    store = ResultStore(tmp_path)
+    store = ResultCache(tmp_path)
     store.put(INPUTS, stored_result)
     assert store.get(moved) is not None
 
@@ -55,7 +55,7 @@ def stored_result() -> CaseResult:
 
 
 def test_a_stored_result_comes_back_marked_reused_only_for_the_same_inputs(tmp_path: Path, stored_result) -> None:
-    store = ResultStore(tmp_path)
+    store = ResultCache(tmp_path)
     assert store.get(INPUTS) is None
     store.put(INPUTS, stored_result)
     again = store.get(INPUTS)
@@ -66,7 +66,7 @@ def test_a_stored_result_comes_back_marked_reused_only_for_the_same_inputs(tmp_p
 
 
 def test_a_damaged_stored_result_is_recomputed_never_used(tmp_path: Path, stored_result) -> None:
-    store = ResultStore(tmp_path)
+    store = ResultCache(tmp_path)
     store.put(INPUTS, stored_result)
     path = store.path(INPUTS)
     text = path.read_text()

@@ -1,4 +1,4 @@
-"""Tests for pytest_steer.store: checksummed safetensors files, cache keys and the vector cache."""
+"""Tests for pytest_steer.tensors: checksummed safetensors files, cache keys and the vector cache."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import pytest_steer.store as store
+import pytest_steer.tensors as tensors_module
 from pytest_steer.files import StoreError, atomic_write_json
-from pytest_steer.store import CacheOutcome, VectorCache, cache_key, content_hash, read_tensors, write_tensors
+from pytest_steer.tensors import CacheOutcome, VectorCache, cache_key, content_hash, read_tensors, write_tensors
 
 
 def tensors() -> dict[str, torch.Tensor]:
@@ -195,7 +195,7 @@ def test_cache_key_changes_with_any_part(change):
 
 def test_cache_key_includes_plugin_version(monkeypatch):
     before = cache_key(PARTS)
-    monkeypatch.setattr(store, "__version__", "999.0.0")
+    monkeypatch.setattr(tensors_module, "__version__", "999.0.0")
     assert cache_key(PARTS) != before
     monkeypatch.undo()
     assert cache_key(PARTS) == before
@@ -316,7 +316,7 @@ def test_a_hit_needs_no_lock(tmp_path, monkeypatch):
     def no_lock(*_args, **_kwargs):
         raise PermissionError("read-only cache")
 
-    monkeypatch.setattr(store, "FileLock", no_lock)
+    monkeypatch.setattr(tensors_module, "FileLock", no_lock)
     tensors, outcome = cache.get_or_build("ns", {"a": 1}, lambda: pytest.fail("a hit must not rebuild"))
     assert outcome.hit and torch.equal(tensors["v"], _build()["v"])
 
@@ -325,7 +325,7 @@ def test_a_miss_in_a_read_only_cache_builds_without_writing(tmp_path, monkeypatc
     def no_lock(*_args, **_kwargs):
         raise PermissionError("read-only cache")
 
-    monkeypatch.setattr(store, "FileLock", no_lock)
+    monkeypatch.setattr(tensors_module, "FileLock", no_lock)
     cache = VectorCache(tmp_path)
     tensors, outcome = cache.get_or_build("ns", {"a": 1}, _build)
     assert not outcome.hit and torch.equal(tensors["v"], _build()["v"])
@@ -337,7 +337,7 @@ def test_another_users_unreadable_file_is_never_replaced(tmp_path, monkeypatch):
     _, outcome = cache.get_or_build("ns", {"a": 1}, _build)
     before = outcome.path.read_bytes()
     real_access = os.access
-    monkeypatch.setattr(store.os, "access", lambda p, mode: False if Path(p) == outcome.path else real_access(p, mode))
+    monkeypatch.setattr(tensors_module.os, "access", lambda p, mode: False if Path(p) == outcome.path else real_access(p, mode))
     tensors, again = cache.get_or_build("ns", {"a": 1}, lambda: {"v": torch.zeros(4)})
     assert not again.hit and torch.equal(tensors["v"], torch.zeros(4))
     assert outcome.path.read_bytes() == before
