@@ -26,7 +26,7 @@ from pytest_steer.files import StoreError, check_output, hold_run, shared_dir
 from pytest_steer.methods import methods
 from pytest_steer.options import SteerOptions, add_options, resolve_options
 from pytest_steer.record import CaseResult
-from pytest_steer.report import CaseReport, counts, render_table, write_json_report
+from pytest_steer.report import CaseReport, write_json_report
 from pytest_steer.verdict import BaselineMissing, Verdict
 
 if TYPE_CHECKING:
@@ -268,124 +268,29 @@ class SteerRun:
         return [str(self.baselines.json_path(*ids)) for ids in sorted(self.baselines.all_ids()) if case_id(*ids) not in known]
 
     def summary(self, tr: Any) -> None:
+        """The pytest-steer section of the terminal summary, as the report layer writes it."""
         if not self.reports and not self.collected_any:
             return
+        from pytest_steer.summary import RunFacts, summary
+
         tr.section("pytest-steer")
-        verbose = self.config.getoption("verbose") >= 0
-        reports = sorted(self.reports, key=lambda r: r.id)
-        if reports:
-            if verbose:
-                tr.write(render_table(reports, tr._tw.fullwidth, tr.hasmarkup))
-            tally = ", ".join(f"{n} {status}" for status, n in sorted(counts(reports).items()))
-            tr.write_line(f"{len(reports)} steering cases: {tally}")
-            for line in _model_changes(reports):
-                tr.write_line(line, red=True)
-            for line in self._candidate_lines(reports):
-                tr.write_line(line, yellow=True)
-            if any(r.verdict is not None and r.verdict.changes and r.verdict.model_changed for r in reports):
-                from pytest_steer.report import render_changes
-
-                tr.write(render_changes(reports, tr._tw.fullwidth, tr.hasmarkup))
-            for r in reports:
-                for note in () if r.verdict is None else r.verdict.notes:
-                    tr.write_line(f"{r.id}: {note}")
-            if self.correction is not None and self.correction.comparisons:
-                late = bool(self.correction.late)
-                tr.write_line(self.correction.describe(), red=late)
-                for r in reports:
-                    if r.id in self.correction.late and r.verdict is not None:
-                        tr.write_line(f"FAILED {r.id}: {r.verdict.reasons[-1]}", red=True)
-            for line in _power_lines(reports):
-                tr.write_line(line, yellow=True)
-            missing = [r for r in reports if r.status == "missing"]
-            if missing:
-                tr.write_line(f"{len(missing)} case(s) computed but not judged, no stored baseline: "
-                              f"{', '.join(r.id for r in missing)}; run them with --steer-update to store one", yellow=True)
-            reused = [r for r in reports if r.result is not None and r.result.reused]
-            if reused:
-                tr.write_line(f"{len(reused)} of them judged from results stored under unchanged inputs (no model "
-                              "loaded for those); --steer-rerun recomputes")
-        if self.broken and not self.reports:  # --collect-only: say now what would fail, and why
-            tr.write_line(f"{len(self.broken)} case(s) cannot run:", red=True)
-            for case in self.broken:
-                tr.write_line(f"  {case.id}: {case.message}", red=True)
-        slowest = sorted(self.durations.items(), key=lambda kv: -kv[1])[:5]
-        if len(self.durations) > 1 and verbose:
-            tr.write_line("slowest cases: " + ", ".join(f"{case} {seconds:.1f} s" for case, seconds in slowest))
-        for path in self.written:
-            tr.write_line(f"baseline written: {path}")
-        for error in self.write_errors:
-            tr.write_line(error, red=True)
-        unused = self.unused_baselines()
-        if unused and verbose:
-            tr.write_line(f"{len(unused)} baseline(s) not used by any selected case:")
-            for path in unused:
-                tr.write_line(f"  {path}")
-        if self.crashed_workers:
-            tr.write_line(f"{self.crashed_workers} xdist worker(s) crashed: unused baselines were not listed")
-        unfinished = self.unfinished()
-        if unfinished:
-            tr.write_line(f"{len(unfinished)} selected case(s) unfinished (a worker died or the run was interrupted): "
-                          f"{', '.join(unfinished[:5])}{' ...' if len(unfinished) > 5 else ''}", red=True)
-        if self.options.report_path and (reports or unfinished):
-            complete = "" if not unfinished else f" (incomplete: {len(unfinished)} case(s) unfinished; merge refuses it)"
-            tr.write_line(f"report written: {self.options.report_path}{complete}", red=bool(unfinished))
-        if self.options.html_path and reports:
-            tr.write_line(f"HTML report written: {self.options.html_path}")
-        if self.options.compare_path:
-            from pytest_steer.compare import render
-
-            tr.write(render(self.compared(), self.options.compare_path, tr._tw.fullwidth, tr.hasmarkup))
-            for change in self.dropped():
-                tr.write_line(f"{change.id}: steered {change.after:.3f} dropped {change.drop:.3f} below the saved run's "
-                              f"{change.before:.3f} (more than --steer-compare-fail {self.options.compare_fail})", red=True)
-
-
-    def _candidate_lines(self, reports: list[CaseReport]) -> list[str]:
-        """What each candidate run judged, and whether the accepted baselines moved."""
-        out = []
-        for alias, candidate in sorted(self.options.candidates.items()):
-            mine = [r for r in reports if r.model == alias]
-            if not mine:
-                continue
-            if self.options.update:
-                out.append(f"accepted model changed: {alias} is now {candidate.describe()}: --steer-update wrote the "
-                           f"candidate's results as the baselines of {len(mine)} case(s)")
+        facts = RunFacts(
+            reports=sorted(self.reports, key=lambda r: r.id), verbose=self.config.getoption("verbose") >= 0,
+            width=tr._tw.fullwidth, markup=tr.hasmarkup, candidates=self.options.candidates, update=self.options.update,
+            correction=self.correction, broken=self.broken, durations=self.durations, written=self.written,
+            write_errors=self.write_errors, unused=self.unused_baselines(), crashed_workers=self.crashed_workers,
+            unfinished=self.unfinished(), report_path=self.options.report_path, html_path=self.options.html_path,
+            compare_path=self.options.compare_path, compared=self.compared(), dropped=self.dropped(),
+            compare_fail=self.options.compare_fail,
+        )
+        for line in summary(facts):
+            if line.block:
+                tr.write(line.text)
             else:
-                out.append(f"candidate {alias} = {candidate.describe()}: {len(mine)} case(s) judged against the accepted "
-                           f"baselines, which this run leaves unchanged (accept the candidate with --steer-update)")
-        return out
+                tr.write_line(line.text, **({line.color: True} if line.color else {}))
 
 
 RUN_KEY = pytest.StashKey[SteerRun]()
-
-
-def _power_lines(reports: list[CaseReport], shown: int = 3) -> list[str]:
-    """Cases whose test split cannot see a drop as small as their tolerance (the JSON report has every case's)."""
-    blind = [r for r in reports if r.verdict is not None and r.verdict.power is not None and r.verdict.power.blind]
-    if not blind:
-        return []
-    lines = [f"power: {len(blind)} case(s) cannot see a drop as small as their tolerance (paired test, alpha "
-             f"{blind[0].verdict.power.alpha:g}, power 0.8):"]  # type: ignore[union-attr]
-    for r in sorted(blind, key=lambda r: -r.verdict.power.detectable)[:shown]:  # type: ignore[union-attr]
-        p = r.verdict.power  # type: ignore[union-attr]
-        lines.append(f"  {r.id}: {p.n} items cannot see a drop of {p.wanted:.2f} (smallest detectable "
-                     f"{p.detectable:.3f}); use at least {p.needed}")
-    if len(blind) > shown:
-        lines.append(f"  ... and {len(blind) - shown} more (verdict.power in the JSON report)")
-    return lines
-
-
-def _model_changes(reports: list[CaseReport]) -> list[str]:
-    """One line per model whose fingerprint differs from the one its baselines were accepted for."""
-    changed: dict[tuple[str, str, str], int] = {}
-    for r in reports:
-        v = r.verdict
-        if v is not None and v.model_changed and r.result is not None:
-            key = (r.model, str(v.stored_fingerprint), r.result.provenance.fingerprint)
-            changed[key] = changed.get(key, 0) + 1
-    return [f"model changed: {model}: {old} -> {new} ({n} case(s) judged against baselines of the old model)"
-            for (model, old, new), n in sorted(changed.items())]
 
 
 def _is_case(nodeid: str) -> bool:
