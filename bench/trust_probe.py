@@ -6,6 +6,7 @@ Each probe builds one input in a scratch folder (a model folder, a case file, a 
 report, a cache entry, an output path) and feeds it to the function a run would call. The outcome is one of:
 
     error     the plugin's own error, naming the file or option (what a user should see)
+    held      a fault the plugin handled without an error (a moved fingerprint, a rebuilt cache entry)
     unclear   the plugin's own error, but its message names neither the file nor the field
     accepted  a valid record came back (right for valid inputs, e.g. a CSV with a BOM)
     SILENT    a record came back for an input that should have been refused
@@ -40,6 +41,10 @@ from pytest_steer.models.loader import ModelLoadError  # noqa: E402
 from pytest_steer.models.fingerprint import FingerprintError, model_fingerprint  # noqa: E402
 from pytest_steer.tasks import TaskError  # noqa: E402
 from pytest_steer.tasks.data import load_task  # noqa: E402
+
+class Held(Exception):
+    """Raised by a probe whose fault the plugin handled as it should, with no error of its own to show."""
+
 
 OWN_ERRORS = (CaseFileError, TaskError, StoreError, CompareError, MergeError, FingerprintError, ModelLoadError)
 
@@ -104,7 +109,7 @@ def weights_swapped_by_rsync_t(s: Path) -> object:
     os.replace(s / "other", w)
     if model_fingerprint(m, memo_dir=s / "memo") == before:
         return "same fingerprint"  # SILENT
-    raise FingerprintError(f"{w}: fingerprint moved as it must (probe passes)")
+    raise Held("the fingerprint moved")
 
 
 @probe("model files", valid=True)
@@ -540,7 +545,7 @@ def cached_vector_all_nan(s: Path) -> object:
     got, outcome = cache.get_or_build("tv", {"k": 1}, lambda: {"v": torch.ones(3)})
     if not bool(torch.isfinite(got["v"]).all()):
         return "NaN vector used"  # SILENT
-    raise StoreError(f"{first.path}: rebuilt (probe passes: rebuilt_corrupt={outcome.rebuilt_corrupt}) vector")
+    raise Held(f"rebuilt, not used (rebuilt_corrupt={outcome.rebuilt_corrupt})")
 
 
 # ------------------------------------------------------------------ reports and merge inputs
@@ -609,6 +614,8 @@ def main() -> int:
             try:
                 p.run(scratch)
                 outcome, detail = ("accepted", "") if p.valid else ("SILENT", "a record came back")
+            except Held as exc:
+                outcome, detail = "held", str(exc)
             except OWN_ERRORS as exc:
                 text = str(exc)
                 clear = any(n in text for n in p.names) if p.names else (str(scratch) in text or "/" in text)
