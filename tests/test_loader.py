@@ -215,3 +215,20 @@ def test_a_gguf_replaced_with_its_mtime_restored_is_converted_again(tmp_path: Pa
     finally:
         loader.convert_gguf = real  # type: ignore[assignment]
     assert len(seen) == 2 and seen[0] != seen[1]
+
+
+def test_no_code_path_can_ask_a_question_on_stdin() -> None:
+    """transformers asks before running repository code when trust_remote_code is left None: every call that can
+    reach that question says False (or the model table's explicit opt-in), and nothing calls input()."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "pytest_steer"
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            assert name != "input", f"{path.name}:{node.lineno} calls input()"
+            if name == "from_pretrained":
+                given = {k.arg for k in node.keywords} | {None for k in node.keywords if k.arg is None}
+                assert "trust_remote_code" in given or None in given, f"{path.name}:{node.lineno}"

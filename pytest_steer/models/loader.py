@@ -82,9 +82,11 @@ def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None
             return target
         if progress:
             progress(f"de-quantizing {gguf_path.name}", 0, 1)
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        # no repository code for a GGUF file, and never a question about it on stdin
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                  trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(
-            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, trust_remote_code=False
         )
         reclaim(target.parent, f".convert-{target.name}-*")  # a killed conversion's staging (we hold its lock)
         staging = Path(tempfile.mkdtemp(prefix=f".convert-{target.name}-", dir=target.parent))
