@@ -15,11 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-from pytest_steer.baselines import BaselineStore
-from pytest_steer.markdown import expected_status
-from pytest_steer.cases import Case, load_case_file
+from pytest_steer.storage.baselines import BaselineStore
+from pytest_steer.report.markdown import expected_status
+from pytest_steer.cases.casefile import Case, load_case_file
 from pytest_steer.record import CaseResult
-from pytest_steer.report import CaseReport
+from pytest_steer.report.cases import CaseReport
 
 FIELDS = {
     "metrics": lambda r: r.metrics.to_json(),

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pytest_steer.baselines import BaselineStore
-from pytest_steer.cases import Case, load_case_file
-from pytest_steer.multiple import correct
+from pytest_steer.storage.baselines import BaselineStore
+from pytest_steer.cases.casefile import Case, load_case_file
+from pytest_steer.judge.multiple import correct
 from pytest_steer.record import CaseResult, Outcomes
-from pytest_steer.report import CaseReport
-from pytest_steer.verdict import Gate, comparisons, judge, metrics_from_outcomes, resolve_tolerance
+from pytest_steer.report.cases import CaseReport
+from pytest_steer.judge.verdict import Gate, comparisons, judge, metrics_from_outcomes, resolve_tolerance
 
 
 def default_cases(folder: Path, store: BaselineStore) -> list[tuple[Case, CaseResult]]:

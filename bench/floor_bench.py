@@ -43,9 +43,9 @@ def matmul_rate(threads: int, seconds: float = 2.0) -> float:
 
 
 def cases(args: argparse.Namespace) -> int:
-    from pytest_steer.markdown import load_cases
-    from pytest_steer.options import SteerOptions
-    from pytest_steer.session import SteerSession
+    from pytest_steer.report.markdown import load_cases
+    from pytest_steer.run.options import SteerOptions
+    from pytest_steer.run.session import SteerSession
 
     rate = matmul_rate(args.threads)
     print(f"float32 matmul rate at {args.threads} thread(s): {rate / 1e9:.1f} GFLOP/s")
@@ -94,7 +94,7 @@ def states(args: argparse.Namespace) -> int:
             else:
                 cache = Path(scratch)
                 (cache / "models").symlink_to(Path(args.models or Path.home() / ".cache" / "pytest-steer" / "models"))
-            has_rerun = (tree / "pytest_steer" / "results.py").exists()
+            has_rerun = any((tree / "pytest_steer" / sub / "results.py").exists() for sub in (".", "storage"))
             plans = [("cold", []), ("fresh", ["--steer-rerun"] if has_rerun else []), ("reused", [])]
             for state, extra in [p for p in plans if p[0] in args.states]:
                 if args.report_dir:

@@ -24,9 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_baselines import FIELDS, GRADED_BOUND, GRADED_SEEN, field_problems, show  # noqa: E402
 
-from pytest_steer.cases import Case, load_case_file  # noqa: E402
-from pytest_steer.markdown import expected_status  # noqa: E402
-from pytest_steer.report import CaseReport  # noqa: E402
+from pytest_steer.cases.casefile import Case, load_case_file  # noqa: E402
+from pytest_steer.report.markdown import expected_status  # noqa: E402
+from pytest_steer.report.cases import CaseReport  # noqa: E402
 
 
 def run_suite(name: str, extra: list[str], env: dict[str, str], args: argparse.Namespace, out: Path) -> Path:

@@ -32,11 +32,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pytest_steer.baselines import BaselineStore  # noqa: E402
-from pytest_steer.cases import BrokenCase, CaseFileError, load_case_file  # noqa: E402
-from pytest_steer.compare import CompareError, load_saved  # noqa: E402
-from pytest_steer.files import StoreError, check_output  # noqa: E402
-from pytest_steer.merge import MergeError, load_shard  # noqa: E402
+from pytest_steer.storage.baselines import BaselineStore  # noqa: E402
+from pytest_steer.cases.casefile import BrokenCase, CaseFileError, load_case_file  # noqa: E402
+from pytest_steer.judge.compare import CompareError, load_saved  # noqa: E402
+from pytest_steer.storage.files import StoreError, check_output  # noqa: E402
+from pytest_steer.report.merge import MergeError, load_shard  # noqa: E402
 from pytest_steer.models.loader import ModelLoadError  # noqa: E402
 from pytest_steer.models.fingerprint import FingerprintError, model_fingerprint  # noqa: E402
 from pytest_steer.tasks import TaskError  # noqa: E402
@@ -535,7 +535,7 @@ def baseline_chosen_is_a_list(s: Path) -> object:
 def cached_vector_all_nan(s: Path) -> object:
     import torch
 
-    from pytest_steer.tensors import VectorCache, read_tensors, write_tensors
+    from pytest_steer.storage.tensors import VectorCache, read_tensors, write_tensors
 
     cache = VectorCache(s)
     _, first = cache.get_or_build("tv", {"k": 1}, lambda: {"v": torch.ones(3)})

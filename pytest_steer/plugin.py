@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from xdist import get_xdist_worker_id, is_xdist_worker
 
-from pytest_steer.baselines import BaselineStore
-from pytest_steer.cases import FAMILIES, BrokenCase, Case, case_id, load_case_file, marker_name, model_family, task_slot
+from pytest_steer.storage.baselines import BaselineStore
+from pytest_steer.cases.casefile import FAMILIES, BrokenCase, Case, case_id, load_case_file, marker_name, model_family, task_slot
 from pytest_steer.errors import SteerError
-from pytest_steer.files import StoreError, check_output, hold_run, shared_dir
+from pytest_steer.storage.files import StoreError, check_output, hold_run, shared_dir
 from pytest_steer.methods import methods
-from pytest_steer.options import SteerOptions, add_options, resolve_options
+from pytest_steer.run.options import SteerOptions, add_options, resolve_options
 from pytest_steer.record import CaseResult
-from pytest_steer.report import CaseReport, write_json_report
-from pytest_steer.verdict import BaselineMissing, Verdict
+from pytest_steer.report.cases import CaseReport, write_json_report
+from pytest_steer.judge.verdict import BaselineMissing, Verdict
 
 if TYPE_CHECKING:
-    from pytest_steer.session import SteerSession
+    from pytest_steer.run.session import SteerSession
 
 CASE_GLOB = "steer_*.toml"
 
@@ -84,21 +84,21 @@ class SteerRun:
                 except StoreError as exc:
                     raise pytest.UsageError(str(exc)) from None
         if self.options.html_path and not hasattr(config, "workerinput"):
-            from pytest_steer.html import HtmlUnavailable, require
+            from pytest_steer.report.html import HtmlUnavailable, require
 
             try:
                 require()
             except HtmlUnavailable as exc:
                 raise pytest.UsageError(f"--steer-html: {exc}") from None
         if self.options.device not in ("auto", "cpu"):  # a GPU asked for where there is none: say so before anything runs
-            from pytest_steer.device import DeviceError, check_available
+            from pytest_steer.run.device import DeviceError, check_available
 
             try:
                 check_available(self.options.device)
             except DeviceError as exc:
                 raise pytest.UsageError(str(exc)) from None
         if self.options.compare_path:  # read now: a bad file is a usage error before anything runs
-            from pytest_steer.compare import CompareError, load_saved
+            from pytest_steer.judge.compare import CompareError, load_saved
 
             try:
                 self.saved = load_saved(self.options.compare_path)
@@ -160,8 +160,8 @@ class SteerRun:
     def session(self) -> SteerSession:
         """The session that runs cases (imports torch on first use)."""
         if self._session is None:
-            from pytest_steer.progress import ProgressBars
-            from pytest_steer.session import SteerSession
+            from pytest_steer.run.progress import ProgressBars
+            from pytest_steer.run.session import SteerSession
 
             if self.worker:
                 _share_cores_between_workers()
@@ -196,7 +196,7 @@ class SteerRun:
     def compared(self) -> list[Any]:
         """Changes against the saved report of `--steer-compare` (computed once)."""
         if self._changes is None:
-            from pytest_steer.compare import compare
+            from pytest_steer.judge.compare import compare
 
             self._changes = compare(self.reports, self.saved) if self.options.compare_path else []
         return self._changes
@@ -219,14 +219,14 @@ class SteerRun:
             self._run_lock.release()
             Path(self._run_lock.lock_file).unlink(missing_ok=True)
         if self.reports and not self.options.update:
-            from pytest_steer.multiple import correct
+            from pytest_steer.judge.multiple import correct
 
             self.reports, self.correction = correct(self.reports, self.options.multiple, self.options.alpha)
         if self.options.report_path and (self.reports or self.unfinished()) and not self.config.option.collectonly:
             self._write_report({"complete": not self.unfinished(), "unfinished": self.unfinished(),
                                 "unused_baselines": self.unused_baselines()})
         if self.options.html_path and self.reports:
-            from pytest_steer.html import write_html
+            from pytest_steer.report.html import write_html
 
             try:
                 write_html(self.options.html_path, self.reports, self._stored)
@@ -271,7 +271,7 @@ class SteerRun:
         """The pytest-steer section of the terminal summary, as the report layer writes it."""
         if not self.reports and not self.collected_any:
             return
-        from pytest_steer.summary import RunFacts, summary
+        from pytest_steer.report.summary import RunFacts, summary
 
         tr.section("pytest-steer")
         facts = RunFacts(

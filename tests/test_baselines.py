@@ -1,4 +1,4 @@
-"""Tests for pytest_steer.baselines: the baseline store reads and writes typed case results."""
+"""Tests for pytest_steer.storage.baselines: the baseline store reads and writes typed case results."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 from filelock import FileLock
 
-from pytest_steer.baselines import BaselineStore
-from pytest_steer.files import StoreError, read_verified
+from pytest_steer.storage.baselines import BaselineStore
+from pytest_steer.storage.files import StoreError, read_verified
 from pytest_steer.record import SCHEMA, CaseResult, Comparison, Metrics, Outcomes, Provenance, TaskData
-from pytest_steer.tensors import read_tensors, write_tensors
+from pytest_steer.storage.tensors import read_tensors, write_tensors
 
 COMMITTED = Path(__file__).resolve().parent.parent / "baselines"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_steer.candidate import Candidate, CandidateError, parse_candidate, parse_candidates
+from pytest_steer.cases.candidate import Candidate, CandidateError, parse_candidate, parse_candidates
 from pytest_steer.models.spec import ArchitectureOverride, ModelSpec
-from pytest_steer.perturb import main as perturb_main
-from pytest_steer.perturb import parse_blocks
+from pytest_steer.models.perturb import main as perturb_main
+from pytest_steer.models.perturb import parse_blocks
 
 
 # ---------------------------------------------------------------- parsing
@@ -160,7 +160,7 @@ def test_gate_vector_replay_never_gates_on_a_fresh_vector_when_the_accepted_one_
     """A shipped vector that does not fit (its checksum re-recorded, so it loads) fails the case by name."""
     import torch
 
-    from pytest_steer.tensors import read_tensors, write_tensors
+    from pytest_steer.storage.tensors import read_tensors, write_tensors
 
     write, run = suite
     write(extra='\n[[case]]\ntask = "tinytask"\ngate_vector = "replay"\n')

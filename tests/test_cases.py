@@ -1,4 +1,4 @@
-"""Tests for pytest_steer.cases: expanding TOML case files into cases, and their errors."""
+"""Tests for pytest_steer.cases.casefile: expanding TOML case files into cases, and their errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_steer.cases import (
+from pytest_steer.cases.casefile import (
     BrokenCase,
     Case,
     case_id,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_steer.compare import CompareError, compare, load_saved, render
+from pytest_steer.judge.compare import CompareError, compare, load_saved, render
 from pytest_steer.record import CaseResult, Comparison, Metrics, Outcomes, Provenance, TaskData
-from pytest_steer.report import CaseReport
+from pytest_steer.report.cases import CaseReport
 
 
 def _report(cid: str, steered: tuple[int, ...], status: str = "pass", items: tuple[str, ...] | None = None) -> CaseReport:

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_steer.device import (
+from pytest_steer.run.device import (
     DeviceError, OutOfMemory, Placement, physical_gpus, resolve_device, resolve_dtype, with_backoff, worker_gpus,
     worker_index,
 )
 from pytest_steer.record import Provenance, TaskData
-from pytest_steer.verdict import provenance_mismatch
+from pytest_steer.judge.verdict import provenance_mismatch
 
 
 # ---------------------------------------------------------------- resolution
@@ -127,10 +127,10 @@ def test_other_errors_are_not_retried() -> None:
 def test_a_session_retries_a_case_with_a_smaller_batch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                        tiny_model_dir: Path, tiny_task_file: Path) -> None:
     """A simulated CUDA out-of-memory error in the method: the case reruns with half the batch and says so."""
-    from pytest_steer.cases import load_case_file
+    from pytest_steer.cases.casefile import load_case_file
     from pytest_steer.methods.task_vector import TaskVectorMethod
-    from pytest_steer.options import SteerOptions
-    from pytest_steer.session import SteerSession
+    from pytest_steer.run.options import SteerOptions
+    from pytest_steer.run.session import SteerSession
 
     real_run = TaskVectorMethod.run
     sizes: list[int] = []

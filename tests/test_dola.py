@@ -152,7 +152,7 @@ def test_premature_norm_needs_a_final_norm(tiny_handle) -> None:
     import dataclasses
 
     from pytest_steer.models.loader import ModelHandle
-    from pytest_steer.settings import SettingsError
+    from pytest_steer.cases.settings import SettingsError
 
     adapter = dataclasses.replace(tiny_handle.adapter, final_norm_path=None)
     handle = ModelHandle(tiny_handle.model, tiny_handle.tokenizer, adapter, tiny_handle.fingerprint)
@@ -248,7 +248,7 @@ def completion_file(tmp_path):
 
 def _run(handle, path, n_test, settings, tmp_path):
     from pytest_steer.methods.base import RunContext
-    from pytest_steer.tensors import VectorCache
+    from pytest_steer.storage.tensors import VectorCache
 
     method = DolaMethod()
     task = load_task("t", path)
@@ -317,7 +317,7 @@ def test_method_on_completions_uses_accuracy_with_ties(tiny_handle, completion_f
 
 
 def test_metric_must_fit_the_task_kind(tiny_handle, mc_file, completion_file, tmp_path) -> None:
-    from pytest_steer.settings import SettingsError
+    from pytest_steer.cases.settings import SettingsError
 
     with pytest.raises(SettingsError, match="metric 'mc2' does not apply to a completion task"):
         _run(tiny_handle, completion_file, 4, DolaSettings(metric="mc2"), tmp_path)
@@ -358,7 +358,7 @@ def test_prepare_rejects_word_pairs(tiny_task_file) -> None:
 
 
 def test_settings_validation() -> None:
-    from pytest_steer.settings import SettingsError, build_settings
+    from pytest_steer.cases.settings import SettingsError, build_settings
 
     assert build_settings(DolaSettings, {"bucket": [2, 4]}, "w").bucket == (2, 4)
     assert build_settings(DolaSettings, {"bucket": [2, 4]}, "w").bucket_name() == "layers 2,4"
@@ -375,7 +375,7 @@ def test_settings_validation() -> None:
 def test_variants_in_one_pass_get_exactly_their_own_numbers(tiny_handle, fixture, request, tmp_path, monkeypatch) -> None:
     from pytest_steer.methods import dola
     from pytest_steer.methods.base import RunContext
-    from pytest_steer.tensors import VectorCache
+    from pytest_steer.storage.tensors import VectorCache
 
     path = request.getfixturevalue(fixture)
     variants = [DolaSettings(bucket="lower"), DolaSettings(bucket="upper"), DolaSettings(bucket="upper", premature_norm=True)]

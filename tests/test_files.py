@@ -1,4 +1,4 @@
-"""Tests for pytest_steer.files: atomic writes leave the old file or the new one, never half of one."""
+"""Tests for pytest_steer.storage.files: atomic writes leave the old file or the new one, never half of one."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_steer.files import atomic_write_bytes, atomic_write_json
+from pytest_steer.storage.files import atomic_write_bytes, atomic_write_json
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -82,7 +82,7 @@ def test_a_dead_runs_shared_folder_is_reclaimed_and_a_live_ones_kept(tmp_path: P
     import sys
     import time
 
-    from pytest_steer.files import hold_run, shared_dir
+    from pytest_steer.storage.files import hold_run, shared_dir
 
     cache = tmp_path / "cache"
     for run in ("dead", "live", "old-version-recent"):
@@ -108,7 +108,7 @@ def test_a_dead_runs_shared_folder_is_reclaimed_and_a_live_ones_kept(tmp_path: P
 
 
 def test_a_cache_that_cannot_be_written_holds_no_run_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_steer.files import hold_run
+    from pytest_steer.storage.files import hold_run
 
     def refuse(self: Path, *args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied", str(self))

@@ -20,7 +20,7 @@ from pytest_steer.methods.search import PromptSet
 from pytest_steer.methods.settings import FunctionVectorSettings
 from pytest_steer.models.adapter import resolve_adapter
 from pytest_steer.models.loader import ModelHandle
-from pytest_steer.tensors import VectorCache
+from pytest_steer.storage.tensors import VectorCache
 from pytest_steer.tasks import Pair, Task, split_task
 from pytest_steer.tasks.prompts import few_shot_prompt
 

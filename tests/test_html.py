@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_steer import html
+from pytest_steer.report import html
 from pytest_steer.record import CaseResult
-from pytest_steer.report import CaseReport
-from pytest_steer.verdict import Verdict
+from pytest_steer.report.cases import CaseReport
+from pytest_steer.judge.verdict import Verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from pytest_steer.baselines import BaselineStore
-from pytest_steer.cases import BrokenCase, load_case_file
-from pytest_steer.compare import CompareError, load_saved
-from pytest_steer.files import StoreError
-from pytest_steer.merge import MergeError, find_vector, load_shard, main
+from pytest_steer.storage.baselines import BaselineStore
+from pytest_steer.cases.casefile import BrokenCase, load_case_file
+from pytest_steer.judge.compare import CompareError, load_saved
+from pytest_steer.storage.files import StoreError
+from pytest_steer.report.merge import MergeError, find_vector, load_shard, main
 from pytest_steer.record import CaseResult
-from pytest_steer.report import CaseReport
+from pytest_steer.report.cases import CaseReport
 from pytest_steer.tasks import TaskError, load_task
-from pytest_steer.verdict import ScoreChange, Verdict
+from pytest_steer.judge.verdict import ScoreChange, Verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "baselines" / "smollm2-135m" / "task_vector" / "present-past.json"
@@ -415,7 +415,7 @@ def test_a_merge_update_with_a_name_leading_outside_writes_and_deletes_nothing(t
 def test_a_vector_whose_header_is_not_an_object_is_a_store_error(tmp_path: Path, header: bytes, reason: str) -> None:
     import struct
 
-    from pytest_steer.files import StoreError, read_verified
+    from pytest_steer.storage.files import StoreError, read_verified
 
     path = tmp_path / "v.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header)
@@ -425,7 +425,7 @@ def test_a_vector_whose_header_is_not_an_object_is_a_store_error(tmp_path: Path,
 
 
 def test_a_vector_path_that_is_a_fifo_is_refused_without_opening_it(tmp_path: Path) -> None:
-    from pytest_steer.files import StoreError, read_verified
+    from pytest_steer.storage.files import StoreError, read_verified
 
     with pytest.raises(StoreError, match="not a regular file but a FIFO"):
         read_verified(make_fifo(tmp_path / "v.safetensors"))
@@ -433,7 +433,8 @@ def test_a_vector_path_that_is_a_fifo_is_refused_without_opening_it(tmp_path: Pa
 
 @pytest.mark.parametrize("command", ["merge", "html"])
 def test_an_output_that_is_a_folder_or_device_is_refused_by_the_commands(tmp_path: Path, capsys, command: str) -> None:
-    from pytest_steer import html, merge
+    from pytest_steer.report import html
+    from pytest_steer.report import merge
 
     shard = write_json(tmp_path / "shard.json", report_data())
     for target in (tmp_path, Path("/dev/null")):

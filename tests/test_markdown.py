@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_steer.baselines import BaselineStore
-from pytest_steer.markdown import load_cases, main, render
+from pytest_steer.storage.baselines import BaselineStore
+from pytest_steer.report.markdown import load_cases, main, render
 
 ROOT = Path(__file__).resolve().parents[1]
 

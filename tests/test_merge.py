@@ -1,4 +1,4 @@
-"""Merging the JSON reports of a suite split over machines (`python -m pytest_steer.merge`)."""
+"""Merging the JSON reports of a suite split over machines (`python -m pytest_steer merge`)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_steer.baselines import BaselineStore
-from pytest_steer.files import read_verified
-from pytest_steer.merge import MergeError, Shard, load_shard, main, unused_everywhere
+from pytest_steer.storage.baselines import BaselineStore
+from pytest_steer.storage.files import read_verified
+from pytest_steer.report.merge import MergeError, Shard, load_shard, main, unused_everywhere
 from pytest_steer.record import CaseResult, Comparison, Metrics, Outcomes, Provenance, TaskData
-from pytest_steer.report import CaseReport, write_json_report
-from pytest_steer.tensors import write_tensors
-from pytest_steer.verdict import Verdict
+from pytest_steer.report.cases import CaseReport, write_json_report
+from pytest_steer.storage.tensors import write_tensors
+from pytest_steer.judge.verdict import Verdict
 
 VERSIONS = {"pytest_steer": "0.1.0", "torch": "2.5.1", "transformers": "4.56.0", "numpy": "2.1.0", "python": "3.12.3"}
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,7 +269,7 @@ def test_update_refuses_a_vector_staged_for_another_case(tmp_path: Path, capsys)
 def test_the_module_runs_from_the_command_line(tmp_path: Path) -> None:
     a = shard(tmp_path / "a.json", case("smollm2-135m", "fail"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-m", "pytest_steer.merge", str(a), "-o", str(tmp_path / "m.json")],
+    done = subprocess.run([sys.executable, "-m", "pytest_steer", "merge", str(a), "-o", str(tmp_path / "m.json")],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 1, done.stderr
     assert "1 steering cases from 1 shards: 1 fail" in done.stdout and (tmp_path / "m.json").exists()
@@ -277,8 +277,8 @@ def test_the_module_runs_from_the_command_line(tmp_path: Path) -> None:
 
 def test_the_example_workflow_runs_one_job_per_model_and_merges_them_all() -> None:
     yaml = pytest.importorskip("yaml")
-    from pytest_steer.cases import marker_name
-    from pytest_steer.markdown import load_cases
+    from pytest_steer.cases.casefile import marker_name
+    from pytest_steer.report.markdown import load_cases
 
     workflow = yaml.safe_load((ROOT / "examples" / "github-actions-steer.yml").read_text())
     jobs = workflow["jobs"]
@@ -287,5 +287,5 @@ def test_the_example_workflow_runs_one_job_per_model_and_merges_them_all() -> No
     assert {m["model"] for m in matrix} == models
     assert all(m["marker"] == marker_name(m["model"]) for m in matrix)
     merge_step = next(s["run"] for s in jobs["merge"]["steps"] if s.get("name") == "merge")
-    assert "python -m pytest_steer.merge" in merge_step
+    assert "python -m pytest_steer merge" in merge_step
     assert all(f"reports/steer-{m}.json" in merge_step for m in models)

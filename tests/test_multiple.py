@@ -10,11 +10,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pytest_steer.multiple import correct
+from pytest_steer.judge.multiple import correct
 from pytest_steer.record import CaseResult, Comparison, Metrics, Outcomes, Provenance, TaskData
-from pytest_steer.report import CaseReport
-from pytest_steer.stats import fewest_discordant, reject, sure_level
-from pytest_steer.verdict import Gate, case_tolerance, comparisons, judge, resolve_tolerance
+from pytest_steer.report.cases import CaseReport
+from pytest_steer.judge.stats import fewest_discordant, reject, sure_level
+from pytest_steer.judge.verdict import Gate, case_tolerance, comparisons, judge, resolve_tolerance
 
 
 def _holm_by_definition(p: list[float], alpha: float) -> list[bool]:
@@ -168,9 +168,9 @@ def test_no_committed_default_case_is_blind_to_its_tolerance_under_the_default_o
     or a case file that sets a tighter tolerance, fails this."""
     from pathlib import Path
 
-    from pytest_steer.baselines import BaselineStore
-    from pytest_steer.cases import Case, load_case_file
-    from pytest_steer.options import SteerOptions
+    from pytest_steer.storage.baselines import BaselineStore
+    from pytest_steer.cases.casefile import Case, load_case_file
+    from pytest_steer.run.options import SteerOptions
 
     root = Path(__file__).resolve().parents[1]
     store = BaselineStore(root / "baselines")

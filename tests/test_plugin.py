@@ -57,7 +57,7 @@ def test_update_then_compare_then_regression(suite, pytester: pytest.Pytester) -
     assert "worker" not in data["diagnostics"]
     assert len(data["curves"]["dev_accuracy"]) == 3
     assert data["metrics"]["delta_ci"][0] <= data["metrics"]["delta"] <= data["metrics"]["delta_ci"][1]
-    from pytest_steer.tensors import read_tensors
+    from pytest_steer.storage.tensors import read_tensors
 
     tensors, meta = read_tensors(vector)
     assert tensors["task_vector"].shape == (32,) and meta["layer"] == str(data["chosen"]["layer"])
@@ -373,7 +373,7 @@ def test_a_killed_update_keeps_every_finished_baseline_whole(suite, pytester: py
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
-    from pytest_steer.baselines import BaselineStore
+    from pytest_steer.storage.baselines import BaselineStore
 
     store = BaselineStore(pytester.path / "baselines")
     kept = store.load("tinya", "task_vector", "tinytask")  # verifies the vector against the JSON
@@ -614,7 +614,7 @@ def test_a_killed_worker_leaves_a_report_that_says_it_is_incomplete(suite, pytes
     assert [c["id"] for c in data["cases"]] == ["tinya-task_vector-tinytask"]
     result.stdout.fnmatch_lines(["*1 selected case(s) unfinished*tinya-task_vector-othertask*",
                                  "*report written: *report.json (incomplete: 1 case(s) unfinished*"])
-    from pytest_steer.merge import main
+    from pytest_steer.report.merge import main
 
     assert main([str(report), "-o", str(pytester.path / "merged.json")]) != 0  # merge refuses it
     assert not (pytester.path / "merged.json").exists()
@@ -726,7 +726,7 @@ def test_an_edit_of_the_plugins_code_invalidates_stored_results_and_cached_vecto
     reused, hits, paths = outcomes()
     assert reused == {False} and hits == {True}  # results recomputed on request, vectors reused
     pytester.makeconftest("""
-        import pytest_steer.identity as identity
+        import pytest_steer.storage.identity as identity
 
         identity.plugin_source_hash = lambda: "0123456789abcdef"  # as after an edit of a built-in's extraction
     """)

@@ -18,15 +18,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_steer.baselines import BaselineStore
-from pytest_steer.cases import BrokenCase, Case, load_case_file
-from pytest_steer.compare import CompareError, load_saved
-from pytest_steer.files import StoreError
-from pytest_steer.merge import MergeError, load_shard, main
+from pytest_steer.storage.baselines import BaselineStore
+from pytest_steer.cases.casefile import BrokenCase, Case, load_case_file
+from pytest_steer.judge.compare import CompareError, load_saved
+from pytest_steer.storage.files import StoreError
+from pytest_steer.report.merge import MergeError, load_shard, main
 from pytest_steer.record import CaseResult, is_name
-from pytest_steer.report import CaseReport
+from pytest_steer.report.cases import CaseReport
 from pytest_steer.tasks import Task, TaskError, load_task
-from pytest_steer.verdict import ScoreChange, Verdict
+from pytest_steer.judge.verdict import ScoreChange, Verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = json.loads((ROOT / "baselines" / "smollm2-135m" / "task_vector" / "present-past.json").read_text())

@@ -161,7 +161,7 @@ def test_editing_a_third_party_method_invalidates_its_stored_results(tmp_path: P
 
 
 def test_a_methods_code_identity_follows_its_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_steer import identity
+    from pytest_steer.storage import identity
 
     package = tmp_path / "steerpkg"
     package.mkdir()

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from pytest_steer.record import CaseResult, Comparison, Metrics, Outcomes, Provenance, TaskData
-from pytest_steer.report import CaseReport, render_table, write_json_report
-from pytest_steer.verdict import Verdict
+from pytest_steer.report.cases import CaseReport, render_table, write_json_report
+from pytest_steer.judge.verdict import Verdict
 
 
 def _comparison(unsteered: float, steered: float) -> Comparison:

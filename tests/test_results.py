@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pytest_steer.record import CaseResult
-from pytest_steer.results import ResultInputs, ResultCache
+from pytest_steer.storage.results import ResultInputs, ResultCache
 
 INPUTS = ResultInputs(
     case="m-task_vector-t", model_source={"name": "m", "kind": "folder", "location": "/m"}, fingerprint="f" * 32,

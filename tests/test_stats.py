@@ -1,11 +1,11 @@
-"""Tests for pytest_steer.stats (paired bootstrap) and pytest_steer.verdict (metrics, judge)."""
+"""Tests for pytest_steer.judge.stats (paired bootstrap) and pytest_steer.judge.verdict (metrics, judge)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pytest_steer.stats import Interval, paired_bootstrap
+from pytest_steer.judge.stats import Interval, paired_bootstrap
 
 RNG = np.random.default_rng(123)
 TREATED = (RNG.random(80) < 0.7).astype(float)
@@ -81,7 +81,7 @@ def test_interval_to_dict():
 
 # ---------------------------------------------------------------- paired tests and power (hand-computed values)
 
-from pytest_steer.stats import fewest_discordant, mcnemar_exact, minimum_detectable, paired_test, sign_flip_test  # noqa: E402
+from pytest_steer.judge.stats import fewest_discordant, mcnemar_exact, minimum_detectable, paired_test, sign_flip_test  # noqa: E402
 
 
 def test_mcnemar_exact_against_hand_computed_binomial_tails():

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from pytest_steer.record import CaseResult
-from pytest_steer.report import CaseReport
-from pytest_steer.summary import RunFacts, summary
-from pytest_steer.verdict import Verdict
+from pytest_steer.report.cases import CaseReport
+from pytest_steer.report.summary import RunFacts, summary
+from pytest_steer.judge.verdict import Verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 

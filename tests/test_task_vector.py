@@ -17,8 +17,8 @@ from pytest_steer.methods.scoring import encode
 from pytest_steer.methods.search import search_layers
 from pytest_steer.methods.settings import TaskVectorSettings
 from pytest_steer.methods.task_vector import TaskVectorMethod, extract_task_vectors, replace_at_layers
-from pytest_steer.settings import SettingsError
-from pytest_steer.tensors import VectorCache
+from pytest_steer.cases.settings import SettingsError
+from pytest_steer.storage.tensors import VectorCache
 from pytest_steer.tasks import MCQuestion, Pair, Task, TaskError, load_task, split_task
 from pytest_steer.tasks.prompts import icl_prompts, zero_shot_prompt
 

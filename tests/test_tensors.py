@@ -1,4 +1,4 @@
-"""Tests for pytest_steer.tensors: checksummed safetensors files, cache keys and the vector cache."""
+"""Tests for pytest_steer.storage.tensors: checksummed safetensors files, cache keys and the vector cache."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import pytest_steer.tensors as tensors_module
-from pytest_steer.files import StoreError, atomic_write_json
-from pytest_steer.tensors import CacheOutcome, VectorCache, cache_key, content_hash, read_tensors, write_tensors
+import pytest_steer.storage.tensors as tensors_module
+from pytest_steer.storage.files import StoreError, atomic_write_json
+from pytest_steer.storage.tensors import CacheOutcome, VectorCache, cache_key, content_hash, read_tensors, write_tensors
 
 
 def tensors() -> dict[str, torch.Tensor]:

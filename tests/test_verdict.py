@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pytest_steer.record import CaseResult, Comparison, Metrics, Outcomes, Provenance, TaskData
-from pytest_steer.verdict import Gate, Verdict, judge, metrics_from_outcomes
+from pytest_steer.judge.verdict import Gate, Verdict, judge, metrics_from_outcomes
 
 
 # ---------------------------------------------------------------- metrics_from_outcomes

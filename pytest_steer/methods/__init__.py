@@ -45,7 +45,7 @@ class MethodEntry:
 
     def code(self) -> str:
         """The identity of the code that computes this method's results and vectors (`identity.code_identity`)."""
-        from pytest_steer.identity import code_identity
+        from pytest_steer.storage.identity import code_identity
 
         return code_identity(self.target)
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from pytest_steer.models.loader import ModelHandle
-from pytest_steer.tensors import VectorCache
+from pytest_steer.storage.tensors import VectorCache
 from pytest_steer.tasks import Task
 
 Progress = Callable[[str, int, int], None]

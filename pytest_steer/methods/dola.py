@@ -24,7 +24,7 @@ from pytest_steer.methods.base import MethodOutcome, Phases, RunContext
 from pytest_steer.methods.scoring import cache_kwarg
 from pytest_steer.methods.settings import BUCKETS, DolaSettings
 from pytest_steer.models.loader import ModelHandle
-from pytest_steer.settings import SettingsError
+from pytest_steer.cases.settings import SettingsError
 from pytest_steer.tasks import Completion, MCQuestion, Task, TaskError, require_kind, sample_items
 from pytest_steer.tasks.prompts import completion_text, mc_answer, mc_context, mc_prompt
 

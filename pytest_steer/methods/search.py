@@ -22,8 +22,8 @@ from pytest_steer.methods.base import MethodOutcome, Phases, RunContext
 from pytest_steer.methods.hooks import HookReport, Intervene, silent_layers
 from pytest_steer.methods.scoring import TokenCounter, first_target_ids, score_interventions
 from pytest_steer.models.loader import ModelHandle
-from pytest_steer.settings import SettingsError, settings_dict
-from pytest_steer.tensors import CacheOutcome
+from pytest_steer.cases.settings import SettingsError, settings_dict
+from pytest_steer.storage.tensors import CacheOutcome
 from pytest_steer.tasks import Pair, Splits, Task, require_kind, split_task
 from pytest_steer.tasks.prompts import icl_prompts, target_text, zero_shot_prompt
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pytest_steer.settings import SettingsError
+from pytest_steer.cases.settings import SettingsError
 from pytest_steer.tasks.data import Task, TaskError, require_kind
 
 MIN_DEMOS = 10  # the smallest demonstration pool a word-pair split leaves

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_steer.errors import SteerError
-from pytest_steer.files import atomic_write_json, file_sha256
+from pytest_steer.storage.files import atomic_write_json, file_sha256
 
 VERSION = "fp2"  # changes when what the fingerprint covers changes
 

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from filelock import FileLock
 
-from pytest_steer.device import Placement
+from pytest_steer.run.device import Placement
 from pytest_steer.errors import SteerError
-from pytest_steer.files import file_sha256, reclaim, shared_mode
+from pytest_steer.storage.files import file_sha256, reclaim, shared_mode
 from pytest_steer.models.fingerprint import FingerprintError, hub_folder, model_fingerprint
 from pytest_steer.models.adapter import ArchitectureAdapter, resolve_adapter
 from pytest_steer.models.packaged import PACKAGED_MODELS, FetchError, fetch_packaged

@@ -27,7 +27,7 @@ from typing import BinaryIO
 from filelock import FileLock
 
 from pytest_steer.errors import SteerError
-from pytest_steer.files import file_sha256, reclaim, shared_mode
+from pytest_steer.storage.files import file_sha256, reclaim, shared_mode
 
 __all__ = [
     "FetchError",

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal, Union
 
 from pytest_steer.errors import SteerError
-from pytest_steer.files import read_json, read_text
+from pytest_steer.storage.files import read_json, read_text
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 

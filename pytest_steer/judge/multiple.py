@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from pytest_steer.report import CaseReport
-from pytest_steer.stats import reject
-from pytest_steer.verdict import ScoreChange
+from pytest_steer.report.cases import CaseReport
+from pytest_steer.judge.stats import reject
+from pytest_steer.judge.verdict import ScoreChange
 
 JUDGED = ("ok", "regressed")  # baseline states whose changes are tests of this run (not updating, mismatched, new)
 

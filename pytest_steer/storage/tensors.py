@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from pytest_steer import __version__
-from pytest_steer.files import StoreError, atomic_write_bytes, read_verified
+from pytest_steer.storage.files import StoreError, atomic_write_bytes, read_verified
 
 
 def content_hash(tensors: Mapping[str, torch.Tensor]) -> str:

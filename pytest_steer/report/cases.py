@@ -11,10 +11,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from pytest_steer.files import atomic_write_json
+from pytest_steer.storage.files import atomic_write_json
 from pytest_steer.methods.presentation import Presentation, presentation_of
 from pytest_steer.record import CaseResult, Metrics
-from pytest_steer.verdict import Verdict
+from pytest_steer.judge.verdict import Verdict
 
 _STYLE = {"pass": "green", "xpass": "yellow", "fail": "red", "xfail": "dim", "error": "bold red", "missing": "yellow"}
 

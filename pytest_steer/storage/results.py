@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.files import atomic_write_json
-from pytest_steer.identity import plugin_source_hash
+from pytest_steer.storage.files import atomic_write_json
+from pytest_steer.storage.identity import plugin_source_hash
 from pytest_steer.record import CaseResult
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 from pytest_steer.record import CaseResult, RecordError, check_name, check_record, field_path
-from pytest_steer.report import CaseReport
+from pytest_steer.report.cases import CaseReport
 
 
 def report_case(raw: Any, path: str = "") -> CaseReport:

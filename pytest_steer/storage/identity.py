@@ -12,7 +12,7 @@ from functools import cache
 from importlib.metadata import PackageNotFoundError, packages_distributions, version
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # pytest_steer/
 
 
 def _tree_hash(root: Path, files: list[Path]) -> str:

@@ -27,15 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_steer.device import DEVICE_FORM, DEVICES, DTYPES
+from pytest_steer.run.device import DEVICE_FORM, DEVICES, DTYPES
 from pytest_steer.errors import SteerError
-from pytest_steer.files import read_text, unusable_value
+from pytest_steer.storage.files import read_text, unusable_value
 from pytest_steer.methods import methods
 from pytest_steer.methods.contract import ChecksTask
 from pytest_steer.models.packaged import PACKAGED_MODELS
 from pytest_steer.models.spec import AdapterError, ArchitectureOverride, ModelSpec
 from pytest_steer.record import MAX_SEED, is_name
-from pytest_steer.settings import SettingsError, build_settings
+from pytest_steer.cases.settings import SettingsError, build_settings
 from pytest_steer.tasks import BUILTIN_DIR, Task, TaskError, load_task
 
 

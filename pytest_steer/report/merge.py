@@ -1,7 +1,7 @@
 """Merge the JSON reports of a suite split over machines into one report (and, with --update, into baselines).
 
-    python -m pytest_steer.merge steer-*.json -o steer-merged.json
-    python -m pytest_steer.merge steer-*.json -o steer-merged.json --update --vectors vectors/*
+    python -m pytest_steer merge steer-*.json -o steer-merged.json
+    python -m pytest_steer merge steer-*.json -o steer-merged.json --update --vectors vectors/*
 
 Each shard is a `--steer-report` file of one slice of the suite (say, one model per CI job).
 The merge is refused when a case is in more than one shard, or when the shards' results were
@@ -25,13 +25,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.baselines import BaselineStore
-from pytest_steer.cases import task_slot
+from pytest_steer.storage.baselines import BaselineStore
+from pytest_steer.cases.casefile import task_slot
 from pytest_steer.errors import SteerError
-from pytest_steer.files import StoreError, check_output, read_json, verified_metadata
+from pytest_steer.storage.files import StoreError, check_output, read_json, verified_metadata
 from pytest_steer.record import CaseResult, RecordError, short_repr
-from pytest_steer.report import CaseReport, counts, render_table, write_json_report
-from pytest_steer.saved import report_case
+from pytest_steer.report.cases import CaseReport, counts, render_table, write_json_report
+from pytest_steer.report.saved import report_case
 
 PASSING = frozenset({"pass", "xfail", "xpass"})
 REFUSED, NO_CASES = 2, 5
@@ -229,7 +229,7 @@ def write_baselines(results: Sequence[CaseResult], store: BaselineStore) -> list
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pytest_steer.merge", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="python -m pytest_steer merge", description=__doc__.splitlines()[0],
                                      epilog="exit status: 0 all passed, 1 a case failed, errored or is missing, "
                                             "2 refused or unreadable, 5 no cases")
     parser.add_argument("shards", type=Path, nargs="+", metavar="SHARD.json", help="reports written by --steer-report")

@@ -7,10 +7,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pytest_steer.drift import Drift, drift
+from pytest_steer.judge.drift import Drift, drift
 from pytest_steer.errors import SteerError
 from pytest_steer.record import CaseResult, Comparison, Metrics, Provenance
-from pytest_steer.stats import Power, minimum_detectable, paired_bootstrap, paired_test, sure_level
+from pytest_steer.judge.stats import Power, minimum_detectable, paired_bootstrap, paired_test, sure_level
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Markdown tables of the stored baselines, so a document's figures are generated, never retyped.
 
-    python -m pytest_steer.markdown docs/results.md           # rewrite every generated block
-    python -m pytest_steer.markdown docs/results.md --check   # exit 1 if a block is out of date
+    python -m pytest_steer markdown docs/results.md           # rewrite every generated block
+    python -m pytest_steer markdown docs/results.md --check   # exit 1 if a block is out of date
 
 A block is the text between `<!-- steer-table METHOD -->` and `<!-- /steer-table -->`;
 METHOD is a registered method (its presentation gives the columns). Verdicts are the ones the stored results
@@ -19,12 +19,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pytest_steer.baselines import BaselineStore
-from pytest_steer.cases import Case, load_case_file
+from pytest_steer.storage.baselines import BaselineStore
+from pytest_steer.cases.casefile import Case, load_case_file
 from pytest_steer.methods import methods
 from pytest_steer.methods.presentation import presentation_of
 from pytest_steer.record import CaseResult, Comparison
-from pytest_steer.verdict import Gate, case_tolerance, comparisons, judge, resolve_tolerance
+from pytest_steer.judge.verdict import Gate, case_tolerance, comparisons, judge, resolve_tolerance
 
 BLOCK = re.compile(r"(<!-- steer-table (\w+) -->\n)(.*?)(<!-- /steer-table -->)", re.S)
 
@@ -122,7 +122,7 @@ def load_cases(folder: Path) -> list[Case]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pytest_steer.markdown", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pytest_steer markdown", description=__doc__.splitlines()[0])
     parser.add_argument("document", type=Path)
     parser.add_argument("--baselines", type=Path, default=Path("baselines"))
     parser.add_argument("--cases", type=Path, default=Path("steering_cases"))
@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         if new != text:
             print(f"{args.document}: generated tables differ from {args.baselines}; run "
-                  f"python -m pytest_steer.markdown {args.document}", file=sys.stderr)
+                  f"python -m pytest_steer markdown {args.document}", file=sys.stderr)
             return 1
         return 0
     if new != text:

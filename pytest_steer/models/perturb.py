@@ -1,7 +1,7 @@
 """A local copy of a model, optionally with noise in some blocks: a candidate to check that the gate sees damage.
 
-    python -m pytest_steer.perturb smollm2-135m ./smollm2-copy
-    python -m pytest_steer.perturb smollm2-135m ./smollm2-damaged --noise 0.5 --blocks 12-17
+    python -m pytest_steer perturb smollm2-135m ./smollm2-copy
+    python -m pytest_steer perturb smollm2-135m ./smollm2-damaged --noise 0.5 --blocks 12-17
 
 SOURCE is a packaged alias or a model folder (safetensors weights). Each weight tensor of the chosen
 blocks gets Gaussian noise of `noise` times its own standard deviation (seeded, so reproducible);
@@ -81,7 +81,7 @@ def perturb(folder: Path, target: Path, noise: float, blocks: set[int], seed: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pytest_steer.perturb", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pytest_steer perturb", description=__doc__.split("\n")[0])
     parser.add_argument("source", help="a packaged alias or a model folder")
     parser.add_argument("target", type=Path, help="the new folder (must not exist)")
     parser.add_argument("--noise", type=float, default=0.0, help="noise std as a fraction of each tensor's std (0: exact copy)")

@@ -1,7 +1,7 @@
 """The HTML report: one self-contained page (plotly figures, a jinja2 template) of a run.
 
     pytest steering_cases --steer-html report.html            # during a run
-    python -m pytest_steer.html run.json -o report.html       # from a saved --steer-report
+    python -m pytest_steer html run.json -o report.html       # from a saved --steer-report
 
 Per method a heatmap of models x tasks coloured by the steering gain (a button switches to
 recovery, steered / 5-shot, for methods shown with the vector layout), each cell marked with
@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from pytest_steer.errors import SteerError
-from pytest_steer.files import atomic_write_bytes
+from pytest_steer.storage.files import atomic_write_bytes
 from pytest_steer.methods.presentation import presentation_of
 from pytest_steer.record import CaseResult
-from pytest_steer.report import CaseReport, counts
+from pytest_steer.report.cases import CaseReport, counts
 
 EXTRA_HINT = "pip install 'pytest-steer[html]'"
 MARK = {"pass": "pass", "fail": "FAIL", "xfail": "xfail", "xpass": "XPASS", "error": "ERROR", "missing": "missing"}
@@ -137,7 +137,7 @@ def render(reports: Sequence[CaseReport], stored: Callable[[CaseReport], CaseRes
     for report in reports:
         by_method.setdefault(report.method, []).append(report)
     template = jinja2.Environment(autoescape=True).from_string(
-        resources.files("pytest_steer").joinpath("templates/report.html.j2").read_text(encoding="utf-8"))
+        resources.files("pytest_steer.report").joinpath("templates/report.html.j2").read_text(encoding="utf-8"))
     return template.render(
         plotly_js=Markup(f'<script type="text/javascript">{get_plotlyjs()}</script>'),
         counts=sorted(counts(reports).items()), versions=", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
@@ -155,12 +155,12 @@ def write_html(path: Path, reports: Sequence[CaseReport], stored: Callable[[Case
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pytest_steer.baselines import BaselineStore
-    from pytest_steer.cases import task_slot
-    from pytest_steer.compare import load_saved
-    from pytest_steer.files import check_output
+    from pytest_steer.storage.baselines import BaselineStore
+    from pytest_steer.cases.casefile import task_slot
+    from pytest_steer.judge.compare import load_saved
+    from pytest_steer.storage.files import check_output
 
-    parser = argparse.ArgumentParser(prog="python -m pytest_steer.html", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pytest_steer html", description=__doc__.splitlines()[0])
     parser.add_argument("report", type=Path, help="a JSON report written by --steer-report")
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("--baselines", type=Path, default=Path("baselines"))
@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output(args.output, "-o", create=True)
         reports = list(load_saved(args.report, "report").values())
     except SteerError as exc:
-        print(f"python -m pytest_steer.html: {exc}", file=sys.stderr)
+        print(f"python -m pytest_steer html: {exc}", file=sys.stderr)
         return 2
     store = BaselineStore(args.baselines)
 
@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         write_html(args.output, reports, stored, args.expand)
     except OSError as exc:
-        print(f"python -m pytest_steer.html: -o {args.output}: not written ({exc})", file=sys.stderr)
+        print(f"python -m pytest_steer html: -o {args.output}: not written ({exc})", file=sys.stderr)
         return 2
     print(f"report written: {args.output}")
     return 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from pytest_steer.files import (StoreError, atomic_write_bytes, atomic_write_json, read_json, read_verified,
+from pytest_steer.storage.files import (StoreError, atomic_write_bytes, atomic_write_json, read_json, read_verified,
                                 verified_metadata)
 from pytest_steer.record import CaseResult, RecordError, is_name
 

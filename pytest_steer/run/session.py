@@ -21,23 +21,23 @@ import torch
 from filelock import FileLock
 
 from pytest_steer import __version__
-from pytest_steer.baselines import BaselineStore
-from pytest_steer.cases import Case
-from pytest_steer.options import SteerOptions
+from pytest_steer.storage.baselines import BaselineStore
+from pytest_steer.cases.casefile import Case
+from pytest_steer.run.options import SteerOptions
 from pytest_steer.methods import load_method, methods
 from pytest_steer.methods.base import MethodOutcome, Progress, RunContext
 from pytest_steer.methods.contract import Batched
 from pytest_steer.models.loader import ModelHandle, Resolved, load_model, resolve
-from pytest_steer.device import Placement, available, physical_gpus, resolve_device, resolve_dtype, with_backoff, worker_gpus, worker_index
-from pytest_steer.files import StoreError, shared_dir
+from pytest_steer.run.device import Placement, available, physical_gpus, resolve_device, resolve_dtype, with_backoff, worker_gpus, worker_index
+from pytest_steer.storage.files import StoreError, shared_dir
 from pytest_steer.methods.search import ReplayError
 from pytest_steer.models.spec import ModelSpec
 from pytest_steer.record import CaseResult, Outcomes, Provenance, Replay, TaskData
-from pytest_steer.results import ResultInputs, ResultCache, now
-from pytest_steer.settings import settings_dict
-from pytest_steer.tensors import VectorCache, cache_key, read_tensors, write_tensors
+from pytest_steer.storage.results import ResultInputs, ResultCache, now
+from pytest_steer.cases.settings import settings_dict
+from pytest_steer.storage.tensors import VectorCache, cache_key, read_tensors, write_tensors
 from pytest_steer.tasks import load_task
-from pytest_steer.verdict import (
+from pytest_steer.judge.verdict import (
     BaselineMissing, Gate, Verdict, case_tolerance, comparisons, judge, metrics_from_outcomes,
 )
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_steer.report import CaseReport, counts, render_changes, render_table
+from pytest_steer.report.cases import CaseReport, counts, render_changes, render_table
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def summary(f: RunFacts) -> list[Line]:
         out.append(Line(f"{f.crashed_workers} xdist worker(s) crashed: unused baselines were not listed"))
     out.extend(_written(f))
     if f.compare_path:
-        from pytest_steer.compare import render
+        from pytest_steer.judge.compare import render
 
         out.append(Line(render(f.compared, f.compare_path, f.width, f.markup), block=True))
         out.extend(Line(f"{c.id}: steered {c.after:.3f} dropped {c.drop:.3f} below the saved run's {c.before:.3f} "

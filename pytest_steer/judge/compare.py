@@ -11,11 +11,11 @@ from rich.console import Console
 from rich.table import Table
 
 from pytest_steer.errors import SteerError
-from pytest_steer.files import read_json
+from pytest_steer.storage.files import read_json
 from pytest_steer.record import RecordError
-from pytest_steer.report import CaseReport
-from pytest_steer.saved import report_case
-from pytest_steer.stats import PairedTest, paired_bootstrap, paired_test
+from pytest_steer.report.cases import CaseReport
+from pytest_steer.report.saved import report_case
+from pytest_steer.judge.stats import PairedTest, paired_bootstrap, paired_test
 
 
 class CompareError(SteerError):

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from pytest_steer.candidate import Candidate, CandidateError, parse_candidates
-from pytest_steer.device import DEVICE_FORM, DEVICES, DTYPES
-from pytest_steer.stats import MULTIPLE
+from pytest_steer.cases.candidate import Candidate, CandidateError, parse_candidates
+from pytest_steer.run.device import DEVICE_FORM, DEVICES, DTYPES
+from pytest_steer.judge.stats import MULTIPLE
 
 _OPTIONS = (
     ("update", "store_true", "write or refresh the baselines of the cases that ran (controller only, atomic)"),

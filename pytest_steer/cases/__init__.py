@@ -1,0 +1,1 @@
+"""Case files: steer_*.toml expanded into typed cases and their settings; --steer-candidate."""

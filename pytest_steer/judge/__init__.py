@@ -1,0 +1,1 @@
+"""Judging results: metrics and verdicts, paired statistics, the run's correction, drift, comparison."""

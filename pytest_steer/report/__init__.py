@@ -1,0 +1,1 @@
+"""What a run reports: per-case records, terminal tables and summary, JSON, HTML, markdown, merging."""
