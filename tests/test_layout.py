@@ -28,3 +28,15 @@ def test_architecture_names_every_module_and_package_with_a_purpose() -> None:
                     f"ARCHITECTURE.md does not name {package.name}/{module.name}"
     for module in TOP_LEVEL:
         assert any(line.strip().startswith(module) for line in lines), f"ARCHITECTURE.md does not name {module}"
+
+
+def test_hooks_are_thin() -> None:
+    """Each pytest hook in plugin.py is one call into the run (pytest_configure, which creates it, excepted)."""
+    tree = ast.parse((PACKAGE / "plugin.py").read_text())
+    hooks = [f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name.startswith("pytest_")]
+    assert len(hooks) >= 8
+    for hook in hooks:
+        body = [s for s in hook.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+        if hook.name != "pytest_configure":
+            assert len(body) <= 2, f"plugin.{hook.name} has {len(body)} statements: move its logic into SteerRun"
+    assert not [c for c in tree.body if isinstance(c, ast.ClassDef)], "plugin.py holds hooks, not classes"

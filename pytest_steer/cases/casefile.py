@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pytest_steer.run.device import DEVICE_FORM, DEVICES, DTYPES
 from pytest_steer.errors import SteerError
-from pytest_steer.storage.files import read_text, unusable_value
+from pytest_steer.storage.files import read_parsed
 from pytest_steer.methods import methods
 from pytest_steer.methods.contract import ChecksTask
 from pytest_steer.models.packaged import PACKAGED_MODELS
@@ -254,17 +254,7 @@ def _local_path(text: str, base: Path, where: str) -> Path:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     """The parsed case file as plain data; CaseFileError naming the file and the field if it is not."""
-    text = read_text(path, CaseFileError, "case file")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise CaseFileError(f"{path}: cannot read case file (not valid TOML: {exc})") from exc
-    except RecursionError as exc:
-        raise CaseFileError(f"{path}: cannot read case file (not valid TOML: nested too deeply)") from exc
-    problem = unusable_value(data)
-    if problem:
-        raise CaseFileError(f"{path}: cannot read case file ({problem})")
-    return data
+    return read_parsed(path, CaseFileError, "case file", tomllib.loads, "TOML")
 
 
 def load_case_file(path: Path) -> list[Case | BrokenCase]:

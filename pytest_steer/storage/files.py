@@ -9,6 +9,7 @@ import stat
 import struct
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -264,20 +265,27 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def read_json(path: str | Path, error: type[Exception], what: str, where: str | None = None, hint: str = "") -> Any:
-    """A regular file's JSON as plain data (see `read_text` and `unusable_value`); `error` naming the file otherwise."""
+def read_parsed(path: str | Path, error: type[Exception], what: str, parse: Callable[[str], Any], syntax: str,
+                where: str | None = None, hint: str = "") -> Any:
+    """A regular file parsed by `parse` (JSON, TOML: a parse error is a ValueError) into plain data (see `read_text`
+    and `unusable_value`); `error` naming the file otherwise."""
     text = read_text(path, error, what, where, hint)
     where = str(path) if where is None else where
     try:
-        data = json.loads(text)
+        data = parse(text)
     except RecursionError as exc:
-        raise error(f"{where}: cannot read {what} (not valid JSON: nested too deeply){hint}") from exc
+        raise error(f"{where}: cannot read {what} (not valid {syntax}: nested too deeply){hint}") from exc
     except ValueError as exc:
-        raise error(f"{where}: cannot read {what} (not valid JSON: {exc}){hint}") from exc
+        raise error(f"{where}: cannot read {what} (not valid {syntax}: {exc}){hint}") from exc
     problem = unusable_value(data)
     if problem:
-        raise error(f"{where}: cannot read {what} (not usable JSON: {problem}){hint}")
+        raise error(f"{where}: cannot read {what} (not usable {syntax}: {problem}){hint}")
     return data
+
+
+def read_json(path: str | Path, error: type[Exception], what: str, where: str | None = None, hint: str = "") -> Any:
+    """A regular file's JSON as plain data; `error` naming the file otherwise."""
+    return read_parsed(path, error, what, json.loads, "JSON", where, hint)
 
 
 def verified_metadata(path: Path) -> dict[str, str]:
