@@ -6,7 +6,9 @@ import json
 import os
 import shutil
 import sys
+import threading
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +18,7 @@ from xdist import get_xdist_worker_id, is_xdist_worker
 from pytest_steer.cases.casefile import BrokenCase, Case, case_id, task_slot
 from pytest_steer.record import CaseResult
 from pytest_steer.report.cases import CaseReport, write_json_report
+from pytest_steer.run.heartbeat import Beacon, Ticker, beats_folder
 from pytest_steer.run.items import BrokenCaseItem, CaseItem, case_report
 from pytest_steer.run.options import SteerOptions, resolve_options
 from pytest_steer.storage.baselines import BaselineStore
@@ -56,6 +59,9 @@ class SteerRun:
         self.expected: set[str] = set()  # every case id selected in the run (controller), to name what never reported
         self.skipped: set[str] = set()
         self._run_lock: Any = None  # held while the run lives: its shared folder is not a dead run's
+        self.beacon: Beacon | None = None  # this process's current case and step, for the controller's lines
+        self._ticker: Ticker | None = None
+        self._terminal = threading.Lock()  # the ticker's thread and the main thread share the terminal
         if not hasattr(config, "workerinput"):  # say now, not after an hour, that an output cannot be written
             for what, path in (("--steer-report", self.options.report_path), ("--steer-html", self.options.html_path)):
                 try:
@@ -90,6 +96,10 @@ class SteerRun:
         self.worker_id = get_xdist_worker_id(session)
         if not self.worker:
             self._run_lock = hold_run(self.options.cache_dir, self.run_id)
+        if not self.worker and self.options.progress_every > 0 and not self.config.option.collectonly \
+                and self.config.getoption("verbose") >= 0 and not self._bars_shown():
+            self._ticker = Ticker(self._beats(), self.options.progress_every, self._line)
+            self._ticker.start()
         if not self.worker and self.options.report_path and not self.config.option.collectonly:
             # until the run ends, the report says it is unfinished: a killed run leaves no report that looks complete
             self._write_report({"complete": False, "unfinished": [], "state": "running"})
@@ -122,9 +132,26 @@ class SteerRun:
 
     def _line(self, text: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and self.config.getoption("verbose") >= 0:
+        if reporter is None or self.config.getoption("verbose") < 0:
+            return
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        with self._terminal, (capman.global_and_fixture_disabled() if capman is not None else nullcontext()):
             reporter.ensure_newline()
             reporter.write_line(text)
+
+    def _beats(self) -> Path:
+        return beats_folder(shared_dir(self.options.cache_dir, self.run_id))
+
+    def _bars_shown(self) -> bool:
+        """Progress bars on a serial run's terminal (they show the steps; no lines needed)."""
+        uses_xdist = self.worker or bool(getattr(self.config.option, "numprocesses", None))
+        return not uses_xdist and self.config.getoption("verbose") >= 0 and sys.stderr.isatty()
+
+    def result(self, case: Case) -> CaseResult:
+        """The case's result from the session, with this process's progress naming the case meanwhile."""
+        session = self.session
+        with self.beacon.case(case.id) if self.beacon is not None else nullcontext():
+            return session.result(case)
 
     def _accept(self, case: CaseReport) -> None:
         """Write a case's baseline as soon as its report arrives: a later crash or kill loses nothing
@@ -146,10 +173,11 @@ class SteerRun:
             if self.worker:
                 _share_cores_between_workers()
             capman = self.config.pluginmanager.getplugin("capturemanager")
-            uses_xdist = self.worker or bool(getattr(self.config.option, "numprocesses", None))
-            show = not uses_xdist and self.config.getoption("verbose") >= 0 and sys.stderr.isatty()
-            self._session = SteerSession(self.options, ProgressBars(capman) if show else None,
-                                         selected=self.selected_cases, run_id=self.run_id)
+            progress = ProgressBars(capman) if self._bars_shown() else None
+            if self.options.progress_every > 0:
+                self.beacon = Beacon(self._beats(), self.worker_id, progress)
+                progress = self.beacon
+            self._session = SteerSession(self.options, progress, selected=self.selected_cases, run_id=self.run_id)
         return self._session
 
     def where(self, case: Case, fresh: bool) -> tuple[int, str]:
@@ -194,6 +222,8 @@ class SteerRun:
     def finish(self) -> None:
         """On the controller (or a serial run): correct the run's regression tests together, write the JSON and
         HTML reports, drop the run's shared scores."""
+        if self._ticker is not None:
+            self._ticker.stop()
         shutil.rmtree(shared_dir(self.options.cache_dir, self.run_id), ignore_errors=True)
         if self._run_lock is not None:
             self._run_lock.release()

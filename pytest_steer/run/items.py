@@ -98,8 +98,9 @@ class CaseItem(pytest.Item):
         self.steer_verdict: Verdict | None = None
 
     def runtest(self) -> None:
-        session = run_of(self.config).session
-        result = session.result(self.case)
+        run = run_of(self.config)
+        session = run.session
+        result = run.result(self.case)
         self.steer_result = result
         m = result.metrics
         for key, value in (("unsteered", m.unsteered), ("steered", m.steered), ("icl", m.icl), ("delta", m.delta),

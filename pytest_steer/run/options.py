@@ -46,6 +46,8 @@ _OPTIONS = (
     ("html", "store", "write a self-contained HTML report (heatmaps, curves, provenance) to this path"),
     ("compare", "store", "compare this run with a saved --steer-report JSON file"),
     ("compare-fail", "store", "with --steer-compare: fail the run when a case's steered score dropped by more than this"),
+    ("progress", "store", "seconds between the progress lines of busy cases on the terminal, also under xdist "
+                          "(default 30; 0: none)"),
     ("group", "store", "unit of work for xdist --dist loadgroup: 'case' (default; every worker busy, a model may load "
                        "on several workers) or 'model' (all cases of a model on one worker, loaded once)"),
 )
@@ -73,6 +75,7 @@ class SteerOptions:
     device: str = "auto"
     dtype: str = "auto"
     gpus_per_worker: int = 1
+    progress_every: float = 30.0
     candidates: dict[str, Candidate] = field(default_factory=dict)
 
 
@@ -157,6 +160,7 @@ def resolve_options(config: pytest.Config) -> SteerOptions:
         device=_form_option(config, "steer_device", DEVICE_FORM, DEVICES),
         dtype=_choice_option(config, "steer_dtype", DTYPES, "auto"),
         gpus_per_worker=_count_option(config, "steer_gpus_per_worker"),
+        progress_every=_progress_every(config),
     )
 
 
@@ -190,6 +194,14 @@ def _non_negative(config: pytest.Config, key: str, other: str = "") -> float | N
     if value is not None and value < 0:
         raise pytest.UsageError(f"{origin}: expected {other}a number >= 0 (a drop), got {raw!r}")
     return value
+
+
+def _progress_every(config: pytest.Config) -> float:
+    raw, origin = _raw_option(config, "steer_progress")
+    value = _float_option(config, "steer_progress", 30.0)
+    if value < 0:  # type: ignore[operator]
+        raise pytest.UsageError(f"{origin}: expected seconds >= 0 (0: no progress lines), got {raw!r}")
+    return value  # type: ignore[return-value]
 
 
 def _alpha(config: pytest.Config) -> float:
