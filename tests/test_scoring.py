@@ -96,6 +96,15 @@ def test_scores_are_the_log_softmax_of_a_plain_forward(tiny_handle) -> None:
         assert float(scores.target_logprob[row, 0]) == pytest.approx(float(torch.log_softmax(logits, -1)[ids[row]]), abs=1e-4)
 
 
+def test_scoring_reports_its_progress_per_batch_without_changing_a_number(tiny_handle) -> None:
+    ids = first_target_ids(tiny_handle.tokenizer, PROMPTS, TARGETS)
+    seen: list[tuple[int, int]] = []
+    watched = score_interventions(tiny_handle, PROMPTS, ids, batch_size=3, progress=lambda d, t: seen.append((d, t)))
+    plain = score_interventions(tiny_handle, PROMPTS, ids, batch_size=3)
+    assert seen == [(3, 8), (6, 8), (8, 8)]
+    assert torch.equal(watched.top1, plain.top1) and torch.equal(watched.target_logprob, plain.target_logprob)
+
+
 def test_padded_batch_matches_single_prompts(tiny_handle) -> None:
     ids = first_target_ids(tiny_handle.tokenizer, PROMPTS, TARGETS)
     together = score_interventions(tiny_handle, PROMPTS, ids, batch_size=8, reuse_prefix=False)

@@ -158,7 +158,8 @@ def test_run_searches_only_the_given_layers_and_reports_progress(tiny_handle, tm
     assert len(outcome.curves["dev_accuracy"]) == 1
     labels = [label for label, _, _ in calls]
     assert any(label.startswith("extracting task vectors (6 prompts)") for label in labels)
-    assert ("task_vector: dev search over 1 interventions", 1, 1) in calls
+    search = [(done, total) for label, done, total in calls if label == "task_vector: dev search over 1 interventions, prompts"]
+    assert search[0] == (0, 10) and search[-1] == (10, 10) and len(search) >= 3  # the dev prompts, batch by batch
     assert all(0 <= done <= total for _, done, total in calls)
     with pytest.raises(SettingsError, match="out of range"):
         TaskVectorMethod().run(tiny_handle, task, splits, TaskVectorSettings(layers=(5,)), RunContext(VectorCache(tmp_path), 3))

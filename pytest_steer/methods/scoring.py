@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -108,12 +108,14 @@ def score_interventions(
     reuse_prefix: bool = True,
     unchanged_blocks: Sequence[int] | None = None,
     logprobs: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> InterventionScores:
     """Score every prompt under `n_interventions` interventions.
 
     `unchanged_blocks[k]`: how many leading blocks intervention k leaves as they are (with
     `reuse_prefix` and several interventions, their outputs are computed once per prompt).
     `logprobs=False`: only the argmax is needed (target log-probabilities are left NaN).
+    `progress(done, total)`: called after each batch of prompts.
     """
     model = handle.model
     unchanged = None
@@ -172,6 +174,8 @@ def score_interventions(
                 t, lp = _reduce(out.logits[:, -1, :], targets_all[start + rows], logprobs)
                 top1[start + rows, intervention] = t
                 logp[start + rows, intervention] = lp
+            if progress is not None:
+                progress(min(start + batch_size, n), n)
     return InterventionScores(top1=top1, target_logprob=logp)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -54,13 +54,14 @@ class Scoring:
 
     def correct(
         self, handle: ModelHandle, data: PromptSet, n_interventions: int, intervene: Intervene | None, counter: TokenCounter,
-        unchanged_blocks: Sequence[int] | None = None,
+        unchanged_blocks: Sequence[int] | None = None, progress: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
         """Per-item correctness (n_items, n_interventions) of the target's first token."""
         result = score_interventions(
             handle, data.prompts, data.targets, n_interventions, intervene, batch_size=self.batch_size,
             max_rows=self.max_rows, counter=counter, reuse_prefix=self.reuse_prefix, unchanged_blocks=unchanged_blocks,
             logprobs=False,  # correctness reads the argmax alone
+            progress=progress,
         )
         return result.correct(data.targets)
 
@@ -205,16 +206,17 @@ class LayerSearch(ABC):
         scoring = Scoring(settings.batch_size, settings.max_rows, settings.reuse_prefix)
         dev = PromptSet.zero_shot(handle, splits.dev)
         test = PromptSet.zero_shot(handle, splits.test)
-        label = f"{self.name}: dev search over {len(grid)} interventions"
-        context.report(label, 0, 1)
+        label = f"{self.name}: dev search over {len(grid)} interventions, prompts"
+        context.report(label, 0, len(dev.prompts))
         sweep: dict[int, HookReport] = {}
         # every intervention edits block `layer`'s output: the blocks up to it run once per prompt
         dev_correct = scoring.correct(handle, dev, len(grid), self.intervention(handle, grid, state, sweep), counter,
-                                      unchanged_blocks=[p.layer + 1 for p in grid])
+                                      unchanged_blocks=[p.layer + 1 for p in grid],
+                                      progress=lambda done, total: context.report(label, done, total))
         silent = silent_layers(layers, sweep)
         if silent:
             raise RuntimeError(f"steering hooks on blocks {silent} did not fire or changed nothing")
-        context.report(label, 1, 1)
+        context.report(label, len(dev.prompts), len(dev.prompts))
         dev_accuracy = dev_correct.mean(axis=0)
         best = grid[int(np.argmax(dev_accuracy))]  # the first in grid order wins ties
         clock.lap("dev_search")
