@@ -21,13 +21,24 @@ from pytest_steer.errors import SteerError
 SCHEMA = 2  # baseline files without a schema field (written before typed records) have the same layout
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds are 32-bit
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_NAME = 100  # a name is one path component (a slot is task-variant): well under the usual 255-byte limit
+MAX_CASE_ID = 4 * MAX_NAME + 3  # <model>-<method>-<task>[-<variant>]
+
+
+def name_rule(longest: int = MAX_NAME) -> str:
+    """What a name may hold, for messages."""
+    return f"letters, digits, '.', '_' and '-' (first a letter or digit, at most {longest} characters)"
+
+
+NAME_RULE = name_rule()
 _REQUIRED: Any = object()
 
 
-def is_name(text: object) -> bool:
-    """A model, method, task or variant name: letters, digits, '.', '_' and '-', first a letter or digit, matched
-    in full (so no '/', '..', NUL or trailing newline: it is safe as one path component)."""
-    return isinstance(text, str) and _NAME.fullmatch(text) is not None
+def is_name(text: object, longest: int = MAX_NAME) -> bool:
+    """A model, method, task or variant name: letters, digits, '.', '_' and '-', first a letter or digit, at most
+    `longest` characters, matched in full (so no '/', '..', NUL or trailing newline: it is safe as one path
+    component)."""
+    return isinstance(text, str) and len(text) <= longest and _NAME.fullmatch(text) is not None
 
 
 class RecordError(SteerError, ValueError):
@@ -43,11 +54,10 @@ def field_path(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
-def check_name(value: str, path: str, empty: bool = False) -> str:
+def check_name(value: str, path: str, empty: bool = False, longest: int = MAX_NAME) -> str:
     """`value` if it is a name (`is_name`), or empty where `empty` allows; RecordError naming the field otherwise."""
-    if not is_name(value) and not (empty and value == ""):
-        raise RecordError(f"field '{path}': expected a name of letters, digits, '.', '_' and '-' (first a letter "
-                          f"or digit), got {short_repr(value)}")
+    if not is_name(value, longest) and not (empty and value == ""):
+        raise RecordError(f"field '{path}': expected a name of {name_rule(longest)}, got {short_repr(value)}")
     return value
 
 

@@ -292,6 +292,8 @@ def test_a_baseline_of_another_model_or_split_never_passes(suite, pytester: pyte
     ("--steer-regression=strict", "--steer-regression: expected one of significant, tolerance, got 'strict'"),
     ("--steer-tolerance=-0.1", "--steer-tolerance: expected 'auto' or a number >= 0 (a drop), got '-0.1'"),
     ("--steer-tolerance=often", "--steer-tolerance: expected a number, got 'often'"),
+    ("--steer-tolerance=1", "--steer-tolerance: expected 'auto' or a drop in [0, 1), got '1'"),
+    ("--steer-progress=soon", "--steer-progress: expected a number, got 'soon'"),
     ("--steer-multiple=sidak", "--steer-multiple: expected one of holm, bh, none, got 'sidak'"),
     ("--steer-device=gpu", "--steer-device: expected one of auto, cpu, cuda, cuda:N, mps, got 'gpu'"),
     ("--steer-dtype=int8", "--steer-dtype: expected one of auto, float32, bfloat16, float16, got 'int8'"),

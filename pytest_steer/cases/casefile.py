@@ -34,7 +34,7 @@ from pytest_steer.methods import methods
 from pytest_steer.methods.contract import ChecksTask
 from pytest_steer.models.packaged import PACKAGED_MODELS
 from pytest_steer.models.spec import AdapterError, ArchitectureOverride, ModelSpec
-from pytest_steer.record import MAX_SEED, is_name
+from pytest_steer.record import MAX_SEED, NAME_RULE, is_name
 from pytest_steer.cases.settings import SettingsError, build_settings
 from pytest_steer.tasks import BUILTIN_DIR, Task, TaskError, load_task
 
@@ -68,8 +68,9 @@ class CaseOptions:
                 raise SettingsError(f"{where}.{name}: must be at least 1, got {getattr(self, name)}")
             if getattr(self, name) > MAX_ITEMS:
                 raise SettingsError(f"{where}.{name}: must be at most {MAX_ITEMS}, got {getattr(self, name)}")
-        if isinstance(self.tolerance, float) and self.tolerance < 0:
-            raise SettingsError(f"{where}.tolerance: must be 'auto' or a number >= 0, got {self.tolerance}")
+        if isinstance(self.tolerance, float) and not 0 <= self.tolerance < 1:
+            # scores lie in [0, 1]: a tolerance of 1 or more lets every drop pass, a check that cannot fail
+            raise SettingsError(f"{where}.tolerance: must be 'auto' or a number in [0, 1), got {self.tolerance}")
         if self.seed < 0:
             raise SettingsError(f"{where}.seed: must be >= 0, got {self.seed}")
         if self.seed > MAX_SEED:
@@ -352,7 +353,7 @@ def _suite_combos(suite: Any, where: str) -> list[Combo]:
             raise CaseFileError(f"{where}: missing field '{key}'")
     variant = suite.get("variant", "")
     if not isinstance(variant, str) or (variant and not is_name(variant)):
-        raise CaseFileError(f"{where}.variant: expected a name of letters, digits, '.', '_' and '-', got {variant!r}")
+        raise CaseFileError(f"{where}.variant: expected a name of {NAME_RULE}, got {variant!r}")
     settings = _table(suite.get("settings", {}), f"{where}.settings")
     if settings and not variant:
         raise CaseFileError(f"{where}.settings: a suite with its own settings needs a 'variant' name to tell its cases apart")
@@ -392,7 +393,7 @@ def _build_case(
     try:
         for label, name in (("model", model), ("task", task)):
             if not is_name(name):
-                raise CaseFileError(f"{here}: {label} name {name!r} may hold only letters, digits, '.', '_' and '-'")
+                raise CaseFileError(f"{here}: {label} name {name!r} may hold only {NAME_RULE}")
         if method not in methods():
             raise CaseFileError(f"{here}: unknown method {method!r} (known: {', '.join(methods())})")
         spec = _model_spec(model, models, base, here)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from pytest_steer.record import CaseResult, RecordError, check_name, check_record, field_path
+from pytest_steer.record import MAX_CASE_ID, MAX_NAME, CaseResult, RecordError, check_name, check_record, field_path
 from pytest_steer.report.cases import CaseReport
 
 
@@ -17,7 +17,8 @@ def report_case(raw: Any, path: str = "") -> CaseReport:
     """
     case = check_record(CaseReport, raw, path, skip=("result",))
     for key in ("id", "model", "method", "task", "variant"):
-        check_name(getattr(case, key), field_path(path, key), empty=key != "id")
+        check_name(getattr(case, key), field_path(path, key), empty=key != "id",
+                   longest=MAX_CASE_ID if key == "id" else MAX_NAME)
     if case.model_loads < 0:
         raise RecordError(f"field '{field_path(path, 'model_loads')}': expected a count >= 0, got {case.model_loads}")
     result = raw.get("result")

@@ -183,8 +183,11 @@ def _count_option(config: pytest.Config, key: str) -> int:
 
 
 def _tolerance(config: pytest.Config) -> float | None:
-    raw, _ = _raw_option(config, "steer_tolerance")
-    return None if raw == "auto" else _non_negative(config, "steer_tolerance", "'auto' or ")
+    raw, origin = _raw_option(config, "steer_tolerance")
+    value = None if raw == "auto" else _non_negative(config, "steer_tolerance", "'auto' or ")
+    if value is not None and value >= 1:  # scores lie in [0, 1]: every drop would pass
+        raise pytest.UsageError(f"{origin}: expected 'auto' or a drop in [0, 1), got {raw!r}")
+    return value
 
 
 def _non_negative(config: pytest.Config, key: str, other: str = "") -> float | None:

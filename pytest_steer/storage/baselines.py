@@ -8,7 +8,7 @@ from filelock import FileLock
 
 from pytest_steer.storage.files import (StoreError, atomic_write_bytes, atomic_write_json, read_json, read_verified,
                                 verified_metadata)
-from pytest_steer.record import CaseResult, RecordError, is_name
+from pytest_steer.record import MAX_NAME, CaseResult, RecordError, is_name, name_rule
 
 
 class BaselineStore:
@@ -26,10 +26,11 @@ class BaselineStore:
     def _inside(self, model: str, method: str, slot: str, suffix: str) -> Path:
         """`<root>/<model>/<method>/<slot><suffix>`; StoreError naming the field unless each part is a name
         (`record.is_name`) and the path stays inside the root."""
-        for field, name in (("model", model), ("method", method), ("slot", slot)):
-            if not is_name(name):
-                raise StoreError(f"{self.root}: baseline {field} name {name!r} may hold only letters, digits, '.', '_' "
-                                 "and '-' (first a letter or digit)")
+        for field, name, longest in (("model", model, MAX_NAME), ("method", method, MAX_NAME),
+                                     ("slot", slot, 2 * MAX_NAME + 1)):  # a slot is <task>-<variant>
+            if not is_name(name, longest):
+                raise StoreError(f"{self.root}: baseline {field} name {name!r} may hold only "
+                                 f"{name_rule(longest)}")
         path = self.root / model / method / f"{slot}{suffix}"
         if not path.resolve().is_relative_to(self.root.resolve()):
             raise StoreError(f"{self.root}: baseline path {path} of model {model!r} leads outside the baseline folder")
