@@ -169,6 +169,19 @@ def test_a_case_file_that_is_not_a_utf8_file_is_named(tmp_path: Path, make: Call
                  "item 0: field 'input' holds the control character U+001B", id="task-json-escape-code-in-input"),
     pytest.param("t.json", '{"input": "hot", "output": "cold"}', "a single {\"input\", \"output\"} object",
                  id="task-json-one-pair-not-in-a-list"),
+    pytest.param("t.json", '[{"question": "q", "best_answer": "a", "correct_answers": ["c"], "incorrect_answers": ["c"]}]',
+                 "item 0: 'c' is both in 'correct answers' and in 'incorrect answers'", id="task-mc-answer-right-and-wrong"),
+    pytest.param("t.json", '[{"question": "q", "best_answer": "a", "correct_answers": [], "incorrect_answers": ["b", " b"]}]',
+                 "item 0: field 'incorrect answers' lists 'b' twice", id="task-mc-answer-twice"),
+    pytest.param("t.json", '[{"question": "q", "best answer": "a", "correct answers": ["a"], "incorrect answers": ["b"]}]',
+                 "item 0: missing field 'correct_answers' (a list of strings; fields present: best answer",
+                 id="task-mc-csv-column-names-in-json"),
+    pytest.param("t.csv", "Question,Best Answer,Correct Answers,Incorrect Answers\nq,a,a,b,c\n",
+                 "row 2: 1 cell(s) more than the header's 4 columns", id="task-csv-unquoted-comma"),
+    pytest.param("t.csv", "full_prefix,completion,contradiction_0,contradiction_1,contradiction_2\np,c,d,c,f\n",
+                 "row 2: 'c' is both in 'completion' and in 'contradictions'", id="task-factor-contradiction-is-the-completion"),
+    pytest.param("t.json", '[{"prefix": "p", "completion": "c", "contradictions": ["d", "d"]}]',
+                 "item 0: field 'contradictions' lists 'd' twice", id="task-completion-contradiction-twice"),
 ])
 def test_a_malformed_task_file_names_the_file_and_field(tmp_path: Path, name: str, content: str, field: str) -> None:
     path = tmp_path / name

@@ -165,7 +165,22 @@ def _answers(values: list[object], where: str, field: str) -> tuple[str, ...]:
 
 def _question(q: str, best: str, correct: list[object], incorrect: list[object], where: str) -> MCQuestion:
     good: list[object] = [best] + [c for c in correct if isinstance(c, str) and c.strip() and c.strip() != best]
-    return MCQuestion(q, _answers(good, where, "correct answers"), _answers(incorrect, where, "incorrect answers"))
+    question = MCQuestion(q, _answers(good, where, "correct answers"), _answers(incorrect, where, "incorrect answers"))
+    _distinct(question.correct, question.incorrect, where, ("correct answers", "incorrect answers"))
+    return question
+
+
+def _distinct(first: tuple[str, ...], second: tuple[str, ...], where: str, fields: tuple[str, str]) -> None:
+    """No answer twice in a list or in both lists: it would be scored twice, or count as right and wrong at once."""
+    for values, field in zip((first, second), fields):
+        seen: set[str] = set()
+        for value in values:
+            if value in seen:
+                raise TaskError(f"{where}: field '{field}' lists {value!r} twice")
+            seen.add(value)
+    both = sorted(set(first) & set(second))
+    if both:
+        raise TaskError(f"{where}: {both[0]!r} is both in '{fields[0]}' and in '{fields[1]}'")
 
 
 def read_questions(data: list[object], source: str) -> tuple[MCQuestion, ...]:
@@ -176,6 +191,9 @@ def read_questions(data: list[object], source: str) -> tuple[MCQuestion, ...]:
         if not isinstance(item, dict):
             raise TaskError(f"{where}: expected an object")
         for field in ("correct_answers", "incorrect_answers"):
+            if field not in item:
+                raise TaskError(f"{where}: missing field '{field}' (a list of strings; fields present: "
+                                f"{', '.join(sorted(map(str, item))) or 'none'})")
             if not isinstance(item.get(field), list):
                 raise TaskError(f"{where}: field '{field}' must be a list of strings")
         out.append(_question(text_field(item.get("question"), where, "question"), text_field(item.get("best_answer"), where, "best_answer"),
@@ -191,7 +209,9 @@ def read_completions(data: list[object], source: str) -> tuple[Completion, ...]:
         if not isinstance(item, dict) or not isinstance(item.get("contradictions"), list) or not item["contradictions"]:
             raise TaskError(f"{where}: expected an object with a non-empty list 'contradictions'")
         wrong = tuple(text_field(c, where, "contradictions") for c in item["contradictions"])
-        out.append(Completion(text_field(item.get("prefix"), where, "prefix"), text_field(item.get("completion"), where, "completion"), wrong))
+        right = text_field(item.get("completion"), where, "completion")
+        _distinct((right,), wrong, where, ("completion", "contradictions"))
+        out.append(Completion(text_field(item.get("prefix"), where, "prefix"), right, wrong))
     return tuple(out)
 
 
@@ -205,7 +225,11 @@ def _csv_rows(path: Path) -> tuple[list[str], list[tuple[str, dict[str, str]]]]:
     try:
         rows = [(f"{path}: row {i}", row) for i, row in enumerate(reader, start=2)]
     except csv.Error as exc:
-        raise TaskError(f"{path}: line {reader.line_num}: not a readable CSV row ({exc})") from exc
+        raise TaskError(f"{path}: line {reader.line_num + 1}: not a readable CSV row ({exc})") from exc
+    for where, row in rows:
+        if None in row:  # DictReader's key for cells beyond the header: an unquoted comma shifted the row
+            raise TaskError(f"{where}: {len(row[None])} cell(s) more than the header's {len(reader.fieldnames or [])} "
+                            "columns (a comma inside a field that is not quoted?)")
     return list(reader.fieldnames or []), rows
 
 
@@ -242,6 +266,7 @@ def read_csv_task(path: Path) -> tuple[Kind, tuple[Item, ...]]:
         for where, row in rows:
             cell = {column: text_field(_cell(row, where, column), where, column) for column in _FACTOR}
             wrong = tuple(cell[f"contradiction_{k}"] for k in range(3))
+            _distinct((cell["completion"],), wrong, where, ("completion", "contradictions"))
             items.append(Completion(cell["full_prefix"], cell["completion"], wrong))
         return "completion", tuple(items)
     raise TaskError(f"{path}: CSV columns match neither TruthfulQA ({', '.join(_TRUTHFULQA)}) nor FACTOR ({', '.join(_FACTOR)})")
