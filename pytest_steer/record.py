@@ -399,14 +399,20 @@ class CaseResult:
         """Read a baseline (any layout written so far) or a `to_json` payload, every field checked; RecordError
         naming the field (by its path under `path`) if malformed."""
         data = _object(data, path)
+        schema = data.get("schema", SCHEMA)
+        if not isinstance(schema, int) or isinstance(schema, bool) or not 1 <= schema <= SCHEMA:
+            raise RecordError(f"field '{field_path(path, 'schema')}': expected a layout version 1..{SCHEMA} (a newer "
+                              f"pytest-steer writes a larger one), got {short_repr(schema)}")
         metrics = Metrics.from_json(get(data, "metrics", dict, path), field_path(path, "metrics"))
+        outcomes = Outcomes.from_json(get(data, "per_item", dict, path), field_path(path, "per_item"), metrics.n_test)
+        _agree(metrics, outcomes, path)
         replay = data.get("replay")
         return cls(
             id=get(data, "id", str, path), model=_name(data, "model", path), method=_name(data, "method", path),
             task=_name(data, "task", path), variant=_name(data, "variant", path, ""), metrics=metrics,
             chosen=_chosen(get(data, "chosen", dict, path), field_path(path, "chosen")),
             curves=_curves(get(data, "curves", dict, path, {}), field_path(path, "curves")),
-            outcomes=Outcomes.from_json(get(data, "per_item", dict, path), field_path(path, "per_item"), metrics.n_test),
+            outcomes=outcomes,
             provenance=_provenance(data, path), diagnostics=get(data, "diagnostics", dict, path, {}),
             timing_s=_as_stored(data, "timing_s", dict[str, float], path, {}),
             vector_file=get(data, "vector_file", str | None, path, None),
@@ -414,6 +420,40 @@ class CaseResult:
             reused=get(data, "reused", bool, path, False),
             replay=None if replay is None else Replay.from_json(replay, field_path(path, "replay"), metrics.n_test),
         )
+
+
+AGREE = 1e-6  # stored means and per-item outcomes are written from the same numbers (6 places at most)
+
+
+def _agree(metrics: Metrics, outcomes: Outcomes, path: str) -> None:
+    """The stored scores are what the stored per-item outcomes give, and the test items are distinct: an edited
+    mean (a regression hidden by lowering the accepted score) or a duplicated item is a RecordError."""
+    if len(set(outcomes.items)) != len(outcomes.items):
+        twice = next(i for i in outcomes.items if outcomes.items.count(i) > 1)
+        raise RecordError(f"field '{field_path(path, 'per_item.items')}': test item {short_repr(twice)} is listed twice")
+    pairs: list[tuple[str, float | None, tuple[float, ...] | None]] = [
+        ("metrics.unsteered", metrics.unsteered, outcomes.unsteered), ("metrics.steered", metrics.steered, outcomes.steered),
+        ("metrics.icl", metrics.icl, outcomes.icl)]
+    comparisons = [("metrics", metrics.gated)]
+    for name, comparison in metrics.secondary.items():
+        if name not in outcomes.secondary:
+            raise RecordError(f"field '{field_path(path, 'per_item')}': no per-item outcomes for the secondary metric "
+                              f"{short_repr(name)}")
+        unsteered, steered = outcomes.secondary[name]
+        pairs += [(f"metrics.secondary.{name}.unsteered", comparison.unsteered, unsteered),
+                  (f"metrics.secondary.{name}.steered", comparison.steered, steered)]
+        comparisons.append((f"metrics.secondary.{name}", comparison))
+    for where, mean, values in pairs:
+        if mean is not None and values is not None and abs(sum(values) / len(values) - mean) > AGREE:
+            raise RecordError(f"field '{field_path(path, where)}': {mean} is not the mean of its per-item outcomes "
+                              f"({sum(values) / len(values):.6f})")
+    for where, c in comparisons:
+        if abs(c.steered - c.unsteered - c.delta) > AGREE:
+            raise RecordError(f"field '{field_path(path, where + '.delta')}': {c.delta} is not steered - unsteered "
+                              f"({c.steered - c.unsteered:.6f})")
+        if c.delta_ci[0] > c.delta_ci[1]:
+            raise RecordError(f"field '{field_path(path, where + '.delta_ci')}': its lower end {c.delta_ci[0]} is above "
+                              f"its upper end {c.delta_ci[1]}")
 
 
 def _as_stored(data: dict[str, Any], key: str, hint: Any, path: str, default: Any) -> Any:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from filelock import FileLock
 
 from pytest_steer.storage.baselines import BaselineStore
 from pytest_steer.storage.files import StoreError, read_verified
-from pytest_steer.record import SCHEMA, CaseResult, Comparison, Metrics, Outcomes, Provenance, TaskData
+from pytest_steer.record import SCHEMA, CaseResult, Comparison, Metrics, Outcomes, Provenance, RecordError, TaskData
 from pytest_steer.storage.tensors import read_tensors, write_tensors
 
 COMMITTED = Path(__file__).resolve().parent.parent / "baselines"
@@ -30,7 +32,10 @@ def make_result(
                             {"mc2": ((0.3, 0.6, 0.2, 0.5), (0.4, 0.7, 0.3, 0.6))})
     else:
         metrics = Metrics(gated, icl=1.0, recovery=steered)
-        outcomes = Outcomes(("w0", "w1", "w2", "w3"), (0.0, 1.0, 0.0, 0.0), (1.0, 1.0, 0.0, 1.0), (1.0, 1.0, 1.0, 1.0))
+        right = round(steered * 4)
+        assert right / 4 == steered, "a score of 4 items is a multiple of 0.25"
+        outcomes = Outcomes(("w0", "w1", "w2", "w3"), (0.0, 1.0, 0.0, 0.0), (1.0,) * right + (0.0,) * (4 - right),
+                            (1.0, 1.0, 1.0, 1.0))
     provenance = Provenance(
         fingerprint="fp-123", model_source={"name": model, "kind": "folder", "location": "/models/m", "revision": None},
         adapter={"model_type": "llama", "num_layers": 3}, versions={"pytest_steer": "0.1.0", "torch": "2.x"},
@@ -123,10 +128,10 @@ def test_round_trip_without_a_vector(tmp_path: Path) -> None:
 def test_overwrite_replaces_the_json_and_the_vector(tmp_path: Path) -> None:
     bs = BaselineStore(tmp_path / "b")
     bs.write(make_result(steered=0.5, vector_file=str(stage_vector(tmp_path, 1.0))), "t")
-    new = make_result(steered=0.9, vector_file=str(stage_vector(tmp_path, 2.0)))
+    new = make_result(steered=1.0, vector_file=str(stage_vector(tmp_path, 2.0)))
     bs.write(new, "t")
     loaded = bs.load("m", "task_vector", "t")
-    assert loaded == stored(new) and loaded.metrics.steered == 0.9
+    assert loaded == stored(new) and loaded.metrics.steered == 1.0
     tensors, _ = read_tensors(bs.vector_path("m", "task_vector", "t"))
     assert torch.equal(tensors["task_vector"], torch.full((8,), 2.0))
     assert leftovers(bs.json_path("m", "task_vector", "t").parent) == []
@@ -389,3 +394,44 @@ def test_a_malformed_interval_names_the_metric(tmp_path: Path) -> None:
     _write_raw(bs, json.dumps(data))
     with pytest.raises(StoreError, match=r"field 'metrics.delta_ci': expected a list of 2 finite numbers, got \[0\.1\]"):
         bs.load("m", "tv", "t")
+
+
+def _edited(edit: Callable[[dict], Any]) -> dict:
+    data = make_result().to_baseline()
+    edit(data)
+    return data
+
+
+@pytest.mark.parametrize("edit, message", [
+    pytest.param(lambda d: d["metrics"].update(steered=0.25), "field 'metrics.steered': 0.25 is not the mean of its "
+                 "per-item outcomes (0.750000)", id="score-edited-below-its-outcomes"),
+    pytest.param(lambda d: d["metrics"].update(icl=0.5), "field 'metrics.icl': 0.5 is not the mean", id="icl-edited"),
+    pytest.param(lambda d: d["metrics"].update(delta=0.9), "field 'metrics.delta': 0.9 is not steered - unsteered",
+                 id="delta-edited"),
+    pytest.param(lambda d: d["metrics"].update(delta_ci=[0.5, 0.05]), "its lower end 0.5 is above its upper end 0.05",
+                 id="interval-reversed"),
+    pytest.param(lambda d: d["per_item"].update(items=["w0", "w1", "w0", "w3"]), "test item 'w0' is listed twice",
+                 id="test-item-twice"),
+    pytest.param(lambda d: d.update(schema=3), "field 'schema': expected a layout version 1..2", id="schema-from-the-future"),
+    pytest.param(lambda d: d.update(schema=True), "field 'schema': expected a layout version", id="schema-bool"),
+    pytest.param(lambda d: d.update(model="other"), "holds the baseline of other/task_vector/t, not of m/task_vector/t",
+                 id="another-models-file-copied-here"),
+    pytest.param(lambda d: d.update(task="u"), "holds the baseline of m/task_vector/u", id="another-tasks-file-copied-here"),
+])
+def test_a_baseline_that_disagrees_with_itself_or_its_place_is_refused(tmp_path: Path, edit: Callable[[dict], Any],
+                                                                        message: str) -> None:
+    bs = BaselineStore(tmp_path)
+    path = bs.json_path("m", "task_vector", "t")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(_edited(edit)))
+    with pytest.raises(StoreError) as info:
+        bs.load("m", "task_vector", "t")
+    assert str(path) in str(info.value) and message in str(info.value)
+
+
+def test_secondary_scores_must_be_their_outcomes_means_too() -> None:
+    data = make_result(mc=True).to_baseline()
+    assert CaseResult.from_baseline(data).metrics.secondary["mc2"].steered == 0.5
+    data["metrics"]["secondary"]["mc2"]["steered"] = 0.45
+    with pytest.raises(RecordError, match=r"field 'metrics.secondary.mc2.steered': 0.45 is not the mean"):
+        CaseResult.from_baseline(data)

@@ -32,17 +32,18 @@ def test_only_secondary_graded_fields_have_a_bound() -> None:
 @pytest.mark.parametrize("step, differs", [(GRADED_BOUND / 2, False), (GRADED_BOUND * 3, True)])
 def test_a_graded_difference_passes_within_the_bound_and_fails_beyond(step: float, differs: bool) -> None:
     stored = _dola()
-    items = stored.outcomes.to_json()
-    moved = dict(items, mc2_steered=[v + step if v < 0.5 else v - step for v in items["mc2_steered"]])
-    run = CaseResult.from_baseline({**stored.to_baseline(), "per_item": moved})
+    unsteered, steered = stored.outcomes.secondary["mc2"]
+    moved = tuple(v + step if v < 0.5 else v - step for v in steered)
+    # a run whose graded outcomes moved by rounding (its means are recomputed from them, as a run's are)
+    run = replace(stored, outcomes=replace(stored.outcomes, secondary={**stored.outcomes.secondary,
+                                                                       "mc2": (unsteered, moved)}))
     assert bool(field_problems(run, stored, [])) is differs
 
 
 def test_a_gated_outcome_is_never_within_a_bound() -> None:
     stored = _dola()
-    items = stored.outcomes.to_json()
-    flipped = dict(items, steered=[1 - items["steered"][0], *items["steered"][1:]])
-    run = CaseResult.from_baseline({**stored.to_baseline(), "per_item": flipped})
+    steered = stored.outcomes.steered
+    run = replace(stored, outcomes=replace(stored.outcomes, steered=(1 - steered[0], *steered[1:])))
     assert any(p.startswith("per_item.steered[0]") for p in field_problems(run, stored, []))
 
 

@@ -11,6 +11,13 @@ def _report(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _every_item_right_before(data: dict) -> None:
+    """Edit a stored baseline as if the accepted model had scored every test item right (its means follow)."""
+    data["per_item"]["steered"] = [1] * len(data["per_item"]["steered"])
+    data["metrics"]["steered"] = 1.0
+    data["metrics"]["delta"] = 1.0 - data["metrics"]["unsteered"]
+
+
 def test_ids_markers_and_selection(suite) -> None:
     write, run = suite
     write(models='["tinya", "tinyb"]')
@@ -71,17 +78,21 @@ def test_update_then_compare_then_regression(suite, pytester: pytest.Pytester) -
     result.assert_outcomes(passed=2)
 
     n = len(data["per_item"]["steered"])
-    data["metrics"]["steered"] = 1.5  # a stored score the model cannot reach, its per-item outcomes unchanged:
-    stored.write_text(json.dumps(data))  # the paired test sees no change, the plain tolerance rule a drop
+    edited = json.loads(json.dumps(data))
+    mean = sum(data["per_item"]["steered"]) / n
+    edited["metrics"]["steered"] = 0.25 if mean != 0.25 else 0.5  # a score edited, its per-item outcomes unchanged
+    stored.write_text(json.dumps(edited))  # (lowered, it would hide a regression): never trusted
     result = run()
-    result.assert_outcomes(passed=2)
-    result = run("--steer-regression=tolerance")
-    result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*regression: steered * is below the stored baseline 1.500*"])
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["*field 'metrics.steered': * is not the mean of its per-item outcomes*"])
 
     data["per_item"]["steered"] = [1] * n  # every item right before: now each one the model misses is lost
     data["metrics"]["steered"] = 1.0
+    data["metrics"]["delta"] = 1.0 - data["metrics"]["unsteered"]
     stored.write_text(json.dumps(data))
+    result = run("--steer-regression=tolerance")  # the plain tolerance rule sees the drop too
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*regression: steered * is below the stored baseline 1.000*"])
     result = run()
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*regression: steered * is below the stored baseline 1.000 minus tolerance 0.000, "
@@ -118,11 +129,11 @@ def test_a_regression_fails_even_where_the_gate_is_expected_to_fail(suite, pytes
     stored = pytester.path / "baselines" / "tinya" / "task_vector" / "tinytask.json"
     data = json.loads(stored.read_text())
     assert "expect" not in data and "gate" not in data  # they live in the case file only
-    data["metrics"]["steered"] = 1.5  # the score only: the plain tolerance rule sees the drop
+    _every_item_right_before(data)
     stored.write_text(json.dumps(data))
     result = run("--steer-report=r.json", "--steer-regression=tolerance")
     result.assert_outcomes(failed=1, xfailed=1)
-    result.stdout.fnmatch_lines(["*tinya-task_vector-tinytask*regression: steered * is below the stored baseline 1.500*"])
+    result.stdout.fnmatch_lines(["*tinya-task_vector-tinytask*regression: steered * is below the stored baseline 1.000*"])
     statuses = {c["id"]: c["status"] for c in _report(pytester.path / "r.json")["cases"]}
     assert statuses == {"tinya-task_vector-tinytask": "fail", "tinya-task_vector-othertask": "xfail"}
 
@@ -242,7 +253,7 @@ def test_dola_cases_run_store_their_baselines_by_variant_and_report(suite, pytes
     result = run()  # compared with the stored baselines, nothing unused
     result.assert_outcomes(passed=2)
     assert "not used by any selected case" not in result.stdout.str()
-    stored["metrics"]["steered"] = 1.5  # the score only: the plain tolerance rule sees the drop
+    _every_item_right_before(stored)  # the plain tolerance rule sees the drop
     (folder / "quiz-upper.json").write_text(json.dumps(stored))
     result = run("--steer-regression=tolerance", "--steer-tolerance=0.05")
     result.assert_outcomes(passed=1, failed=1)
@@ -395,8 +406,7 @@ def test_compare_with_a_saved_report_lists_changes_and_can_fail_the_run(suite, p
 
     saved = json.loads((pytester.path / "saved.json").read_text())
     case = next(c for c in saved["cases"] if c["id"] == "tinya-task_vector-tinytask")
-    case["result"]["metrics"]["steered"] += 0.5  # the saved run scored higher than this one will
-    case["result"]["per_item"]["steered"] = [1] * len(case["result"]["per_item"]["steered"])
+    _every_item_right_before(case["result"])  # the saved run scored higher than this one will
     case["status"] = "xpass"
     (pytester.path / "saved.json").write_text(json.dumps(saved))
     result = run("--steer-compare=saved.json", "--steer-compare-fail=0.1")
@@ -548,6 +558,7 @@ def test_a_drop_only_the_run_correction_rejects_fails_the_run_and_its_report(sui
         for i in zeros[:6]:
             values[i] = 1.0
         data["metrics"][metric] = sum(values) / len(values)
+    data["metrics"]["delta"] = data["metrics"]["steered"] - data["metrics"]["unsteered"]
     stored.write_text(json.dumps(data))
     report = pytester.path / "late.json"
     result = run("-k", "tinytask", "--steer-multiple=bh", "--steer-tolerance=0", f"--steer-report={report}")

@@ -17,7 +17,10 @@ def _comparison(unsteered: float, steered: float) -> Comparison:
 
 def _result(cid: str, method: str, task: str, variant: str, metrics: Metrics, chosen: dict) -> CaseResult:
     provenance = Provenance("f" * 32, {}, {}, {}, TaskData("t.json", "0" * 64, 98), 0, {"test": 98}, {})
-    outcomes = Outcomes(tuple(f"q{i}" for i in range(98)), (0,) * 98, (1,) * 98)  # one per test item
+    # one per test item, graded so that their means are the metrics (as a reader checks)
+    outcomes = Outcomes(tuple(f"q{i}" for i in range(98)), (metrics.unsteered,) * 98, (metrics.steered,) * 98,
+                        None if metrics.icl is None else (metrics.icl,) * 98,
+                        {k: ((c.unsteered,) * 98, (c.steered,) * 98) for k, c in metrics.secondary.items()})
     return CaseResult(cid, "m", method, task, variant, metrics, chosen, {}, outcomes, provenance, {})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,17 @@ def test_run_searches_only_the_given_layers_and_reports_progress(tiny_handle, tm
     assert all(0 <= done <= total for _, done, total in calls)
     with pytest.raises(SettingsError, match="out of range"):
         TaskVectorMethod().run(tiny_handle, task, splits, TaskVectorSettings(layers=(5,)), RunContext(VectorCache(tmp_path), 3))
+
+
+@pytest.mark.parametrize("chosen, message", [
+    ({"layer": 1.5}, "the accepted setting's 'layer' is 1.5, expected a whole number"),
+    ({"layer": True}, "the accepted setting's 'layer' is True, expected a whole number"),
+    ({}, "the accepted setting's 'layer' is None"),
+    ({"layer": 99}, "was accepted at block 99"),
+])
+def test_a_stored_setting_that_is_not_a_layer_is_refused_not_rounded(tiny_handle, chosen: dict, message: str) -> None:
+    from pytest_steer.methods.search import ReplayError
+
+    vector = torch.zeros(tiny_handle.adapter.hidden_size)
+    with pytest.raises(ReplayError, match=re.escape(message)):
+        TaskVectorMethod().replay_point(tiny_handle, {"task_vector": vector}, chosen)

@@ -24,7 +24,7 @@ import torch
 from pytest_steer.methods.base import MethodOutcome, RunContext
 from pytest_steer.methods.hooks import HookReport, Intervene, capture_last_token, edits_at, last_token_hooks
 from pytest_steer.methods.scoring import TokenCounter, encode, score_interventions
-from pytest_steer.methods.search import LayerSearch, PromptSet, Search, check_replay, common_diagnostics
+from pytest_steer.methods.search import LayerSearch, PromptSet, Search, accepted_setting, check_replay, common_diagnostics
 from pytest_steer.methods.settings import FunctionVectorSettings
 from pytest_steer.models.loader import ModelHandle
 from pytest_steer.tasks import Pair, Splits
@@ -249,10 +249,10 @@ class FunctionVectorMethod(LayerSearch):
 
     def replay_point(self, handle: ModelHandle, tensors: dict[str, torch.Tensor],
                      chosen: dict[str, Any]) -> tuple[GridPoint, Steering]:
-        vector, layer = tensors["function_vector"], int(chosen["layer"])
+        vector, layer = tensors["function_vector"], accepted_setting(chosen, "layer", int)
         check_replay(handle, vector, layer, "function vector")
-        n_heads = int(chosen["heads"])
-        return GridPoint(layer, n_heads, float(chosen["strength"])), Steering({n_heads: vector}, {})
+        n_heads = accepted_setting(chosen, "heads", int)
+        return GridPoint(layer, n_heads, accepted_setting(chosen, "strength", float)), Steering({n_heads: vector}, {})
 
     def outcome(self, handle: ModelHandle, splits: Splits, settings: FunctionVectorSettings, found: Search,
                 state: Steering, tensors: dict[str, torch.Tensor]) -> MethodOutcome:

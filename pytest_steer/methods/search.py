@@ -8,6 +8,7 @@ interventions it searches and how one is applied (`LayerSearch`'s abstract metho
 
 from __future__ import annotations
 
+import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -237,6 +238,18 @@ class LayerSearch(ABC):
 
 class ReplayError(SteerError, ValueError):
     """A stored vector cannot be applied to this model (its width or setting does not fit)."""
+
+
+def accepted_setting(chosen: dict[str, Any], key: str, kind: type[int] | type[float]) -> Any:
+    """One knob of an accepted (stored) chosen setting, exactly of its kind: a layer of 2.5 or `true` is refused,
+    not rounded or read as 1 (ReplayError naming the knob)."""
+    value = chosen.get(key)
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    number = whole or (isinstance(value, float) and math.isfinite(value))
+    if not (whole if kind is int else number):
+        expected = "a whole number" if kind is int else "a finite number"
+        raise ReplayError(f"the accepted setting's {key!r} is {value!r}, expected {expected}")
+    return kind(value)
 
 
 def check_replay(handle: ModelHandle, vector: torch.Tensor, layer: int, what: str) -> None:

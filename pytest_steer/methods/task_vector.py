@@ -17,7 +17,7 @@ import torch
 from pytest_steer.methods.base import MethodOutcome, RunContext
 from pytest_steer.methods.hooks import HookReport, Intervene, capture_last_token, edits_at
 from pytest_steer.methods.scoring import TokenCounter, encode
-from pytest_steer.methods.search import LayerSearch, Search, check_replay, common_diagnostics
+from pytest_steer.methods.search import LayerSearch, Search, accepted_setting, check_replay, common_diagnostics
 from pytest_steer.methods.settings import TaskVectorSettings
 from pytest_steer.models.loader import ModelHandle
 from pytest_steer.tasks import Pair, Splits
@@ -90,7 +90,7 @@ class TaskVectorMethod(LayerSearch):
 
     def replay_point(self, handle: ModelHandle, tensors: dict[str, torch.Tensor],
                      chosen: dict[str, Any]) -> tuple[LayerPoint, dict[int, torch.Tensor]]:
-        vector, layer = tensors["task_vector"], int(chosen["layer"])
+        vector, layer = tensors["task_vector"], accepted_setting(chosen, "layer", int)
         check_replay(handle, vector, layer, "task vector")
         return LayerPoint(layer), {layer: vector}
 

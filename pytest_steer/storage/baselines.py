@@ -52,9 +52,13 @@ class BaselineStore:
             raise StoreError(f"{path}: baseline field 'vector_sha256': expected a string, got {expected!r}{hint}")
         self._check_vector(path, expected, self.vector_path(model, method, slot))
         try:
-            return CaseResult.from_baseline(data)
+            result = CaseResult.from_baseline(data)
         except RecordError as exc:
             raise StoreError(f"{path}: baseline is malformed: {exc}{hint}") from exc
+        held = (result.model, result.method, f"{result.task}-{result.variant}" if result.variant else result.task)
+        if held != (model, method, slot):  # copied from another case's file: its numbers are not this case's
+            raise StoreError(f"{path}: holds the baseline of {'/'.join(held)}, not of {model}/{method}/{slot}{hint}")
+        return result
 
     @staticmethod
     def _check_vector(json_path: Path, expected: str | None, vector: Path) -> None:
