@@ -131,6 +131,24 @@ def test_a_case_in_two_shards_is_refused(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "out.json").exists()
 
 
+def test_one_baseline_under_two_ids_is_refused(tmp_path: Path, capsys) -> None:
+    """Two shards cannot hold one model/method/task under different ids: both would write one baseline."""
+    renamed = dataclasses.replace(case("gemma3-270m"), id="gemma3-270m-task_vector-antonym2")
+    a = shard(tmp_path / "a.json", case("gemma3-270m"))
+    b = shard(tmp_path / "b.json", renamed)
+    code, stdout, err = run(capsys, a, b, "-o", tmp_path / "out.json", "--update")
+    assert code == 2 and stdout == ""
+    assert "field 'id': 'gemma3-270m-task_vector-antonym2' is not the id of its model, method and task" in err
+    assert not (tmp_path / "out.json").exists() and not (tmp_path / "baselines").exists()
+
+
+def test_a_result_filed_under_another_case_is_refused(tmp_path: Path, capsys) -> None:
+    other = case("smollm2-135m")
+    swapped = dataclasses.replace(case("gemma3-270m"), result=other.result)
+    code, _, err = run(capsys, shard(tmp_path / "a.json", swapped), "-o", tmp_path / "out.json")
+    assert code == 2 and "the result of 'smollm2-135m-task_vector-antonym' under case 'gemma3-270m-task_vector-antonym'" in err
+
+
 def test_the_same_shard_given_twice_is_a_double_count(tmp_path: Path, capsys) -> None:
     a = shard(tmp_path / "a.json", case("smollm2-135m"))
     code, _, err = run(capsys, a, a, "-o", tmp_path / "out.json")
