@@ -747,3 +747,22 @@ def test_an_edit_of_the_plugins_code_invalidates_stored_results_and_cached_vecto
     reused, hits, edited = outcomes()
     assert reused == {False}  # no stored result is used
     assert False in hits and not edited & paths  # nor any cached vector: each is extracted anew, under new keys
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
+def test_a_held_back_large_case_is_neither_unfinished_nor_stale(suite, pytester: pytest.Pytester,
+                                                                workers: list[str]) -> None:
+    """A case of the large profile is not run unless -m names it; the run is still complete (under xdist too)."""
+    write, run = suite
+    write(models='["tinya"]', extra='\n[[case]]\ntask = "othertask"\nprofile = "large"\n')
+    result = run(*workers, "--steer-update", "--steer-report=r.json")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    report = _report(pytester.path / "r.json")
+    assert report["complete"] is True and report["unfinished"] == []
+    assert "case(s) unfinished" not in result.stdout.str()
+    result = run(*workers, "-m", "large", "--steer-update")
+    result.assert_outcomes(passed=1)  # selected by its profile's marker
+    result = run(*workers, "--steer-report=r.json")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.OK and "not used by any selected case" not in result.stdout.str()

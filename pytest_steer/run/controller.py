@@ -307,16 +307,19 @@ class SteerRun:
             if isinstance(item, CaseItem):
                 self.selected_cases.append(item.case)
         if self.worker:
-            self.config.workeroutput["steer_selected"] = sorted(self.selected | self.held)  # type: ignore[attr-defined]
+            self.config.workeroutput["steer_selected"] = sorted(self.selected)  # type: ignore[attr-defined]
+            self.config.workeroutput["steer_held"] = sorted(self.held)  # type: ignore[attr-defined]
         self.check_candidates(session)
 
     def node_down(self, node: Any, error: Any) -> None:
         """On the xdist controller: learn which cases a worker selected (for the unused-baselines list)."""
-        selected = getattr(node, "workeroutput", {}).get("steer_selected")
+        output = getattr(node, "workeroutput", {})
+        selected = output.get("steer_selected")
         if error or selected is None:
             self.crashed_workers += 1
             return
         self.selected.update(selected)
+        self.held.update(output.get("steer_held", ()))  # not run on purpose: neither unfinished nor stale
         self.collected_any = self.collected_any or bool(selected)
 
     def end(self, session: pytest.Session) -> None:
