@@ -47,10 +47,12 @@ def _cases(paths: list[Path]) -> dict[str, CaseReport]:
     return {r.id: r for path in paths for r in map(CaseReport.from_json, json.loads(path.read_text())["cases"])}
 
 
-def compare(first: list[Path], second: list[Path], rejudge: bool = False) -> int:
+def compare(first: list[Path], second: list[Path], rejudge: bool = False, common: bool = False) -> int:
     """Field by field, and by status (with `rejudge`: the status each result gets from today's case files, for
-    reports taken before an expectation changed)."""
+    reports taken before an expectation changed; with `common`: only the cases both runs have, for a slice)."""
     a, b = _cases(first), _cases(second)
+    if common:
+        a, b = {k: v for k, v in a.items() if k in b}, {k: v for k, v in b.items() if k in a}
     cases = {c.id: c for f in sorted(Path("steering_cases").glob("steer_*.toml")) for c in load_case_file(f)
              if isinstance(c, Case)} if rejudge else {}
     bad = 0
@@ -86,9 +88,10 @@ def main() -> int:
     parser.add_argument("--serial-report", type=Path, action="append",
                         help="compare with these serial reports instead of running (with --xdist-report)")
     parser.add_argument("--rejudge", action="store_true", help="statuses from today's case files, not the runs'")
+    parser.add_argument("--common", action="store_true", help="compare only the cases both runs have (a slice)")
     args = parser.parse_args()
     if args.serial_report:
-        return compare(args.xdist_report, args.serial_report, args.rejudge)
+        return compare(args.xdist_report, args.serial_report, args.rejudge, args.common)
     args.out.mkdir(parents=True, exist_ok=True)
     first = args.xdist_report or run_suite("xdist", ["-n", "2", "--dist", "loadgroup"], {}, args, args.out)
     second = run_suite(f"serial{args.serial_threads}", [], {"OMP_NUM_THREADS": str(args.serial_threads)}, args,
