@@ -34,6 +34,15 @@ NAME_RULE = name_rule()
 _REQUIRED: Any = object()
 
 
+def task_slot(task: str, variant: str) -> str:
+    """The task part of a case id and of its baseline's file name: the task, plus the variant if any."""
+    return f"{task}-{variant}" if variant else task
+
+
+def case_id(model: str, method: str, slot: str) -> str:
+    return f"{model}-{method}-{slot}"
+
+
 def is_name(text: object, longest: int = MAX_NAME) -> bool:
     """A model, method, task or variant name: letters, digits, '.', '_' and '-', first a letter or digit, at most
     `longest` characters, matched in full (so no '/', '..', NUL or trailing newline: it is safe as one path

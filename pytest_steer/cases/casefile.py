@@ -34,7 +34,7 @@ from pytest_steer.methods import methods
 from pytest_steer.methods.contract import ChecksTask
 from pytest_steer.models.packaged import PACKAGED_MODELS
 from pytest_steer.models.spec import AdapterError, ArchitectureOverride, ModelSpec
-from pytest_steer.record import MAX_SEED, NAME_RULE, is_name
+from pytest_steer.record import MAX_SEED, NAME_RULE, case_id, is_name, task_slot
 from pytest_steer.cases.settings import SettingsError, build_settings
 from pytest_steer.tasks import BUILTIN_DIR, Task, TaskError, load_task
 
@@ -110,14 +110,6 @@ class BrokenCase:
     model: str = ""
     method: str = ""
     task: str = ""
-
-
-def task_slot(task: str, variant: str) -> str:
-    return f"{task}-{variant}" if variant else task
-
-
-def case_id(model: str, method: str, slot: str) -> str:
-    return f"{model}-{method}-{slot}"
 
 
 def marker_name(text: str) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from pytest_steer.record import (MAX_CASE_ID, MAX_NAME, CaseResult, RecordError, check_name, check_record,
-                                 field_path, short_repr)
+from pytest_steer.record import (MAX_CASE_ID, MAX_NAME, CaseResult, RecordError, case_id, check_name, check_record,
+                                 field_path, short_repr, task_slot)
 from pytest_steer.report.cases import CaseReport
 
 
@@ -22,8 +22,7 @@ def report_case(raw: Any, path: str = "") -> CaseReport:
                    longest=MAX_CASE_ID if key == "id" else MAX_NAME)
     if case.model_loads < 0:
         raise RecordError(f"field '{field_path(path, 'model_loads')}': expected a count >= 0, got {case.model_loads}")
-    slot = f"{case.task}-{case.variant}" if case.variant else case.task
-    named = f"{case.model}-{case.method}-{slot}"
+    named = case_id(case.model, case.method, task_slot(case.task, case.variant))
     if case.model and case.method and case.task and case.id != named:  # two ids for one baseline would overwrite it
         raise RecordError(f"field '{field_path(path, 'id')}': {short_repr(case.id)} is not the id of its model, method "
                           f"and task ({named})")

@@ -107,18 +107,18 @@ class SteerRun:
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         """xdist, on the controller: every case a worker collected (known even if the worker dies later)."""
-        self.expected.update(nodeid.rsplit("::", 1)[-1].split("@", 1)[0] for nodeid in ids if _is_case(nodeid))
+        self.expected.update(_case_name(nodeid) for nodeid in ids if _is_case(nodeid))
 
     def pytest_runtest_logstart(self, nodeid: str, location: tuple[str, int | None, str]) -> None:
         """On the controller (also under xdist, where workers report their starts): one line per case."""
         if not self.worker and _is_case(nodeid):
-            self._line(f"steer: start {nodeid.rsplit('::', 1)[-1].split('@', 1)[0]}")  # xdist appends @group
+            self._line(f"steer: start {_case_name(nodeid)}")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """On the controller (or a serial run): collect each case's report."""
         raw = getattr(report, "steer_report", None)
         if report.skipped and _is_case(report.nodeid):  # skipped on purpose: not unfinished
-            self.skipped.add(report.nodeid.rsplit("::", 1)[-1].split("@", 1)[0])
+            self.skipped.add(_case_name(report.nodeid))
         if raw is not None and report.when == "call" and not self.worker:
             case = CaseReport.from_json(json.loads(raw))
             self.reports.append(case)
@@ -358,6 +358,11 @@ class SteerRun:
 
 def _is_case(nodeid: str) -> bool:
     return "::" in nodeid and Path(nodeid.split("::", 1)[0]).match(CASE_GLOB)
+
+
+def _case_name(nodeid: str) -> str:
+    """The case id of a node id (`file::id`, to which xdist's loadgroup appends `@group`)."""
+    return nodeid.rsplit("::", 1)[-1].split("@", 1)[0]
 
 
 def _share_cores_between_workers() -> None:

@@ -9,10 +9,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pytest_steer.record import RecordError, check_record
 from pytest_steer.storage.files import atomic_write_json
 
 Progress = Callable[[str, int, int], None]
@@ -47,16 +48,10 @@ class Beat:
     @classmethod
     def from_json(cls, data: Any) -> Beat | None:
         """A beat read back; None for anything else (a half-written or foreign file is skipped, never fatal)."""
-        if not isinstance(data, dict):
-            return None
         try:
-            beat = cls(**data)
-        except TypeError:
+            return check_record(cls, data, "")  # type: ignore[no-any-return]
+        except RecordError:
             return None
-        texts = isinstance(beat.worker, str) and isinstance(beat.case, str) and isinstance(beat.label, str)
-        numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                      for x in (beat.case_started, beat.done, beat.total, beat.step_started))
-        return beat if texts and numbers else None
 
 
 def _duration(seconds: float) -> str:
@@ -102,7 +97,7 @@ class Beacon:
             return
         new = label != self.beat.label
         started = self.clock() if new else self.beat.step_started
-        self.beat = Beat(self.beat.worker, self.beat.case, self.beat.case_started, label, done, total, started)
+        self.beat = replace(self.beat, label=label, done=done, total=total, step_started=started)
         self._write(force=new or done >= total)
 
     def _write(self, force: bool) -> None:
@@ -110,8 +105,7 @@ class Beacon:
         if self.beat is None or (not force and now - self._written < WRITE_EVERY):
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.path, asdict(self.beat))
+            atomic_write_json(self.path, asdict(self.beat))  # creates the folder
             self._written = now
         except OSError:
             pass

@@ -8,7 +8,7 @@ from filelock import FileLock
 
 from pytest_steer.storage.files import (StoreError, atomic_write_bytes, atomic_write_json, read_json, read_verified,
                                 verified_metadata)
-from pytest_steer.record import MAX_NAME, CaseResult, RecordError, is_name, name_rule
+from pytest_steer.record import MAX_NAME, CaseResult, RecordError, is_name, name_rule, task_slot
 
 
 class BaselineStore:
@@ -55,7 +55,7 @@ class BaselineStore:
             result = CaseResult.from_baseline(data)
         except RecordError as exc:
             raise StoreError(f"{path}: baseline is malformed: {exc}{hint}") from exc
-        held = (result.model, result.method, f"{result.task}-{result.variant}" if result.variant else result.task)
+        held = (result.model, result.method, task_slot(result.task, result.variant))
         if held != (model, method, slot):  # copied from another case's file: its numbers are not this case's
             raise StoreError(f"{path}: holds the baseline of {'/'.join(held)}, not of {model}/{method}/{slot}{hint}")
         return result
