@@ -24,7 +24,7 @@ CHANGED = {
     "device": "cuda:0", "dtype": "bfloat16", "method": "function_vector", "task_sha256": "b" * 64,
     "counts": {"dev": 10, "test": 13}, "seed": 1, "settings": {"n_shots": 4},
     "versions": {"torch": "2.14", "transformers": "5.24"}, "source": "fedcba9876543210",
-    "adapter_override": {"blocks": "model.layers"}, "gate_vector": "replay", "replay": "c" * 64,
+    "adapter_override": {"blocks": "model.layers"}, "gate_vector": "replay", "replay": "c" * 64, "quick": True,
 }
 
 

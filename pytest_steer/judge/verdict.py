@@ -104,6 +104,7 @@ class Verdict:
     tolerance: float | None = None  # the allowed drop this case was judged with
     auto_tolerance: bool = False  # the tolerance is the smallest drop the split can detect ("auto")
     pending: bool = False  # passed so far; a drop beyond the tolerance awaits the run's correction
+    quick: str = ""  # --steer-quick: "replay" (judged by the accepted vector alone), "full[: why]", "" (not asked)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +114,7 @@ class Verdict:
             "notes": list(self.notes), "power": None if self.power is None else asdict(self.power),
             "drift": None if self.drift is None else self.drift.to_json(),
             "tolerance": self.tolerance, "auto_tolerance": self.auto_tolerance, "pending": self.pending,
+            "quick": self.quick,
         }
 
     @classmethod
@@ -125,7 +127,7 @@ class Verdict:
             changes=tuple(ScoreChange.from_json(c) for c in data.get("changes", [])), notes=tuple(data.get("notes", [])),
             power=None if power is None else Power(**power), drift=None if moved is None else Drift.from_json(moved),
             tolerance=data.get("tolerance"), auto_tolerance=bool(data.get("auto_tolerance")),
-            pending=bool(data.get("pending")),
+            pending=bool(data.get("pending")), quick=str(data.get("quick") or ""),
         )
 
 
@@ -158,7 +160,7 @@ def judge(result: CaseResult, gate: Gate, stored: CaseResult | None, updating: b
     auto = gate.tolerance is None
     gate = resolve_tolerance(gate, result)
     metrics = result.metrics
-    reasons = _gate_reasons(metrics, gate)
+    reasons = gate_reasons(metrics, gate)
     notes: list[str] = []
     status: BaselineStatus = "updating" if updating else ("new" if stored is None else "ok")
     changes: tuple[ScoreChange, ...] = ()
@@ -289,7 +291,7 @@ def _level(gate: Gate) -> str:
     return f"{gate.level:.2g} (alpha {gate.alpha:g} / {gate.comparisons} comparisons, {gate.multiple})"
 
 
-def _gate_reasons(metrics: Metrics, gate: Gate) -> list[str]:
+def gate_reasons(metrics: Metrics, gate: Gate) -> list[str]:
     reasons: list[str] = []
     improvement = metrics.delta if gate.gate == "mean" else metrics.delta_ci[0]
     label = "improvement" if gate.gate == "mean" else "lower CI bound of the improvement"

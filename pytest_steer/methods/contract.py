@@ -3,6 +3,7 @@
     Method        runs one case: `settings_type`, `prepare`, `run`              (required)
     SharesWork    runs several cases of one task in one pass: `run_many`        (optional)
     Replays       applies a stored vector at a stored setting: `replay`         (optional; enables replay)
+    Quick         judges a case by its stored vector alone: `quick`             (optional; enables --steer-quick)
 
 And what the session reads from a method's settings, where present:
 
@@ -59,6 +60,18 @@ class Replays(Protocol):
 
 
 @runtime_checkable
+class Quick(Protocol):
+    """The case's outcome from its accepted vector at the accepted setting, without searching (`--steer-quick`):
+    the steered, unsteered and (where the method has one) reference outcomes on the test split. The steered
+    outcomes must be exactly what `replay` gives, the unsteered exactly what `run` gives.
+
+    Raises `methods.search.ReplayError` when the vector does not fit the model (the case then runs in full)."""
+
+    def quick(self, handle: ModelHandle, splits: Any, settings: Any, tensors: dict[str, Any], chosen: dict[str, Any],
+              context: RunContext) -> MethodOutcome: ...
+
+
+@runtime_checkable
 class Batched(Protocol):
     batch_size: int
     max_rows: int
@@ -84,3 +97,7 @@ def shares_work(obj: object) -> bool:
 
 def replays(obj: object) -> bool:
     return callable(getattr(obj, "replay", None))
+
+
+def quick(obj: object) -> bool:
+    return callable(getattr(obj, "quick", None))

@@ -81,13 +81,20 @@ def unsteered_scores(
     handle: ModelHandle, splits: Splits, dev: PromptSet, test: PromptSet, icl_shots: int, scoring: Scoring,
     counter: TokenCounter, context: RunContext,
 ) -> UnsteeredScores:
+    test_correct, icl_correct, shared = test_scores(handle, splits, test, icl_shots, scoring, counter, context)
+    return UnsteeredScores(dev=scoring.correct(handle, dev, 1, None, counter)[:, 0], test=test_correct, icl=icl_correct,
+                           shared=shared)
+
+
+def test_scores(
+    handle: ModelHandle, splits: Splits, test: PromptSet, icl_shots: int, scoring: Scoring, counter: TokenCounter,
+    context: RunContext,
+) -> tuple[np.ndarray, np.ndarray, dict[str, bool]]:
+    """Unsteered zero-shot and 5-shot ICL outcomes on test, and whether each was another case's of this run."""
     icl = PromptSet.build(handle, icl_prompts(splits.demos, splits.test, icl_shots, random.Random(f"icl-{splits.seed}")), splits.test)
     test_correct, test_shared = shared_correct(handle, test, scoring, counter, context)
     icl_correct, icl_shared = shared_correct(handle, icl, scoring, counter, context)
-    return UnsteeredScores(
-        dev=scoring.correct(handle, dev, 1, None, counter)[:, 0], test=test_correct, icl=icl_correct,
-        shared={"test": test_shared, "icl": icl_shared},
-    )
+    return test_correct, icl_correct, {"test": test_shared, "icl": icl_shared}
 
 
 def shared_correct(
@@ -175,16 +182,35 @@ class LayerSearch(ABC):
         (ReplayError when it does not fit this model)."""
 
     def replay(self, handle: ModelHandle, splits: Splits, settings: Any, tensors: dict[str, torch.Tensor],
-               chosen: dict[str, Any]) -> np.ndarray:
+               chosen: dict[str, Any], counter: TokenCounter | None = None) -> np.ndarray:
         """Per-item test outcomes of a stored (accepted) vector on this model: no extraction, no search."""
         point, state = self.replay_point(handle, tensors, chosen)
         scoring = Scoring(settings.batch_size, settings.max_rows, settings.reuse_prefix)
         reports: dict[int, HookReport] = {}
         test = PromptSet.zero_shot(handle, splits.test)
-        steered = scoring.correct(handle, test, 1, self.intervention(handle, [point], state, reports), TokenCounter())
+        steered = scoring.correct(handle, test, 1, self.intervention(handle, [point], state, reports),
+                                  counter or TokenCounter())
         if not reports.get(point.layer, HookReport()).fired_and_changed:
             raise RuntimeError(f"replayed steering hook on block {point.layer} did not fire or changed nothing")
         return steered[:, 0]
+
+    def quick(self, handle: ModelHandle, splits: Splits, settings: Any, tensors: dict[str, torch.Tensor],
+              chosen: dict[str, Any], context: RunContext) -> MethodOutcome:
+        """The case judged by its accepted vector (`--steer-quick`): the vector at the accepted setting, the
+        unsteered and the 5-shot ICL scores, all on the test items; no extraction and no dev search.
+        ReplayError when the vector does not fit this model."""
+        counter, clock = TokenCounter(), Phases()
+        steered = self.replay(handle, splits, settings, tensors, chosen, counter)
+        clock.lap("replay")
+        scoring = Scoring(settings.batch_size, settings.max_rows, settings.reuse_prefix)
+        test = PromptSet.zero_shot(handle, splits.test)
+        unsteered, icl, shared = test_scores(handle, splits, test, settings.icl_shots, scoring, counter, context)
+        clock.lap("unsteered_and_icl")
+        return MethodOutcome(
+            unsteered=unsteered, steered=steered, icl=icl, chosen=dict(chosen), curves={}, vectors={},
+            vector_metadata={}, test_items=[p.input for p in splits.test], phases=clock.seconds,
+            diagnostics={"forward_tokens": counter.tokens, "forward_passes": counter.passes, "unsteered_shared": shared},
+        )
 
     def run(self, handle: ModelHandle, task: Task, splits: Splits, settings: Any, context: RunContext) -> MethodOutcome:
         counter = TokenCounter()

@@ -96,7 +96,21 @@ def _judged(f: RunFacts) -> list[Line]:
     if reused:
         out.append(Line(f"{len(reused)} of them judged from results stored under unchanged inputs (no model "
                         "loaded for those); --steer-rerun recomputes"))
+    out.extend(Line(line, "yellow" if line.startswith("  ") else "") for line in quick_lines(reports))
     return out
+
+
+def quick_lines(reports: Sequence[CaseReport]) -> list[str]:
+    """What `--steer-quick` did: cases judged by their replayed accepted vector, and why the others ran in full."""
+    paths = [(r.id, r.verdict.quick) for r in reports if r.verdict is not None and r.verdict.quick]
+    if not paths:
+        return []
+    replayed = sum(1 for _, path in paths if path == "replay")
+    full = [(case, path.partition(": ")[2]) for case, path in paths if path != "replay"]
+    lines = [f"--steer-quick: {replayed} case(s) judged by their accepted vector replayed at the accepted setting "
+             f"(no extraction, no layer search); {len(full)} ran the full protocol"]
+    lines.extend(f"  {case}: {why}" for case, why in full if why.startswith("the replay"))  # not: no stored vector
+    return lines
 
 
 def _written(f: RunFacts) -> list[Line]:

@@ -18,6 +18,9 @@ from pytest_steer.judge.stats import MULTIPLE
 _OPTIONS = (
     ("update", "store_true", "write or refresh the baselines of the cases that ran (controller only, atomic)"),
     ("rerun", "store_true", "recompute every case instead of reusing results stored under unchanged inputs"),
+    ("quick", "store_true", "judge a case first by replaying its accepted vector at the accepted setting on the test "
+                            "items (no extraction, no layer search); only a case whose replay regresses against the "
+                            "baseline runs the full protocol. Methods without a stored vector (DoLa) run in full"),
     ("cache-dir", "store", "directory for fetched models, converted weights and cached vectors"),
     ("baseline-dir", "store", "directory of baselines (default: <rootdir>/baselines)"),
     ("report", "store", "write the run's results as JSON to this path"),
@@ -67,6 +70,7 @@ class SteerOptions:
     compare_path: Path | None = None
     compare_fail: float | None = None
     rerun: bool = False
+    quick: bool = False  # judge by the replayed accepted vector first; the full protocol only where it regresses
     html_path: Path | None = None
     group: str = "case"
     regression: str = "significant"
@@ -89,7 +93,7 @@ def add_options(parser: pytest.Parser) -> None:
         group.addoption(f"--steer-{name}", **kwargs)
         if action == "append":
             continue  # per run only: a candidate in an ini file would silently replace a model on every run
-        if name == "rerun":
+        if name in ("rerun", "quick"):
             parser.addini(key, help_text + " (ini)", type="bool", default=False)
         elif name != "update":
             parser.addini(key, help_text + " (ini)", default="")
@@ -140,6 +144,10 @@ def resolve_options(config: pytest.Config) -> SteerOptions:
     report = config.getoption("steer_report") or config.getini("steer_report") or None
     if config.getoption("steer_compare_fail") is not None and not (config.getoption("steer_compare") or config.getini("steer_compare")):
         raise pytest.UsageError("--steer-compare-fail needs --steer-compare PATH (the saved report to compare with)")
+    quick = bool(config.getoption("steer_quick") or config.getini("steer_quick"))
+    if quick and config.getoption("steer_update"):
+        raise pytest.UsageError("--steer-quick cannot be combined with --steer-update: a baseline is written only from "
+                                "the full protocol (drop --steer-quick, or the ini key steer_quick, to accept results)")
     return SteerOptions(
         cache_dir=_path_option(config, "steer_cache_dir", default_cache),
         baseline_dir=_path_option(config, "steer_baseline_dir", config.rootpath / "baselines"),
@@ -151,6 +159,7 @@ def resolve_options(config: pytest.Config) -> SteerOptions:
         compare_path=_optional_path(config, "steer_compare"),
         compare_fail=_non_negative(config, "steer_compare_fail"),
         rerun=bool(config.getoption("steer_rerun") or config.getini("steer_rerun")),
+        quick=quick,
         html_path=_optional_path(config, "steer_html"),
         group=_choice_option(config, "steer_group", ("case", "model"), "case"),
         regression=_choice_option(config, "steer_regression", ("significant", "tolerance"), "significant"),

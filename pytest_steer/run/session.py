@@ -26,7 +26,7 @@ from pytest_steer.cases.casefile import Case
 from pytest_steer.run.options import SteerOptions
 from pytest_steer.methods import load_method, methods
 from pytest_steer.methods.base import MethodOutcome, Progress, RunContext
-from pytest_steer.methods.contract import Batched
+from pytest_steer.methods.contract import Batched, quick
 from pytest_steer.models.loader import ModelHandle, Resolved, load_model, resolve
 from pytest_steer.run.device import Placement, available, physical_gpus, resolve_device, resolve_dtype, with_backoff, worker_gpus, worker_index
 from pytest_steer.storage.files import StoreError, shared_dir
@@ -38,7 +38,8 @@ from pytest_steer.cases.settings import settings_dict
 from pytest_steer.storage.tensors import VectorCache, cache_key, read_tensors, write_tensors
 from pytest_steer.tasks import load_task
 from pytest_steer.judge.verdict import (
-    BaselineMissing, Gate, Verdict, case_tolerance, comparisons, judge, metrics_from_outcomes,
+    BaselineMissing, Gate, Verdict, case_tolerance, comparisons, data_mismatch, gate_reasons, judge,
+    metrics_from_outcomes, resolve_tolerance, score_changes,
 )
 
 
@@ -68,6 +69,7 @@ class SteerSession:
     _cache: ResultCache | None = None
     selected: list[Case] = field(default_factory=list)  # the cases this process may run (for shared work)
     run_id: str | None = None  # scores shared between cases live under <cache>/shared/<run_id> for this run only
+    _full_after_quick: dict[Case, str] = field(default_factory=dict)  # --steer-quick: why a case ran in full
 
     @property
     def results(self) -> ResultCache:
@@ -169,11 +171,16 @@ class SteerSession:
                 todo.append((case, inputs))
         if not todo:
             return out
-        handle = self.model(first.model)
-        loaded = time.perf_counter()
         context = RunContext(cache=VectorCache(self.options.cache_dir / "vectors", methods()[first.method].code()),
                              seed=o.seed, progress=self.progress,
                              shared=None if self.run_id is None else VectorCache(shared_dir(self.options.cache_dir, self.run_id)))
+        if self.options.quick and not self.options.update and quick(method):
+            todo = [(case, inputs) for case, inputs in todo if not self._quick(method, case, inputs, task, splits, context, out)]
+            if not todo:
+                return out
+            started = time.perf_counter()  # the full protocol's own time
+        handle = self.model(first.model)
+        loaded = time.perf_counter()
         torch.manual_seed(o.seed)
         batch = min((case.settings.batch_size if isinstance(case.settings, Batched) else 0 for case, _ in todo), default=0)
 
@@ -204,20 +211,67 @@ class SteerSession:
     def _accepted_vector(self, case: Case) -> Accepted | None:
         """The accepted vector to replay on this run's model: when the model differs from the one the
         baseline was accepted for, or when the case gates on the replay. None for methods without vectors."""
+        stored = self._stored_baseline(case)
+        if stored is None:
+            return None
+        changed = stored.provenance.fingerprint != self.resolve(case.model).fingerprint
+        if not changed and case.options.gate_vector != "replay":
+            return None
+        return self._stored_vector(case, stored)
+
+    def _stored_baseline(self, case: Case) -> CaseResult | None:
+        """The case's accepted result when its method stores a vector and the vector file is there."""
         if not methods()[case.method].replays:
             return None
         try:
             stored = self.baselines.load(case.model.name, case.method, case.slot)
         except (StoreError, OSError):
             return None  # judging the case says what is wrong with its baseline
+        if stored is None or not self.baselines.vector_path(case.model.name, case.method, case.slot).is_file():
+            return None
+        return stored
+
+    def _stored_vector(self, case: Case, stored: CaseResult) -> Accepted:
         path = self.baselines.vector_path(case.model.name, case.method, case.slot)
-        if stored is None or not path.is_file():
-            return None
-        changed = stored.provenance.fingerprint != self.resolve(case.model).fingerprint
-        if not changed and case.options.gate_vector != "replay":
-            return None
         tensors, metadata = read_tensors(path)  # read once: its checksum keys the result, its tensors are replayed
         return Accepted(metadata["content_sha256"], tensors, stored)
+
+    def _quick(self, method: Any, case: Case, inputs: ResultInputs, task: Any, splits: Any, context: RunContext,
+               out: dict[Case, CaseResult]) -> bool:
+        """`--steer-quick`: judge `case` by its accepted vector at the accepted setting on the test items. True when
+        that settles it (into `out`); False when the full protocol must run: no stored vector, a vector that does not
+        fit, items that cannot be paired, or a drop the regression rule flags (or leaves to the run's correction)."""
+        stored = self._stored_baseline(case)
+        if stored is None:
+            self._full_after_quick[case] = "no accepted vector to replay"
+            return False
+        accepted = self._stored_vector(case, stored)
+        keyed = replace(inputs, quick=True, replay=accepted.sha256)
+        result = None if self.options.rerun else self.results.get(keyed)
+        if result is None:
+            handle = self.model(case.model)
+            started = time.perf_counter()
+            try:
+                with torch.inference_mode():
+                    outcome = method.quick(handle, splits, case.settings, accepted.tensors, stored.chosen, context)
+            except ReplayError as exc:
+                self._full_after_quick[case] = f"the accepted vector cannot be applied: {exc}"
+                return False
+            outcome.diagnostics["quick"] = True
+            result = self._record(case, handle, task, keyed, outcome,
+                                  {"method": round(time.perf_counter() - started, 2), **outcome.phases})
+            chosen = {k: v for k, v in stored.chosen.items() if k != "relative_depth"}
+            result = replace(result, replay=Replay(accepted.sha256, chosen, stored.metrics.steered,
+                                                   score=result.metrics.steered, steered=result.outcomes.steered))
+            self.results.put(keyed, result)
+        else:
+            result = replace(result, provenance=replace(result.provenance, model_source=inputs.model_source))
+        why = quick_regressions(result, stored, self.gate(case))
+        if why:
+            self._full_after_quick[case] = why
+            return False
+        out[case] = result
+        return True
 
     def _replay(self, method: Any, handle: ModelHandle, splits: Any, case: Case, accepted: Accepted) -> Replay:
         """The accepted vector on this model at the accepted setting; a vector that does not fit is recorded, not raised."""
@@ -298,6 +352,8 @@ class SteerSession:
             )
         verdict = judge(result, self.gate(case), stored, self.options.update,
                         candidate=case.model.name in self.options.candidates)
+        if self.options.quick:
+            verdict = replace(verdict, quick=quick_path(result, self._full_after_quick.get(case)))
         replayed = result.replay
         if case.options.gate_vector == "replay" and stored is not None and (replayed is None or replayed.error):
             # the gate is the accepted vector; when it cannot be applied, a fresh vector must not stand in for it
@@ -322,6 +378,39 @@ def place(spec: ModelSpec, options: SteerOptions, worker_id: str) -> Placement:
     dtype = resolve_dtype(spec.dtype or options.dtype, device, f"[models.{spec.name}].dtype" if spec.dtype else "--steer-dtype")
     physical = physical_gpus(mine, os.environ.get("CUDA_VISIBLE_DEVICES"))
     return Placement(device, dtype, spec.device_map, tuple(mine), tuple(physical))
+
+
+def quick_regressions(result: CaseResult, stored: CaseResult, gate: Gate) -> str:
+    """Why a quick (replayed) result cannot settle its case: empty when it can.
+
+    The replay settles a case only when the full protocol would very likely give the same verdict: it is paired
+    item by item with the accepted result, it passes the gate (a replay below the threshold may be beaten by the
+    full search), no score drops beyond the tolerance with p below alpha (a regression, or one the run's
+    correction would rule on), and its steered score is not below the accepted one (the full gate judges the
+    re-extracted vector, which may fall further than the accepted one does)."""
+    if data_mismatch(result.provenance, stored.provenance):
+        return "the accepted result's items, device or dtype differ from this run's"
+    gate = resolve_tolerance(gate, result)
+    changes = score_changes(result, stored, gate)
+    if any(c.test == "" for c in changes):
+        return "the replay cannot be paired with the accepted result item by item"
+    flagged = [c for c in changes if c.regression or c.pending]
+    if flagged:
+        return "; ".join(f"the replay regressed: {c.describe()}" for c in flagged)
+    failed = gate_reasons(result.metrics, gate)
+    if failed:
+        return f"the replay does not pass the gate ({'; '.join(failed)}); the full search may"
+    steered = next(c for c in changes if c.score == "steered")
+    if steered.after < steered.before - 1e-12:
+        return f"the replay lost ground ({steered.describe()}); the re-extracted vector is judged instead"
+    return ""
+
+
+def quick_path(result: CaseResult, full_because: str | None) -> str:
+    """How `--steer-quick` judged a result: 'replay', or why the full protocol ran."""
+    if result.diagnostics.get("quick") is True:
+        return "replay"
+    return f"full: {full_because}" if full_because else "full"
 
 
 def device_type(device: str) -> str:
