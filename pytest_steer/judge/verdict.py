@@ -184,7 +184,9 @@ def judge(result: CaseResult, gate: Gate, stored: CaseResult | None, updating: b
                      f"stored vector on the new model: {r.score:.2f} (accepted {r.accepted:.2f})")
     return Verdict(
         passed=not reasons, reasons=tuple(reasons), baseline=status,
-        stored_steered=None if stored is None else stored.metrics.steered,
+        # the accepted score of the items this run scored (all of them unless a sequential run stopped early)
+        stored_steered=None if stored is None else next((c.before for c in changes if c.score == "steered"),
+                                                         stored.metrics.steered),
         stored_fingerprint=None if stored is None else stored.provenance.fingerprint,
         model_changed=model_changed, changes=changes, notes=tuple(notes),
         power=power(result, stored if changes else None, gate),
@@ -205,8 +207,12 @@ def score_changes(result: CaseResult, stored: CaseResult, gate: Gate) -> tuple[S
     ):
         if after is None or before is None:
             continue
+        then_items = then.items
+        part = _part(now.items, then.items, b_items)
+        if part is not None:  # a sequential run stopped early: the accepted outcomes of the same items
+            b_items, then_items, before = part, now.items, float(np.mean(part))
         beyond = after < before - gate.tolerance - 1e-12
-        if not _pairable(now.items, then.items, a_items, b_items):  # nothing to pair: only the plain tolerance rule can judge
+        if not _pairable(now.items, then_items, a_items, b_items):  # nothing to pair: only the plain tolerance rule can judge
             out.append(ScoreChange(name, before, after, result.metrics.n_test, beyond_tolerance=beyond, regression=beyond))
             continue
         test = paired_test(b_items, a_items, seed=result.provenance.seed)
@@ -229,10 +235,13 @@ def power(result: CaseResult, accepted: CaseResult | None, gate: Gate) -> Power:
     steered = np.asarray(result.outcomes.steered, dtype=float)
     binary = bool(np.isin(steered, (0, 1)).all())
     sd = 0.0
-    if accepted is not None and steered.size > 1 and _pairable(result.outcomes.items, accepted.outcomes.items,
-                                                               result.outcomes.steered, accepted.outcomes.steered):
-        sd = float(np.std(steered - np.asarray(accepted.outcomes.steered, dtype=float), ddof=1))
-    return minimum_detectable(max(steered.size, 1), sd, gate.tolerance or 0.0, binary=binary, alpha=gate.level)
+    if accepted is not None and steered.size > 1:
+        then = accepted.outcomes
+        before = _part(result.outcomes.items, then.items, then.steered) or (
+            then.steered if _pairable(result.outcomes.items, then.items, result.outcomes.steered, then.steered) else None)
+        if before is not None:
+            sd = float(np.std(steered - np.asarray(before, dtype=float), ddof=1))
+    return minimum_detectable(max(design_items(result), 1), sd, gate.tolerance or 0.0, binary=binary, alpha=gate.level)
 
 
 SCORES_PER_CASE = 3  # steered, unsteered and 5-shot: the most paired comparisons one case adds to the run
@@ -257,12 +266,35 @@ def resolve_tolerance(gate: Gate, result: CaseResult) -> Gate:
     It depends on the design (items, level, outcome type), never on how far this run moved."""
     if gate.tolerance is not None:
         return gate
-    steered = np.asarray(result.outcomes.steered, dtype=float)
+    # exact: rounded down, it would fall below what the split can detect
+    return replace(gate, tolerance=auto_tolerance(np.asarray(result.outcomes.steered, dtype=float), design_items(result),
+                                                  gate.level))
+
+
+def auto_tolerance(steered: np.ndarray, n: int, level: float) -> float:
+    """The smallest drop a design of `n` items detects at `level` (power 0.8), for outcomes like `steered`."""
     binary = bool(np.isin(steered, (0, 1)).all())
     sd = 0.0 if binary or steered.size < 2 else float(np.std(steered, ddof=1))
-    floor = minimum_detectable(max(steered.size, 1), sd, 0.0, binary=binary, alpha=gate.level).detectable
-    return replace(gate, tolerance=floor)  # exact: rounded down, it would fall below what the split can detect
+    return minimum_detectable(max(n, 1), sd, 0.0, binary=binary, alpha=level).detectable
 
+
+
+def _part(items: tuple[str, ...], other_items: tuple[str, ...], other: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """The accepted outcomes of this run's items when they are a proper part of the accepted items (a sequential
+    run that stopped early), in this run's order; None otherwise."""
+    if other is None or not items or len(items) >= len(other_items) or len(other) != len(other_items):
+        return None
+    where = {item: k for k, item in enumerate(other_items)}
+    if len(where) != len(other_items) or any(item not in where for item in items):
+        return None
+    return tuple(other[where[item]] for item in items)
+
+
+def design_items(result: CaseResult) -> int:
+    """The test items the case's design has: all of them unless a sequential run stopped early."""
+    scored = len(result.outcomes.steered)
+    of = result.diagnostics.get("sequential", {}).get("of") if isinstance(result.diagnostics.get("sequential"), dict) else None
+    return of if isinstance(of, int) and of >= scored else scored
 
 
 def _pairable(items: tuple[str, ...], other_items: tuple[str, ...], outcomes: tuple[float, ...] | None,

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pytest_steer.methods.contract import Decides
 from pytest_steer.models.loader import ModelHandle
 from pytest_steer.storage.tensors import VectorCache
 from pytest_steer.tasks import Task
@@ -25,6 +26,9 @@ class RunContext:
     seed: int
     progress: Progress | None = None
     shared: VectorCache | None = None  # this run's scores shared between methods (None: nothing shared)
+    # --steer-sequential: one per settings given to run / run_many, in order; a method that scores its test items
+    # one by one may stop once every one of them says the verdict is decided (None: score every item)
+    sequential: list[Decides] | None = None
 
     def report(self, label: str, done: int, total: int) -> None:
         if self.progress is not None:

@@ -16,6 +16,7 @@ A registered method is checked against `Method` when it is first looked up, with
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
     from pytest_steer.methods.base import MethodOutcome, RunContext
     from pytest_steer.models.loader import ModelHandle
     from pytest_steer.tasks import Task
+
+
+# --steer-sequential: (items scored so far, their unsteered and steered outcomes) -> the case's verdict is decided.
+# A method whose test items are scored one by one declares `scores_sequentially = True` and may stop once every
+# look in `RunContext.sequential` says so (its outcome then holds only the items it scored).
+Decides = Callable[[list[str], "np.ndarray", "np.ndarray"], bool]
 
 
 @runtime_checkable
@@ -101,3 +108,7 @@ def replays(obj: object) -> bool:
 
 def quick(obj: object) -> bool:
     return callable(getattr(obj, "quick", None))
+
+
+def scores_sequentially(obj: object) -> bool:
+    return getattr(obj, "scores_sequentially", False) is True

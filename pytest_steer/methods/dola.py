@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from pytest_steer.methods.base import MethodOutcome, Phases, RunContext
+from pytest_steer.methods.base import Decides, MethodOutcome, Phases, RunContext
 from pytest_steer.methods.scoring import cache_kwarg
 from pytest_steer.methods.settings import BUCKETS, DolaSettings
 from pytest_steer.models.loader import ModelHandle
 from pytest_steer.cases.settings import SettingsError
 from pytest_steer.tasks import Completion, MCQuestion, Task, TaskError, require_kind, sample_items
+from pytest_steer.tasks.data import SEQUENTIAL_BLOCK, sequential_order
 from pytest_steer.tasks.prompts import completion_text, mc_answer, mc_context, mc_prompt
 
 LOGIT_ROWS = 256  # layer-logit rows per unembedding matmul: 256 x 262k floats is 268 MB
@@ -335,6 +336,7 @@ class DolaMethod:
 
     name = "dola"
     settings_type = DolaSettings
+    scores_sequentially = True  # test items one by one: --steer-sequential may stop early
 
     def prepare(self, task: Task, n_dev: int, n_test: int, seed: int) -> tuple[tuple[int, ...], dict[str, int]]:
         """Draw `n_test` items with `seed` (kept in file order); n_dev is unused."""
@@ -356,14 +358,24 @@ class DolaMethod:
         clock = Phases()
         label = f"DoLa {'+'.join(settings.bucket_name() for settings in variants)} on {task.name}"
         context_cache = encode_context(handle, mc_context()) if task.kind == "mc" else None
-        for row, index in enumerate(splits):
-            context.report(label, row, len(splits))
+        looks = context.sequential
+        rows = sequential_order(len(splits), context.seed) if looks else list(range(len(splits)))
+        used: list[int] = []
+        for row in rows:
+            context.report(label, len(used), len(splits))
             try:
-                _score_item(handle, task.items[index], variants, context_cache, row, tallies, clock)
+                _score_item(handle, task.items[splits[row]], variants, context_cache, row, tallies, clock)
             except ValueError as exc:
-                raise TaskError(f"{task.source}: item {index}: {exc}") from exc
-        context.report(label, len(splits), len(splits))
-        outcomes = [tally.outcome(handle, task, splits) for tally in tallies]
+                raise TaskError(f"{task.source}: item {splits[row]}: {exc}") from exc
+            used.append(row)
+            if looks and len(used) % SEQUENTIAL_BLOCK == 0 and len(used) < len(rows) and _decided(looks, tallies, task, splits, used):
+                break
+        context.report(label, len(used), len(splits))
+        used = sorted(used)
+        outcomes = [tally.outcome(handle, task, splits, used) for tally in tallies]
+        if looks:
+            for outcome in outcomes:
+                outcome.diagnostics["sequential"] = {"items": len(used), "of": len(splits)}
         for outcome in outcomes:
             outcome.phases = dict(clock.seconds)
         return outcomes
@@ -399,8 +411,11 @@ class _Tally:
         for chosen in scores.premature:
             self.histogram.update(chosen)
 
-    def outcome(self, handle: ModelHandle, task: Task, splits: tuple[int, ...]) -> MethodOutcome:
-        layers, histogram, unsteered, dola = self.layers, self.histogram, self.unsteered, self.dola
+    def outcome(self, handle: ModelHandle, task: Task, splits: tuple[int, ...], used: list[int]) -> MethodOutcome:
+        """The record of the rows `used` (every row unless a sequential run stopped early)."""
+        layers, histogram = self.layers, self.histogram
+        unsteered = {m: v[used] for m, v in self.unsteered.items()}
+        dola = {m: v[used] for m, v in self.dola.items()}
         total = sum(histogram.values())
         shares = [histogram[l] / total for l in layers]
         top = layers[int(np.argmax(shares))]
@@ -419,10 +434,17 @@ class _Tally:
                 "tie_share": round(self.ties / total, 4),  # positions whose premature layer the tie rule picked
                 "num_layers": handle.adapter.num_layers,
             },
-            test_items=[_item_text(task.items[i]) for i in splits],
+            test_items=[_item_text(task.items[splits[row]]) for row in used],
             metric=self.metric,
             secondary={m: (unsteered[m], dola[m]) for m in unsteered if m != self.metric},
         )
+
+
+def _decided(looks: list[Decides], tallies: list[_Tally], task: Task, splits: tuple[int, ...], used: list[int]) -> bool:
+    """Every setting's verdict is decided on the rows scored so far (`--steer-sequential`)."""
+    texts = [_item_text(task.items[splits[row]]) for row in used]
+    return all(look(texts, tally.unsteered[tally.metric][used], tally.dola[tally.metric][used])
+               for look, tally in zip(looks, tallies))
 
 
 def _item_text(item: MCQuestion | Completion) -> str:

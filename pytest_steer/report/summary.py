@@ -97,7 +97,20 @@ def _judged(f: RunFacts) -> list[Line]:
         out.append(Line(f"{len(reused)} of them judged from results stored under unchanged inputs (no model "
                         "loaded for those); --steer-rerun recomputes"))
     out.extend(Line(line, "yellow" if line.startswith("  ") else "") for line in quick_lines(reports))
+    out.extend(Line(line) for line in sequential_lines(reports))
     return out
+
+
+def sequential_lines(reports: Sequence[CaseReport]) -> list[str]:
+    """What `--steer-sequential` saved: the cases that stopped early and the test items scored of the design's."""
+    runs = [r.result.diagnostics["sequential"] for r in reports
+            if r.result is not None and isinstance(r.result.diagnostics.get("sequential"), dict)]
+    if not runs:
+        return []
+    early = sum(1 for s in runs if s["items"] < s["of"])
+    return [f"--steer-sequential: {early} case(s) stopped early; {sum(s['items'] for s in runs)} of "
+            f"{sum(s['of'] for s in runs)} test items scored (the rest of each stopped case could not change its verdict "
+            "at the run's alpha)"]
 
 
 def quick_lines(reports: Sequence[CaseReport]) -> list[str]:

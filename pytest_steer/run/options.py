@@ -21,6 +21,9 @@ _OPTIONS = (
     ("quick", "store_true", "judge a case first by replaying its accepted vector at the accepted setting on the test "
                             "items (no extraction, no layer search); only a case whose replay regresses against the "
                             "baseline runs the full protocol. Methods without a stored vector (DoLa) run in full"),
+    ("sequential", "store_true", "score a case's test items in a fixed random order and stop once anytime-valid "
+                                 "confidence sequences decide its gate and rule out a regression (a likely regression "
+                                 "is judged on every item); for methods that score test items one by one (DoLa)"),
     ("cache-dir", "store", "directory for fetched models, converted weights and cached vectors"),
     ("baseline-dir", "store", "directory of baselines (default: <rootdir>/baselines)"),
     ("report", "store", "write the run's results as JSON to this path"),
@@ -71,6 +74,7 @@ class SteerOptions:
     compare_fail: float | None = None
     rerun: bool = False
     quick: bool = False  # judge by the replayed accepted vector first; the full protocol only where it regresses
+    sequential: bool = False  # stop scoring test items once the verdict is decided (methods that score one by one)
     html_path: Path | None = None
     group: str = "case"
     regression: str = "significant"
@@ -93,7 +97,7 @@ def add_options(parser: pytest.Parser) -> None:
         group.addoption(f"--steer-{name}", **kwargs)
         if action == "append":
             continue  # per run only: a candidate in an ini file would silently replace a model on every run
-        if name in ("rerun", "quick"):
+        if name in ("rerun", "quick", "sequential"):
             parser.addini(key, help_text + " (ini)", type="bool", default=False)
         elif name != "update":
             parser.addini(key, help_text + " (ini)", default="")
@@ -145,9 +149,12 @@ def resolve_options(config: pytest.Config) -> SteerOptions:
     if config.getoption("steer_compare_fail") is not None and not (config.getoption("steer_compare") or config.getini("steer_compare")):
         raise pytest.UsageError("--steer-compare-fail needs --steer-compare PATH (the saved report to compare with)")
     quick = bool(config.getoption("steer_quick") or config.getini("steer_quick"))
-    if quick and config.getoption("steer_update"):
-        raise pytest.UsageError("--steer-quick cannot be combined with --steer-update: a baseline is written only from "
-                                "the full protocol (drop --steer-quick, or the ini key steer_quick, to accept results)")
+    sequential = bool(config.getoption("steer_sequential") or config.getini("steer_sequential"))
+    for name, on in (("quick", quick), ("sequential", sequential)):
+        if on and config.getoption("steer_update"):
+            raise pytest.UsageError(f"--steer-{name} cannot be combined with --steer-update: a baseline is written only "
+                                    f"from the full protocol on every item (drop --steer-{name}, or the ini key "
+                                    f"steer_{name}, to accept results)")
     return SteerOptions(
         cache_dir=_path_option(config, "steer_cache_dir", default_cache),
         baseline_dir=_path_option(config, "steer_baseline_dir", config.rootpath / "baselines"),
@@ -160,6 +167,7 @@ def resolve_options(config: pytest.Config) -> SteerOptions:
         compare_fail=_non_negative(config, "steer_compare_fail"),
         rerun=bool(config.getoption("steer_rerun") or config.getini("steer_rerun")),
         quick=quick,
+        sequential=sequential,
         html_path=_optional_path(config, "steer_html"),
         group=_choice_option(config, "steer_group", ("case", "model"), "case"),
         regression=_choice_option(config, "steer_regression", ("significant", "tolerance"), "significant"),

@@ -26,7 +26,8 @@ from pytest_steer.cases.casefile import Case
 from pytest_steer.run.options import SteerOptions
 from pytest_steer.methods import load_method, methods
 from pytest_steer.methods.base import MethodOutcome, Progress, RunContext
-from pytest_steer.methods.contract import Batched, quick
+from pytest_steer.methods.contract import Batched, Decides, quick, scores_sequentially
+from pytest_steer.judge.sequential import decides, rule_key
 from pytest_steer.models.loader import ModelHandle, Resolved, load_model, resolve
 from pytest_steer.run.device import Placement, available, physical_gpus, resolve_device, resolve_dtype, with_backoff, worker_gpus, worker_index
 from pytest_steer.storage.files import StoreError, shared_dir
@@ -159,11 +160,15 @@ class SteerSession:
         todo: list[tuple[Case, ResultInputs]] = []
         task_sha256 = task.data_hash()
         replays: dict[Case, Accepted] = {}
+        looks: dict[Case, Decides] = {}
         for case in cases:
             accepted = self._accepted_vector(case)
             if accepted is not None:
                 replays[case] = accepted
             inputs = self._inputs(case, task_sha256, counts, accepted)
+            if self.options.sequential and not self.options.update and scores_sequentially(method):
+                looks[case], key = self._looks(case, counts)
+                inputs = replace(inputs, sequential=key)
             stored = None if self.options.rerun else self.results.get(inputs)
             if stored is not None:  # the same weights from another source reuse it: say where this run's came from
                 out[case] = replace(stored, provenance=replace(stored.provenance, model_source=inputs.model_source))
@@ -174,6 +179,8 @@ class SteerSession:
         context = RunContext(cache=VectorCache(self.options.cache_dir / "vectors", methods()[first.method].code()),
                              seed=o.seed, progress=self.progress,
                              shared=None if self.run_id is None else VectorCache(shared_dir(self.options.cache_dir, self.run_id)))
+        if looks:
+            context.sequential = [looks[case] for case, _ in todo]
         if self.options.quick and not self.options.update and quick(method):
             todo = [(case, inputs) for case, inputs in todo if not self._quick(method, case, inputs, task, splits, context, out)]
             if not todo:
@@ -218,6 +225,16 @@ class SteerSession:
         if not changed and case.options.gate_vector != "replay":
             return None
         return self._stored_vector(case, stored)
+
+    def _looks(self, case: Case, counts: dict[str, int]) -> tuple[Decides, str]:
+        """`--steer-sequential`: the case's stopping look and what it depends on (for the result's key)."""
+        try:
+            stored = self.baselines.load(case.model.name, case.method, case.slot)
+        except (StoreError, OSError):
+            stored = None  # judging the case says what is wrong with its baseline
+        n = counts.get("test", 0)
+        gate = self.gate(case)
+        return decides(gate, n, stored), rule_key(gate, n, stored)
 
     def _stored_baseline(self, case: Case) -> CaseResult | None:
         """The case's accepted result when its method stores a vector and the vector file is there."""

@@ -39,6 +39,7 @@ class ResultInputs:
     gate_vector: str = "extracted"
     replay: str | None = None  # checksum of the accepted vector replayed on this model, if any
     quick: bool = False  # --steer-quick: the accepted vector replayed alone, no search (never a full result)
+    sequential: str | None = None  # --steer-sequential: digest of the stopping rule's inputs (gate, accepted outcomes)
     source: str = field(default_factory=lambda: plugin_source_hash())  # the code's identity (identity.py)
 
     def keyed(self) -> dict[str, Any]:

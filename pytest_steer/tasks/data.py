@@ -325,3 +325,13 @@ def sample_items(task: Task, n_test: int, seed: int) -> tuple[int, ...]:
     if n_test > len(task.items):
         raise TaskError(f"{task.source}: task '{task.name}' has {len(task.items)} items but n_test = {n_test}")
     return tuple(sorted(random.Random(f"dola-{seed}").sample(range(len(task.items)), n_test)))
+
+
+SEQUENTIAL_BLOCK = 8  # items scored between two looks of a sequential run
+
+
+def sequential_order(n: int, seed: int) -> list[int]:
+    """The fixed random order a sequential run scores `n` test rows in (the same on every machine for a seed)."""
+    rows = list(range(n))
+    random.Random(f"sequential-{seed}").shuffle(rows)
+    return rows
