@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_steer.judge.sequential import Rule, betting_bounds, difference_bounds, stop_at
+from pytest_steer.judge.sequential import Rule, betting_bounds, difference_series, stop_at
 from pytest_steer.tasks.data import sequential_order
 
 
@@ -35,10 +35,23 @@ def test_the_bounds_shrink_and_never_widen() -> None:
 
 def test_difference_bounds_are_on_the_difference_scale() -> None:
     same = np.ones(64)
-    low, high = difference_bounds(same, same, 0.05)
-    assert -0.3 < low < 0 < high < 0.3
-    low, high = difference_bounds(np.ones(64), np.zeros(64), 0.05)
-    assert low > 0.7 and high == pytest.approx(1.0)
+    low, high = difference_series(same, same, 0.05)
+    assert -0.3 < low[-1] < 0 < high[-1] < 0.3
+    low, high = difference_series(np.ones(64), np.zeros(64), 0.05)
+    assert low[-1] > 0.7 and high[-1] == pytest.approx(1.0)
+
+
+def test_a_stop_computed_in_one_pass_is_the_stop_of_look_by_look() -> None:
+    rng = np.random.default_rng(4)
+    rule = Rule(threshold=0.1, tolerance=0.2, level=0.05)
+    for _ in range(20):
+        u = (rng.random(96) < 0.2).astype(float)
+        s = np.maximum(u, (rng.random(96) < rng.random()).astype(float))
+        accepted = {"steered": s.copy(), "unsteered": u.copy()}
+        rows = sequential_order(96, 7)
+        looked = next((k for k in range(8, 96, 8) if rule.look(u[rows[:k]], s[rows[:k]],
+                                                                {n: v[rows[:k]] for n, v in accepted.items()}).decided), 96)
+        assert stop_at(rule, u, s, accepted, seed=7).items == looked
 
 
 def test_the_rule_stops_early_only_on_a_clear_verdict_without_regression() -> None:
@@ -48,16 +61,17 @@ def test_the_rule_stops_early_only_on_a_clear_verdict_without_regression() -> No
     steered = np.maximum(unsteered, (rng.random(n) < 0.8).astype(float))
     rule = Rule(threshold=0.1, tolerance=0.15, level=0.05)
     accepted = {"steered": steered.copy(), "unsteered": unsteered.copy()}
-    assert stop_at(rule, unsteered, steered, accepted, seed=0) < n  # same model, a large improvement: decided early
-    assert stop_at(rule, unsteered, steered, None, seed=0) < n
+    assert stop_at(rule, unsteered, steered, accepted, seed=0).items < n  # same model, a large improvement: decided early
+    assert stop_at(rule, unsteered, steered, None, seed=0).items < n
+    assert stop_at(rule, unsteered, steered, None, seed=0).gate == "pass"
     # the steered score lost a third of its items: a regression is never decided on part of the items
     lost = steered.copy()
     lost[np.flatnonzero(lost)[::3]] = 0
-    assert stop_at(rule, unsteered, lost, accepted, seed=0) == n
+    assert stop_at(rule, unsteered, lost, accepted, seed=0).items == n
     # an improvement right at the threshold cannot be decided either way
     near = unsteered.copy()
     near[np.flatnonzero(near == 0)[: int(0.1 * n)]] = 1
-    assert stop_at(rule, unsteered, near, None, seed=0) == n
+    assert stop_at(rule, unsteered, near, None, seed=0).items == n
 
 
 def test_the_order_is_fixed_for_a_seed() -> None:

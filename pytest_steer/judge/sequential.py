@@ -63,13 +63,6 @@ def betting_bounds(x: np.ndarray, level: float, grid: int = GRID) -> tuple[np.nd
     return lower, upper
 
 
-def difference_bounds(after: np.ndarray, before: np.ndarray, level: float) -> tuple[float, float]:
-    """The confidence sequence's current bounds on mean(after - before), outcomes in [0, 1]."""
-    d = (np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64) + 1) / 2
-    lower, upper = betting_bounds(d, level)
-    return 2 * float(lower[-1]) - 1, 2 * float(upper[-1]) - 1
-
-
 @dataclass(frozen=True)
 class Look:
     """What one look at the items so far decided."""
@@ -93,29 +86,44 @@ class Rule:
 
     def look(self, unsteered: np.ndarray, steered: np.ndarray, accepted: dict[str, np.ndarray] | None) -> Look:
         """`accepted`: the accepted per-item outcomes of the same items ("steered", "unsteered"), None if none."""
-        checks = 1 + (len(accepted) if accepted else 0)
-        level = self.level / checks
-        low, high = difference_bounds(steered, unsteered, level)
+        ends = [(low[-1], high[-1]) for low, high in self.bounds(unsteered, steered, accepted)]
+        return self.decide(len(steered), ends)
+
+    def bounds(self, unsteered: np.ndarray, steered: np.ndarray,
+               accepted: dict[str, np.ndarray] | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Running bounds after each item: of steered - unsteered, then of each score against its accepted one."""
+        pairs = [(steered, unsteered)] + [(steered if name == "steered" else unsteered, before)
+                                          for name, before in (accepted or {}).items()]
+        level = self.level / len(pairs)  # each decision at level / checks: together at most `level`
+        return [difference_series(after, before, level) for after, before in pairs]
+
+    def decide(self, items: int, ends: list[tuple[float, float]]) -> Look:
+        """The look from each sequence's current bounds (the gate's first, then the regression checks')."""
+        (low, high), checks = ends[0], ends[1:]
         gate = "pass" if low >= self.threshold else "fail" if high < self.threshold else ""
-        free = True
-        for name, before in (accepted or {}).items():
-            now = steered if name == "steered" else unsteered
-            low, _ = difference_bounds(now, before, level)
-            free = free and low >= -self.tolerance
-        return Look(len(steered), gate, free)
+        return Look(items, gate, all(low >= -self.tolerance for low, _ in checks))
+
+
+def difference_series(after: np.ndarray, before: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Running bounds on mean(after - before) after each item, outcomes in [0, 1]."""
+    d = (np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64) + 1) / 2
+    lower, upper = betting_bounds(d, level)
+    return 2 * lower - 1, 2 * upper - 1
 
 
 def stop_at(rule: Rule, unsteered: np.ndarray, steered: np.ndarray, accepted: dict[str, np.ndarray] | None,
-            seed: int, block: int = SEQUENTIAL_BLOCK) -> int:
-    """How many items (in the fixed order) the rule needs for outcomes already known: every item when it never
-    decides. What `--steer-sequential` would use, computed without a model (for benchmarks and tests)."""
+            seed: int, block: int = SEQUENTIAL_BLOCK) -> Look:
+    """The look a sequential run stops at for outcomes already known (in the fixed order), or, when no look
+    decides, an undecided one over every item. What `--steer-sequential` would do, without a model (a bound
+    after k items depends on those k alone, so one pass over the whole order gives every look)."""
     rows = sequential_order(len(steered), seed)
+    before = None if accepted is None else {name: values[rows] for name, values in accepted.items()}
+    series = rule.bounds(unsteered[rows], steered[rows], before)
     for k in range(block, len(rows), block):
-        used = rows[:k]
-        before = None if accepted is None else {name: values[used] for name, values in accepted.items()}
-        if rule.look(unsteered[used], steered[used], before).decided:
-            return k
-    return len(rows)
+        look = rule.decide(k, [(low[k - 1], high[k - 1]) for low, high in series])
+        if look.decided:
+            return look
+    return Look(len(rows), "", False)
 
 
 def decides(gate: Gate, n: int, stored: CaseResult | None) -> Decides:
