@@ -35,6 +35,7 @@ def run(name: str, args: argparse.Namespace, copy: Path, quick: bool) -> tuple[f
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
         seconds = time.perf_counter() - started
+    (args.out / f"{name}.log").write_text(done.stdout + done.stderr)  # the whole terminal output, to quote
     tail = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-300:]
     print(f"  {name:16} {seconds:8.1f} s  {tail}", flush=True)
     if not report.is_file():
