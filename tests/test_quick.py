@@ -25,14 +25,20 @@ def _stored(pytester: pytest.Pytester, task: str) -> dict:
     return json.loads((pytester.path / "baselines" / "tinya" / "task_vector" / f"{task}.json").read_text())
 
 
-def test_an_identical_copy_is_judged_by_the_replay_alone_with_the_full_runs_numbers(
-    suite, pytester: pytest.Pytester, tiny_model_dir: Path
-) -> None:
+def _accepted_and_copied(suite, pytester: pytest.Pytester, model: Path, *damage: str):
+    """Baselines accepted on the tiny model, and a copy of it (damaged by `perturb` options, if given)."""
     write, run = suite
     write()
     run("--steer-update").assert_outcomes(passed=2)
-    copy = pytester.path / "copy"
-    assert perturb_main([str(tiny_model_dir), str(copy)]) == 0
+    copy = pytester.path / ("damaged" if damage else "copy")
+    assert perturb_main([str(model), str(copy), *damage]) == 0
+    return run, copy
+
+
+def test_an_identical_copy_is_judged_by_the_replay_alone_with_the_full_runs_numbers(
+    suite, pytester: pytest.Pytester, tiny_model_dir: Path
+) -> None:
+    run, copy = _accepted_and_copied(suite, pytester, tiny_model_dir)
 
     result = run(f"--steer-candidate=tinya={copy}", "--steer-quick", "--steer-rerun", "--steer-report=quick.json")
     result.assert_outcomes(passed=2)
@@ -64,11 +70,7 @@ def test_an_identical_copy_is_judged_by_the_replay_alone_with_the_full_runs_numb
 def test_a_replay_that_regresses_runs_the_full_protocol_and_gives_the_full_verdict(
     suite, pytester: pytest.Pytester, tiny_model_dir: Path
 ) -> None:
-    write, run = suite
-    write()
-    run("--steer-update").assert_outcomes(passed=2)
-    damaged = pytester.path / "damaged"
-    assert perturb_main([str(tiny_model_dir), str(damaged), "--noise", "3", "--blocks", "0-2"]) == 0
+    run, damaged = _accepted_and_copied(suite, pytester, tiny_model_dir, "--noise", "3", "--blocks", "0-2")
     _accept_everything(pytester.path / "baselines" / "tinya" / "task_vector" / "tinytask.json")
 
     full = run(f"--steer-candidate=tinya={damaged}", "--steer-report=full.json")
@@ -91,12 +93,13 @@ def test_a_replay_that_regresses_runs_the_full_protocol_and_gives_the_full_verdi
         assert a[cid]["verdict"]["passed"] == b[cid]["verdict"]["passed"]
 
 
-def test_quick_never_writes_a_baseline(suite) -> None:
+@pytest.mark.parametrize("shortcut", ["quick", "sequential"])
+def test_a_shortcut_never_writes_a_baseline(suite, shortcut: str) -> None:
     write, run = suite
     write()
-    result = run("--steer-quick", "--steer-update")
+    result = run(f"--steer-{shortcut}", "--steer-update")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--steer-quick cannot be combined with --steer-update*"])
+    result.stderr.fnmatch_lines([f"*--steer-{shortcut} cannot be combined with --steer-update*"])
 
 
 def test_a_method_without_a_stored_vector_runs_in_full_under_quick(

@@ -11,6 +11,7 @@ import pytest
 
 from pytest_steer.judge.sequential import Rule, betting_bounds, difference_series, stop_at
 from pytest_steer.tasks.data import sequential_order
+from tests.test_plugin import DOLA_FILE
 
 
 @pytest.mark.parametrize("p", [0.05, 0.3, 0.5, 0.9])
@@ -79,41 +80,14 @@ def test_the_order_is_fixed_for_a_seed() -> None:
     assert sorted(sequential_order(20, 0)) == list(range(20))
 
 
-DOLA_FILE = """
-[defaults]
-threshold = -1.0
-tolerance = {tolerance}
-n_test = 24
-
-[models.tiny]
-path = "{model}"
-
-[tasks.quiz]
-path = "{quiz}"
-
-[[suite]]
-models = ["tiny"]
-methods = ["dola"]
-tasks = ["quiz"]
-variant = "lower"
-settings = {{ bucket = "lower" }}
-
-[[suite]]
-models = ["tiny"]
-methods = ["dola"]
-tasks = ["quiz"]
-variant = "upper"
-settings = {{ bucket = "upper" }}
-"""
-
-
 def _write(pytester: pytest.Pytester, model: Path, tolerance: str) -> None:
     quiz = pytester.path / "quiz.json"
     quiz.write_text(json.dumps([
         {"question": f"w{i}", "best_answer": f"v{i}", "correct_answers": [f"v{i}"], "incorrect_answers": [f"w{i + 1}"]}
         for i in range(30)
     ]))
-    (pytester.path / "steer_dola.toml").write_text(DOLA_FILE.format(model=model, quiz=quiz, tolerance=tolerance))
+    text = DOLA_FILE.replace("n_test = 6", f"n_test = 24\ntolerance = {tolerance}")
+    (pytester.path / "steer_dola.toml").write_text(text.format(model=model, quiz=quiz))
 
 
 def _cases(path: Path) -> dict[str, dict]:
@@ -157,11 +131,3 @@ def test_a_sequential_run_that_cannot_rule_out_a_regression_scores_every_item(
     result.assert_outcomes(passed=2)
     for case in _cases(pytester.path / "seq.json").values():
         assert case["result"]["diagnostics"]["sequential"] == {"items": 24, "of": 24}
-
-
-def test_sequential_never_writes_a_baseline(suite) -> None:
-    write, run = suite
-    write()
-    result = run("--steer-sequential", "--steer-update")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--steer-sequential cannot be combined with --steer-update*"])
