@@ -396,3 +396,34 @@ def test_variants_in_one_pass_get_exactly_their_own_numbers(tiny_handle, fixture
                {k: (u.tolist(), s.tolist()) for k, (u, s) in alone.secondary.items()}
         assert (shared.chosen, shared.curves, shared.diagnostics, shared.metric) == \
                (alone.chosen, alone.curves, alone.diagnostics, alone.metric)
+
+
+@pytest.mark.parametrize("fixture", ["mc_file", "completion_file"])
+@pytest.mark.parametrize("cuts", [[2, 4], [1], [5], [1, 2, 3, 4, 5]])
+def test_parts_in_any_order_combine_into_exactly_the_whole_pass(tiny_handle, fixture, cuts, request, tmp_path) -> None:
+    import json
+
+    from pytest_steer.methods.base import RunContext
+    from pytest_steer.storage.tensors import VectorCache
+
+    path = request.getfixturevalue(fixture)
+    variants = [DolaSettings(bucket="lower"), DolaSettings(bucket="upper", premature_norm=True)]
+    method = DolaMethod()
+    task = load_task("t", path)
+    indices, _ = method.prepare(task, 0, 6, seed=3)
+    context = RunContext(VectorCache(tmp_path / "v"), 3)
+    whole = method.run_many(tiny_handle, task, indices, variants, context)
+    bounds = [0, *cuts, len(indices)]
+    chunks = [list(range(a, b)) for a, b in zip(bounds, bounds[1:])]
+    # scored in reverse order (as another process may), each through JSON as the run stores it
+    scored = {k: json.loads(json.dumps(method.run_part(tiny_handle, task, indices, variants, rows, context)))
+              for k, rows in reversed(list(enumerate(chunks)))}
+    joined = method.combine(tiny_handle, task, indices, variants,
+                            [[scored[k][v] for k in range(len(chunks))] for v in range(len(variants))])
+    for a, b in zip(whole, joined):
+        assert a.unsteered.tolist() == b.unsteered.tolist() and a.steered.tolist() == b.steered.tolist()
+        assert {k: (u.tolist(), s.tolist()) for k, (u, s) in a.secondary.items()} == \
+               {k: (u.tolist(), s.tolist()) for k, (u, s) in b.secondary.items()}
+        assert (a.chosen, a.curves, a.diagnostics, a.test_items) == (b.chosen, b.curves, b.diagnostics, b.test_items)
+    with pytest.raises(ValueError, match="cover rows"):
+        method.combine(tiny_handle, task, indices, variants, [[scored[0][v]] for v in range(len(variants))])

@@ -461,7 +461,7 @@ def test_dola_variants_share_one_pass_and_keep_their_own_numbers(suite, pytester
     (pytester.path / "steer_dola.toml").write_text(DOLA_FILE.format(model=tiny_model_dir, quiz=quiz))
     run("--steer-update", "--steer-report=together.json", "-n", "2", "--dist", "loadgroup").assert_outcomes(passed=2)
     together = {c["id"]: c for c in _report(pytester.path / "together.json")["cases"]}
-    assert {c["worker"] for c in together.values()} in ({"gw0"}, {"gw1"})  # one xdist group for the variants
+    # one pass for both variants (6 items: too few to score in parts), whichever worker took the group first
     assert all(c["result"]["timing_s"].get("shared_by") == 2 for c in together.values())
     for case_id, case in together.items():
         run("-k", case_id.rsplit("-", 1)[-1], "--steer-rerun", "--steer-report=alone.json", "-n", "2")
@@ -766,3 +766,57 @@ def test_a_held_back_large_case_is_neither_unfinished_nor_stale(suite, pytester:
     result = run(*workers, "--steer-report=r.json")
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.OK and "not used by any selected case" not in result.stdout.str()
+
+
+SLOW_PARTS = """
+import os
+import time
+from pathlib import Path
+
+from pytest_steer.methods.dola import DolaMethod
+
+_score = DolaMethod.run_part
+
+
+def _both_workers_in(self, *args, **kwargs):
+    # under xdist, a worker's first part waits until the other worker is scoring too (at most a minute)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        (Path.cwd() / f"in-{worker}").touch()
+        deadline = time.time() + 60
+        while len(list(Path.cwd().glob("in-gw*"))) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+    return _score(self, *args, **kwargs)
+
+
+DolaMethod.run_part = _both_workers_in
+"""
+
+
+def test_two_workers_share_a_dola_split_in_parts_with_the_numbers_of_one_pass(
+        suite, pytester: pytest.Pytester, tiny_model_dir: Path) -> None:
+    """A DoLa group is not an indivisible unit: its variants go to both workers, which score parts of the split
+    in turn; each variant's numbers are those of a serial run, and the parts are of every item once."""
+    _, run = suite
+    quiz = pytester.path / "quiz.json"
+    quiz.write_text(json.dumps([
+        {"question": f"w{i} w{i + 1}", "best_answer": f"v{i}", "correct_answers": [f"v{i}"],
+         "incorrect_answers": [f"w{i + 2}", f"v{i + 3}"]} for i in range(40)]))
+    (pytester.path / "steer_dola.toml").write_text(
+        DOLA_FILE.replace("n_test = 6", "n_test = 32").format(model=tiny_model_dir, quiz=quiz))
+    (pytester.path / "conftest.py").write_text(SLOW_PARTS)
+    run("--steer-update", "--steer-report=serial.json").assert_outcomes(passed=2)
+    run("--steer-rerun", "--steer-report=xdist.json", "-n", "2", "--dist", "loadgroup").assert_outcomes(passed=2)
+    serial = {c["id"]: c for c in _report(pytester.path / "serial.json")["cases"]}
+    xdist = {c["id"]: c for c in _report(pytester.path / "xdist.json")["cases"]}
+    assert {c["worker"] for c in xdist.values()} == {"gw0", "gw1"}  # the group's variants went to both workers
+    for case_id, case in xdist.items():
+        parts = case["result"]["diagnostics"]["parts"]
+        assert parts["count"] == 4 and sum(parts["by"].values()) == 4
+        assert set(parts["by"]) == {"gw0", "gw1"}, parts  # both scored parts of the one split
+        assert serial[case_id]["result"]["diagnostics"]["parts"] == {"count": 4, "by": {"master": 4}}
+        for key in ("metrics", "per_item", "chosen", "curves"):
+            assert case["result"][key] == serial[case_id]["result"][key], (case_id, key)
+    stored = json.loads((pytester.path / "baselines" / "tiny" / "dola" / "quiz-lower.json").read_text())
+    assert stored["per_item"] == xdist["tiny-dola-quiz-lower"]["result"]["per_item"]

@@ -35,6 +35,7 @@ class MethodEntry:
     target: str  # "module:attribute" of the method class (or instance)
     shares_work: bool = False  # has `run_many`: cases differing only in settings run in one pass
     replays: bool = False  # has `replay`: a stored (accepted) vector can be applied to another model
+    parts: bool = False  # has `run_part` and `combine`: processes share a group's split in parts
     shows: str = ""  # "module:attribute" of its Presentation; "" = the method class's `presentation` attribute
 
     def presentation(self) -> object:
@@ -60,14 +61,14 @@ _BUILTINS = (
                 shows="pytest_steer.methods.presentation:TASK_VECTOR"),
     MethodEntry("function_vector", FunctionVectorSettings, "pytest_steer.methods.function_vector:FunctionVectorMethod",
                 replays=True, shows="pytest_steer.methods.presentation:FUNCTION_VECTOR"),
-    MethodEntry("dola", DolaSettings, "pytest_steer.methods.dola:DolaMethod", shares_work=True,
+    MethodEntry("dola", DolaSettings, "pytest_steer.methods.dola:DolaMethod", shares_work=True, parts=True,
                 shows="pytest_steer.methods.presentation:DOLA"),
 )
 
 
 def _from_entry_point(ep: object) -> MethodEntry:
     """Load a third-party method's entry point and check it against the method contract (`base.Method`)."""
-    from pytest_steer.methods.contract import missing, replays, shares_work
+    from pytest_steer.methods.contract import has_parts, missing, replays, shares_work
 
     name, value = ep.name, ep.value  # type: ignore[attr-defined]
     try:
@@ -80,7 +81,8 @@ def _from_entry_point(ep: object) -> MethodEntry:
             f"entry point {ENTRY_POINT_GROUP}:{name} = {value!r} is not a method: it lacks {', '.join(lacking)} "
             "(a method has `settings_type` (a dataclass), `prepare` and `run`; see docs/writing-a-method.md)"
         )
-    return MethodEntry(name, obj.settings_type, value, shares_work=shares_work(obj), replays=replays(obj))
+    return MethodEntry(name, obj.settings_type, value, shares_work=shares_work(obj), replays=replays(obj),
+                       parts=has_parts(obj))
 
 
 class Registry(Mapping[str, MethodEntry]):

@@ -4,6 +4,7 @@
     SharesWork    runs several cases of one task in one pass: `run_many`        (optional)
     Replays       applies a stored vector at a stored setting: `replay`         (optional; enables replay)
     Quick         judges a case by its stored vector alone: `quick`             (optional; enables --steer-quick)
+    has_parts     scores a split in parts: `run_part` and `combine`             (optional; shares a group across processes)
 
 And what the session reads from a method's settings, where present:
 
@@ -108,6 +109,13 @@ def replays(obj: object) -> bool:
 
 def quick(obj: object) -> bool:
     return callable(getattr(obj, "quick", None))
+
+
+def has_parts(obj: object) -> bool:
+    """Scores a split in parts: `run_part(handle, task, splits, settings_list, rows, context)` -> one JSON-able part
+    per settings, and `combine(handle, task, splits, settings_list, parts_per_settings)` -> the outcomes of the
+    whole split, exactly as `run_many` gives them. Processes running cases of one group share its parts."""
+    return callable(getattr(obj, "run_part", None)) and callable(getattr(obj, "combine", None))
 
 
 def scores_sequentially(obj: object) -> bool:

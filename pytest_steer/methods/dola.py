@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -357,21 +358,14 @@ class DolaMethod:
         tallies = [_Tally.start(handle, task, splits, settings) for settings in variants]
         clock = Phases()
         label = f"DoLa {'+'.join(settings.bucket_name() for settings in variants)} on {task.name}"
-        context_cache = encode_context(handle, mc_context()) if task.kind == "mc" else None
         looks = context.sequential
         rows = sequential_order(len(splits), context.seed) if looks else list(range(len(splits)))
-        used: list[int] = []
-        for row in rows:
-            context.report(label, len(used), len(splits))
-            try:
-                _score_item(handle, task.items[splits[row]], variants, context_cache, row, tallies, clock)
-            except ValueError as exc:
-                raise TaskError(f"{task.source}: item {splits[row]}: {exc}") from exc
-            used.append(row)
-            if looks and len(used) % SEQUENTIAL_BLOCK == 0 and len(used) < len(rows) and _decided(looks, tallies, task, splits, used):
-                break
-        context.report(label, len(used), len(splits))
-        used = sorted(used)
+
+        def decided(used: list[int]) -> bool:
+            return bool(looks) and len(used) % SEQUENTIAL_BLOCK == 0 and len(used) < len(rows) and \
+                _decided(looks, tallies, task, splits, used)  # type: ignore[arg-type]
+
+        used = sorted(_score_rows(handle, task, splits, variants, rows, tallies, clock, label, context, decided))
         outcomes = [tally.outcome(handle, task, splits, used) for tally in tallies]
         if looks:
             for outcome in outcomes:
@@ -379,6 +373,54 @@ class DolaMethod:
         for outcome in outcomes:
             outcome.phases = dict(clock.seconds)
         return outcomes
+
+
+    def run_part(
+        self, handle: ModelHandle, task: Task, splits: tuple[int, ...], variants: list[DolaSettings], rows: list[int],
+        context: RunContext,
+    ) -> list[dict[str, Any]]:
+        """Score only `rows` of the test split for every setting (one pass per question, as `run_many`): one
+        JSON-able part per setting, which `combine` joins into exactly the outcome of the whole split."""
+        tallies = [_Tally.start(handle, task, splits, settings) for settings in variants]
+        label = f"DoLa {'+'.join(settings.bucket_name() for settings in variants)} on {task.name}, items {rows[0]}-{rows[-1]}"
+        _score_rows(handle, task, splits, variants, rows, tallies, Phases(), label, context, lambda used: False)
+        return [tally.part(rows) for tally in tallies]
+
+    def combine(
+        self, handle: ModelHandle, task: Task, splits: tuple[int, ...], variants: list[DolaSettings],
+        parts: list[list[dict[str, Any]]],
+    ) -> list[MethodOutcome]:
+        """Each setting's outcome from its parts (together covering every row once). ValueError if they do not."""
+        outcomes = []
+        for settings, mine in zip(variants, parts):
+            tally = _Tally.start(handle, task, splits, settings)
+            seen: list[int] = []
+            for part in mine:
+                seen.extend(tally.add_part(part))
+            if sorted(seen) != list(range(len(splits))):
+                raise ValueError(f"DoLa parts cover rows {sorted(seen)}, expected each of 0..{len(splits) - 1} once")
+            outcomes.append(tally.outcome(handle, task, splits, list(range(len(splits)))))
+        return outcomes
+
+
+def _score_rows(
+    handle: ModelHandle, task: Task, splits: tuple[int, ...], variants: list[DolaSettings], rows: list[int],
+    tallies: list[_Tally], clock: Phases, label: str, context: RunContext, stop: Callable[[list[int]], bool],
+) -> list[int]:
+    """Score `rows` in order into every tally, until `stop(rows scored so far)`; the rows scored."""
+    context_cache = encode_context(handle, mc_context()) if task.kind == "mc" else None
+    used: list[int] = []
+    for row in rows:
+        context.report(label, len(used), len(rows))
+        try:
+            _score_item(handle, task.items[splits[row]], variants, context_cache, row, tallies, clock)
+        except ValueError as exc:
+            raise TaskError(f"{task.source}: item {splits[row]}: {exc}") from exc
+        used.append(row)
+        if stop(used):
+            break
+    context.report(label, len(used), len(rows))
+    return used
 
 
 @dataclass
@@ -404,6 +446,29 @@ class _Tally:
         names = MC_METRICS if task.kind == "mc" else ("accuracy",)
         return cls(settings, metric, layers, {m: np.zeros(len(splits)) for m in names},
                    {m: np.zeros(len(splits)) for m in names}, Counter())
+
+    def part(self, rows: list[int]) -> dict[str, Any]:
+        """What `rows` added to this tally, as JSON (floats round-trip exactly)."""
+        return {
+            "rows": list(rows),
+            "unsteered": {m: [float(v) for v in values[rows]] for m, values in self.unsteered.items()},
+            "dola": {m: [float(v) for v in values[rows]] for m, values in self.dola.items()},
+            "histogram": {str(l): n for l, n in sorted(self.histogram.items())},
+            "forward_tokens": self.forward_tokens, "ties": self.ties,
+        }
+
+    def add_part(self, part: dict[str, Any]) -> list[int]:
+        """Fill in a part's rows; its rows. ValueError when the part does not fit this tally."""
+        rows = [int(r) for r in part["rows"]]
+        for side, values in ((self.unsteered, part["unsteered"]), (self.dola, part["dola"])):
+            if set(values) != set(side) or any(len(v) != len(rows) for v in values.values()):
+                raise ValueError("a DoLa part's metrics or lengths do not match its rows")
+            for m, v in values.items():
+                side[m][rows] = np.asarray(v, dtype=np.float64)
+        self.histogram.update({int(l): int(n) for l, n in part["histogram"].items()})
+        self.forward_tokens += int(part["forward_tokens"])
+        self.ties += int(part["ties"])
+        return rows
 
     def add(self, scores: AnswerScores) -> None:
         self.forward_tokens += scores.forward_tokens

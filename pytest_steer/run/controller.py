@@ -285,8 +285,8 @@ class SteerRun:
             report.steer_report = json.dumps(case.to_json())  # type: ignore[attr-defined]
 
     def order(self, items: list[pytest.Item]) -> None:
-        """Hold back the large profile unless -m names it; keep the cases of one model together (same order on
-        every xdist worker)."""
+        """Hold back the large profile unless -m names it; keep the cases of one model together and the cases of
+        one work group next to each other (same order on every xdist worker)."""
         if "large" not in (getattr(self.config.option, "markexpr", "") or ""):
             held = [item for item in items if isinstance(item, CaseItem) and item.case.options.profile == "large"]
             if held:
@@ -294,7 +294,14 @@ class SteerRun:
                 self.config.hook.pytest_deselected(items=held)
                 items[:] = [item for item in items if item not in held]
         slots = [i for i, item in enumerate(items) if isinstance(item, CaseItem)]
-        ordered = sorted((items[i] for i in slots), key=lambda it: it.case.model.name)  # type: ignore[attr-defined]
+        # a model's cases together, and the cases of one work group next to the first of them (so the workers that
+        # take them share it); otherwise in collection order
+        first: dict[tuple[str, str, str], int] = {}
+        for k in slots:
+            case = items[k].case  # type: ignore[attr-defined]
+            first.setdefault((case.model.name, case.method, case.task), k)
+        ordered = sorted((items[i] for i in slots), key=lambda it: (
+            it.case.model.name, first[(it.case.model.name, it.case.method, it.case.task)]))  # type: ignore[attr-defined]
         for slot, item in zip(slots, ordered):
             items[slot] = item
 

@@ -80,7 +80,8 @@ def _case_item(parent: CaseFile, case: Case) -> CaseItem:
         item.add_marker(case.options.profile)
     if run_of(parent.config).options.group == "model":
         item.add_marker(pytest.mark.xdist_group(name=case.model.name))
-    elif methods()[case.method].shares_work:  # its variants run in one pass: keep them on one worker
+    elif methods()[case.method].shares_work and not methods()[case.method].parts:
+        # its variants run in one pass: keep them on one worker (a method scoring in parts shares the pass instead)
         item.add_marker(pytest.mark.xdist_group(name=f"{case.model.name}-{case.method}-{case.task}"))
     if case.options.expect == "fail":
         reason = case.options.reason or "declared expected-to-fail in the case file"

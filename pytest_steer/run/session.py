@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import os
 import platform
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from pytest_steer import __version__
 from pytest_steer.storage.baselines import BaselineStore
@@ -26,11 +28,11 @@ from pytest_steer.cases.casefile import Case
 from pytest_steer.run.options import SteerOptions
 from pytest_steer.methods import load_method, methods
 from pytest_steer.methods.base import MethodOutcome, Progress, RunContext
-from pytest_steer.methods.contract import Batched, Decides, quick, scores_sequentially
+from pytest_steer.methods.contract import Batched, Decides, has_parts, quick, scores_sequentially
 from pytest_steer.judge.sequential import decides, rule_key
 from pytest_steer.models.loader import ModelHandle, Resolved, load_model, resolve
 from pytest_steer.run.device import Placement, available, physical_gpus, resolve_device, resolve_dtype, with_backoff, worker_gpus, worker_index
-from pytest_steer.storage.files import StoreError, shared_dir
+from pytest_steer.storage.files import StoreError, atomic_write_json, shared_dir
 from pytest_steer.methods.search import ReplayError
 from pytest_steer.models.spec import ModelSpec
 from pytest_steer.record import CaseResult, Outcomes, Provenance, Replay, TaskData
@@ -117,7 +119,7 @@ class SteerSession:
         """The case's result, computed once per process (the suite and user tests share it)."""
         if case not in self._results:
             group = self.siblings(case)
-            if len(group) == 1:
+            if len(group) == 1 or self._in_parts(case):  # parts: every process on the group scores parts of it
                 self._results.update(self._run(group))
             else:
                 # another worker (xdist without loadgroup) may be running the same group: wait for it,
@@ -193,6 +195,9 @@ class SteerSession:
 
         def run(size: int) -> list[MethodOutcome]:
             chosen = [_batched(case.settings, size) for case, _ in todo]
+            if self._in_parts(first):
+                return self._parts(method, handle, task, splits, chosen, [inputs.key() for _, inputs in todo],
+                                   _work_hash(first), context)
             if len(todo) == 1:
                 return [method.run(handle, task, splits, chosen[0], context)]
             return method.run_many(handle, task, splits, chosen, context)  # type: ignore[attr-defined,no-any-return]
@@ -214,6 +219,62 @@ class SteerSession:
                                 replay=replayed)
             self.results.put(inputs, out[case])
         return out
+
+    def _in_parts(self, case: Case) -> bool:
+        """The case's split is scored in parts that several processes can share (DoLa, more than PART_ROWS items)."""
+        return (self.run_id is not None and not self.options.sequential and case.options.n_test > PART_ROWS
+                and methods()[case.method].parts)
+
+    def _parts(self, method: Any, handle: ModelHandle, task: Any, splits: Any, settings: list[Any], keys: list[str],
+               work: str, context: RunContext) -> list[MethodOutcome]:
+        """Score the split in parts of PART_ROWS items, each taken by whichever process running one of these cases
+        locks it first (under xdist both workers share a long DoLa group to its end), and join them: the outcomes
+        are those of one pass over the whole split. Parts live in this run's shared folder."""
+        folder = shared_dir(self.options.cache_dir, str(self.run_id)) / "parts"
+        chunks = [list(range(k, min(k + PART_ROWS, len(splits)))) for k in range(0, len(splits), PART_ROWS)]
+        got: dict[int, list[dict[str, Any]]] = {}
+
+        def take(k: int, wait: bool) -> bool:
+            stored = _stored_parts(folder, keys, k, chunks[k])
+            if stored is not None:
+                got[k] = stored
+                return True
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                lock: Any = FileLock(str(folder / f".{work}-{k}.lock"))
+                lock.acquire(timeout=-1 if wait else 0)
+            except Timeout:
+                return False  # another process is scoring it
+            except OSError:
+                lock = None  # a read-only cache: score it here
+            try:
+                got[k] = _stored_parts(folder, keys, k, chunks[k]) or self._score_part(
+                    method, handle, task, splits, settings, chunks[k], folder, keys, k, context)
+            finally:
+                if lock is not None:
+                    lock.release()
+            return True
+
+        waiting = [k for k in range(len(chunks)) if not take(k, wait=False)]
+        for k in waiting:
+            take(k, wait=True)
+        outcomes = method.combine(handle, task, splits, settings,
+                                  [[got[k][v] for k in range(len(chunks))] for v in range(len(settings))])
+        by = Counter(str(got[k][0].get("by", "")) for k in range(len(chunks)))
+        return [replace(o, diagnostics={**o.diagnostics, "parts": {"count": len(chunks), "by": dict(sorted(by.items()))}})
+                for o in outcomes]
+
+    def _score_part(self, method: Any, handle: ModelHandle, task: Any, splits: Any, settings: list[Any], rows: list[int],
+                    folder: Path, keys: list[str], k: int, context: RunContext) -> list[dict[str, Any]]:
+        with torch.inference_mode():
+            parts = method.run_part(handle, task, splits, settings, rows, context)
+        for key, part in zip(keys, parts):
+            part["by"] = os.environ.get("PYTEST_XDIST_WORKER", "master")  # which process scored it, for the record
+            try:
+                atomic_write_json(folder / key / f"{k}.json", part)
+            except OSError:
+                pass  # a read-only cache: the part stays in this process
+        return parts
 
     def _accepted_vector(self, case: Case) -> Accepted | None:
         """The accepted vector to replay on this run's model: when the model differs from the one the
@@ -483,6 +544,23 @@ def per_item_values(values: np.ndarray) -> tuple[float, ...]:
     if np.isin(values, (0, 1)).all():
         return tuple(values.astype(int).tolist())
     return tuple(round(float(v), 6) for v in values)
+
+
+PART_ROWS = 8  # test items per part of a split scored in parts (a part is the unit two processes share)
+
+
+def _stored_parts(folder: Path, keys: list[str], k: int, rows: list[int]) -> list[dict[str, Any]] | None:
+    """Part k of every case (by its result key) as stored in this run, or None if any is missing or not of `rows`."""
+    parts = []
+    for key in keys:
+        try:
+            part = json.loads((folder / key / f"{k}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(part, dict) or part.get("rows") != rows:
+            return None
+        parts.append(part)
+    return parts
 
 
 def _work_key(case: Case) -> tuple[Any, ...]:
