@@ -38,10 +38,14 @@ ADDED: list[str] = []  # fields the run has and the stored result lacks (with --
 
 # Graded secondary metrics (DoLa's MC2 and MC3: per-item probability masses, stored to 6 places, and their
 # means) sum softmax probabilities over answer tokens, so they move in the last places with the order of float
-# reductions (thread count, process layout). Between two runs they may differ by at most GRADED_BOUND; every
-# other field, and every gated outcome, must be identical. No default case gates on a graded metric
-# (tests/test_bench_compare.py checks it), so the bound cannot change a verdict.
-GRADED_BOUND = 1e-5
+# reductions (thread count, process layout, and the CPU's vector kernels). Between two runs they may differ by at
+# most GRADED_BOUND; every other field, and every gated outcome, must be identical. No default case gates on a
+# graded metric (tests/test_bench_compare.py checks it), so the bound cannot change a verdict. Measured: at most
+# 5e-6 between thread counts on one machine; at most 3.3e-5 on a fresh machine of this project's kind against
+# the committed baselines (2026-12-06: 5 DoLa truthful-mc cases beyond the earlier bound of 1e-5). DoLa's scores
+# are float32 sums of log-ratios over answer tokens (tens in magnitude): a relative rounding of ~1e-7 per term
+# moves a probability mass by up to ~1e-5..1e-4, hence 1e-4.
+GRADED_BOUND = 1e-4
 GRADED_SEEN: list[float] = []  # the graded differences within the bound, for the summary
 _EXACT_ITEMS = {"steered", "unsteered", "icl", "items"}
 
