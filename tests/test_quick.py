@@ -4,12 +4,13 @@ regresses runs the full protocol, and then the verdict is the full run's (tiny m
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pytest_steer.judge.verdict import Gate
+from pytest_steer.judge.verdict import Gate, metrics_from_outcomes
 from pytest_steer.models.perturb import main as perturb_main
 from pytest_steer.record import CaseResult
 from pytest_steer.run.session import quick_path, quick_regressions
@@ -126,10 +127,6 @@ def test_a_method_without_a_stored_vector_runs_in_full_under_quick(
 
 
 def _result(stored: CaseResult, steered: list[int], items: tuple[str, ...] | None = None) -> CaseResult:
-    from dataclasses import replace
-
-    from pytest_steer.judge.verdict import metrics_from_outcomes
-
     outcomes = replace(stored.outcomes, steered=tuple(steered), items=items or stored.outcomes.items)
     metrics = metrics_from_outcomes(np.asarray(outcomes.unsteered, float), np.asarray(steered, float),
                                     None if outcomes.icl is None else np.asarray(outcomes.icl, float), 0)
@@ -154,6 +151,13 @@ def test_the_quick_rule_settles_only_what_the_full_protocol_would_pass_alike(acc
     one_lost = same.copy()
     one_lost[same.index(1)] = 0
     assert quick_regressions(_result(accepted, one_lost), accepted, gate).startswith("the replay lost ground (steered")
+    # the model's own scores lost ground while the replay held: the re-extracted vector may not hold
+    weaker = _result(accepted, same)
+    icl = list(weaker.outcomes.icl)
+    icl[icl.index(1)] = 0
+    weaker = replace(weaker, outcomes=replace(weaker.outcomes, icl=tuple(icl)), metrics=metrics_from_outcomes(
+        np.asarray(weaker.outcomes.unsteered, float), np.asarray(same, float), np.asarray(icl, float), 0))
+    assert "the 5-shot score lost ground" in quick_regressions(weaker, accepted, gate)
     all_lost = [0] * len(same)
     why = quick_regressions(_result(accepted, all_lost), accepted, gate)
     assert why.startswith("the replay regressed: steered 0.000 vs accepted")
