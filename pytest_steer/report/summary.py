@@ -113,6 +113,9 @@ def sequential_lines(reports: Sequence[CaseReport]) -> list[str]:
             "at the run's alpha)"]
 
 
+NO_VECTOR = "no accepted vector to replay"  # the method stores none (DoLa) or the baseline has none
+
+
 def quick_lines(reports: Sequence[CaseReport]) -> list[str]:
     """What `--steer-quick` did: cases judged by their replayed accepted vector, and why the others ran in full."""
     paths = [(r.id, r.verdict.quick) for r in reports if r.verdict is not None and r.verdict.quick]
@@ -122,7 +125,7 @@ def quick_lines(reports: Sequence[CaseReport]) -> list[str]:
     full = [(case, path.partition(": ")[2]) for case, path in paths if path != "replay"]
     lines = [f"--steer-quick: {replayed} case(s) judged by their accepted vector replayed at the accepted setting "
              f"(no extraction, no layer search); {len(full)} ran the full protocol"]
-    lines.extend(f"  {case}: {why}" for case, why in full if why.startswith("the replay"))  # not: no stored vector
+    lines.extend(f"  {case}: {why}" for case, why in full if why and why != NO_VECTOR)
     return lines
 
 

@@ -30,6 +30,7 @@ from pytest_steer.methods import load_method, methods
 from pytest_steer.methods.base import MethodOutcome, Progress, RunContext
 from pytest_steer.methods.contract import Batched, Decides, has_parts, quick, scores_sequentially
 from pytest_steer.judge.sequential import decides, rule_key
+from pytest_steer.report.summary import NO_VECTOR
 from pytest_steer.models.loader import ModelHandle, Resolved, load_model, resolve
 from pytest_steer.run.device import Placement, available, physical_gpus, resolve_device, resolve_dtype, with_backoff, worker_gpus, worker_index
 from pytest_steer.storage.files import StoreError, atomic_write_json, shared_dir
@@ -321,7 +322,7 @@ class SteerSession:
         fit, items that cannot be paired, or a drop the regression rule flags (or leaves to the run's correction)."""
         stored = self._stored_baseline(case)
         if stored is None:
-            self._full_after_quick[case] = "no accepted vector to replay"
+            self._full_after_quick[case] = NO_VECTOR
             return False
         accepted = self._stored_vector(case, stored)
         keyed = replace(inputs, quick=True, replay=accepted.sha256)
