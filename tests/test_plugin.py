@@ -779,9 +779,9 @@ _score = DolaMethod.run_part
 
 
 def _both_workers_in(self, *args, **kwargs):
-    # under xdist, a worker's first part waits until the other worker is scoring too (at most a minute)
+    # in the -n 2 run, a worker's part waits until the other worker is scoring too (at most a minute)
     worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker:
+    if worker and os.environ.get("STEER_TEST_BARRIER"):
         (Path.cwd() / f"in-{worker}").touch()
         deadline = time.time() + 60
         while len(list(Path.cwd().glob("in-gw*"))) < 2 and time.time() < deadline:
@@ -795,7 +795,7 @@ DolaMethod.run_part = _both_workers_in
 
 
 def test_two_workers_share_a_dola_split_in_parts_with_the_numbers_of_one_pass(
-        suite, pytester: pytest.Pytester, tiny_model_dir: Path) -> None:
+        suite, pytester: pytest.Pytester, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A DoLa group is not an indivisible unit: its variants go to both workers, which score parts of the split
     in turn; each variant's numbers are those of a serial run, and the parts are of every item once."""
     _, run = suite
@@ -807,6 +807,7 @@ def test_two_workers_share_a_dola_split_in_parts_with_the_numbers_of_one_pass(
         DOLA_FILE.replace("n_test = 6", "n_test = 32").format(model=tiny_model_dir, quiz=quiz))
     (pytester.path / "conftest.py").write_text(SLOW_PARTS)
     run("--steer-update", "--steer-report=serial.json").assert_outcomes(passed=2)
+    monkeypatch.setenv("STEER_TEST_BARRIER", "1")
     run("--steer-rerun", "--steer-report=xdist.json", "-n", "2", "--dist", "loadgroup").assert_outcomes(passed=2)
     serial = {c["id"]: c for c in _report(pytester.path / "serial.json")["cases"]}
     xdist = {c["id"]: c for c in _report(pytester.path / "xdist.json")["cases"]}

@@ -177,7 +177,8 @@ class SteerRun:
             if self.options.progress_every > 0:
                 self.beacon = Beacon(self._beats(), self.worker_id, progress)
                 progress = self.beacon
-            self._session = SteerSession(self.options, progress, selected=self.selected_cases, run_id=self.run_id)
+            self._session = SteerSession(self.options, progress, selected=self.selected_cases, run_id=self.run_id,
+                                         process=getattr(self.config, "workerinput", {}).get("workerid", "master"))
         return self._session
 
     def where(self, case: Case, fresh: bool) -> tuple[int, str]:

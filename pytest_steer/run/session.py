@@ -74,6 +74,7 @@ class SteerSession:
     selected: list[Case] = field(default_factory=list)  # the cases this process may run (for shared work)
     run_id: str | None = None  # scores shared between cases live under <cache>/shared/<run_id> for this run only
     _full_after_quick: dict[Case, str] = field(default_factory=dict)  # --steer-quick: why a case ran in full
+    process: str = "master"  # this process in the run (an xdist worker id), for the record of who scored what
 
     @property
     def results(self) -> ResultCache:
@@ -270,7 +271,7 @@ class SteerSession:
         with torch.inference_mode():
             parts = method.run_part(handle, task, splits, settings, rows, context)
         for key, part in zip(keys, parts):
-            part["by"] = os.environ.get("PYTEST_XDIST_WORKER", "master")  # which process scored it, for the record
+            part["by"] = self.process  # which process scored it, for the record
             try:
                 atomic_write_json(folder / key / f"{k}.json", part)
             except OSError:
@@ -476,7 +477,7 @@ def quick_regressions(result: CaseResult, stored: CaseResult, gate: Gate) -> str
         return "the replay cannot be paired with the accepted result item by item"
     flagged = [c for c in changes if c.regression or c.pending]
     if flagged:
-        return "; ".join(f"the replay regressed: {c.describe()}" for c in flagged)
+        return "; ".join(f"{_whose(c.score)} regressed: {c.describe()}" for c in flagged)
     failed = gate_reasons(result.metrics, gate)
     if failed:
         return f"the replay does not pass the gate ({'; '.join(failed)}); the full search may"
@@ -485,9 +486,13 @@ def quick_regressions(result: CaseResult, stored: CaseResult, gate: Gate) -> str
         # the full gate judges a vector extracted from this model: where the replay or the model's own scores lost
         # ground, the re-extracted vector may fall further than the accepted one does (measured: a damaged SmolLM2
         # whose 5-shot score fell kept the accepted task vector's score while the re-extracted one regressed)
-        return "; ".join(f"{'the replay' if c.score == 'steered' else 'the ' + c.score + ' score'} lost ground "
-                         f"({c.describe()})" for c in lower) + "; the full protocol judges the re-extracted vector"
+        return "; ".join(f"{_whose(c.score)} lost ground ({c.describe()})" for c in lower) + \
+            "; the full protocol judges the re-extracted vector"
     return ""
+
+
+def _whose(score: str) -> str:
+    return "the replay" if score == "steered" else f"the {score} score"
 
 
 def quick_path(result: CaseResult, full_because: str | None) -> str:
