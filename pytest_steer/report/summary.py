@@ -113,7 +113,7 @@ def sequential_lines(reports: Sequence[CaseReport]) -> list[str]:
             "at the run's alpha)"]
 
 
-NO_VECTOR = "no accepted vector to replay"  # the method stores none (DoLa) or the baseline has none
+NO_VECTOR = "no accepted vector to replay"  # the method stores none, or the baseline has none
 
 
 def quick_lines(reports: Sequence[CaseReport]) -> list[str]:
