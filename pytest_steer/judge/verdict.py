@@ -293,7 +293,8 @@ def _part(items: tuple[str, ...], other_items: tuple[str, ...], other: tuple[flo
 def design_items(result: CaseResult) -> int:
     """The test items the case's design has: all of them unless a sequential run stopped early."""
     scored = len(result.outcomes.steered)
-    of = result.diagnostics.get("sequential", {}).get("of") if isinstance(result.diagnostics.get("sequential"), dict) else None
+    sequential = result.diagnostics.get("sequential")
+    of = sequential.get("of") if isinstance(sequential, dict) else None
     return of if isinstance(of, int) and of >= scored else scored
 
 

@@ -28,7 +28,7 @@ from pytest_steer.cases.casefile import Case
 from pytest_steer.run.options import SteerOptions
 from pytest_steer.methods import load_method, methods
 from pytest_steer.methods.base import MethodOutcome, Progress, RunContext
-from pytest_steer.methods.contract import Batched, Decides, has_parts, quick, scores_sequentially
+from pytest_steer.methods.contract import Batched, Decides, quick, scores_sequentially
 from pytest_steer.judge.sequential import decides, rule_key
 from pytest_steer.report.summary import NO_VECTOR
 from pytest_steer.models.loader import ModelHandle, Resolved, load_model, resolve
@@ -291,22 +291,23 @@ class SteerSession:
 
     def _looks(self, case: Case, counts: dict[str, int]) -> tuple[Decides, str]:
         """`--steer-sequential`: the case's stopping look and what it depends on (for the result's key)."""
-        try:
-            stored = self.baselines.load(case.model.name, case.method, case.slot)
-        except (StoreError, OSError):
-            stored = None  # judging the case says what is wrong with its baseline
+        stored = self._baseline(case)
         n = counts.get("test", 0)
         gate = self.gate(case)
         return decides(gate, n, stored), rule_key(gate, n, stored)
+
+    def _baseline(self, case: Case) -> CaseResult | None:
+        """The case's accepted result; None when there is none or it cannot be read (judging says why)."""
+        try:
+            return self.baselines.load(case.model.name, case.method, case.slot)
+        except (StoreError, OSError):
+            return None
 
     def _stored_baseline(self, case: Case) -> CaseResult | None:
         """The case's accepted result when its method stores a vector and the vector file is there."""
         if not methods()[case.method].replays:
             return None
-        try:
-            stored = self.baselines.load(case.model.name, case.method, case.slot)
-        except (StoreError, OSError):
-            return None  # judging the case says what is wrong with its baseline
+        stored = self._baseline(case)
         if stored is None or not self.baselines.vector_path(case.model.name, case.method, case.slot).is_file():
             return None
         return stored
@@ -340,9 +341,8 @@ class SteerSession:
             outcome.diagnostics["quick"] = True
             result = self._record(case, handle, task, keyed, outcome,
                                   {"method": round(time.perf_counter() - started, 2), **outcome.phases})
-            chosen = {k: v for k, v in stored.chosen.items() if k != "relative_depth"}
-            result = replace(result, replay=Replay(accepted.sha256, chosen, stored.metrics.steered,
-                                                   score=result.metrics.steered, steered=result.outcomes.steered))
+            result = replace(result, replay=replace(_replay_record(accepted), score=result.metrics.steered,
+                                                    steered=result.outcomes.steered))
             self.results.put(keyed, result)
         else:
             result = replace(result, provenance=replace(result.provenance, model_source=inputs.model_source))
@@ -355,8 +355,7 @@ class SteerSession:
 
     def _replay(self, method: Any, handle: ModelHandle, splits: Any, case: Case, accepted: Accepted) -> Replay:
         """The accepted vector on this model at the accepted setting; a vector that does not fit is recorded, not raised."""
-        chosen = {k: v for k, v in accepted.result.chosen.items() if k != "relative_depth"}
-        base = Replay(accepted.sha256, chosen, accepted.result.metrics.steered)
+        base = _replay_record(accepted)
         try:
             with torch.inference_mode():
                 steered = method.replay(handle, splits, case.settings, accepted.tensors, accepted.result.chosen)
@@ -531,6 +530,12 @@ class Accepted:
     sha256: str
     tensors: dict[str, torch.Tensor]
     result: CaseResult
+
+
+def _replay_record(accepted: Accepted) -> Replay:
+    """The record of replaying `accepted` (its checksum, the setting applied, the accepted score), not yet scored."""
+    chosen = {k: v for k, v in accepted.result.chosen.items() if k != "relative_depth"}
+    return Replay(accepted.sha256, chosen, accepted.result.metrics.steered)
 
 
 def _gate_on_replay(outcome: MethodOutcome, replayed: Replay, accepted: Accepted) -> MethodOutcome:
