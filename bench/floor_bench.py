@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,12 @@ def cases(args: argparse.Namespace) -> int:
     return 0
 
 
+def _children_cpu() -> float:
+    """User and system CPU seconds of every finished child process so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def states(args: argparse.Namespace) -> int:
     for tree in args.tree:
         tree = Path(tree).resolve()
@@ -104,11 +111,15 @@ def states(args: argparse.Namespace) -> int:
                 command = [sys.executable, "-m", "pytest", "steering_cases", "-n", "2", "--dist", "loadgroup", "-q",
                            "-p", "no:cacheprovider", *select, f"--steer-cache-dir={cache}", *extra]
                 env = {**os.environ, "PYTHONPATH": str(tree)}
+                cpu_before = _children_cpu()
                 started = time.perf_counter()
                 done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
                 wall = time.perf_counter() - started
+                cpu = _children_cpu() - cpu_before
                 last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-200:]
-                print(f"{tree}  {state:6}  {wall:8.1f} s  {last}", flush=True)
+                # each worker runs torch on one thread, so CPU seconds / 2 is the wall of a run that keeps both busy
+                print(f"{tree}  {state:6}  {wall:8.1f} s  cpu {cpu:8.1f} s  wall/(cpu/2) {wall / (cpu / 2):.2f}  {last}",
+                      flush=True)
     return 0
 
 

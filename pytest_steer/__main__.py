@@ -4,6 +4,7 @@
     html      the HTML report from a saved --steer-report
     markdown  the generated tables of a results document, from the stored baselines
     perturb   an exact or noised local copy of a packaged model
+    gguf      a vector file (an accepted vector beside a baseline) as a llama.cpp / repeng GGUF control vector
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ COMMANDS = {
     "html": "pytest_steer.report.html",
     "markdown": "pytest_steer.report.markdown",
     "perturb": "pytest_steer.models.perturb",
+    "gguf": "pytest_steer.storage.vector_file",
 }
 
 

@@ -359,6 +359,35 @@ class Replay:
 
 
 @dataclass(frozen=True)
+class SideEffect:
+    """The control task scored under the case's steering: per control item, 1 when the right answer is preferred."""
+
+    task: str
+    items: tuple[str, ...]
+    unsteered: tuple[float, ...]
+    steered: tuple[float, ...]
+
+    @property
+    def drop(self) -> float:
+        """How much the control score fell under the steering (negative: it rose)."""
+        return (sum(self.unsteered) - sum(self.steered)) / len(self.items)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": self.task, "items": list(self.items), "unsteered": list(self.unsteered),
+                "steered": list(self.steered)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], path: str = "side_effect") -> SideEffect:
+        """RecordError naming the field unless both outcome lists hold one number in [0, 1] per control item."""
+        data = _object(data, path)
+        items = get(data, "items", tuple[str, ...], path)
+        if not items:
+            raise RecordError(f"field '{field_path(path, 'items')}': expected at least one control item")
+        return cls(task=_name(data, "task", path), items=items, unsteered=_outcomes(data, "unsteered", path, len(items)),
+                   steered=_outcomes(data, "steered", path, len(items)))
+
+
+@dataclass(frozen=True)
 class CaseResult:
     """Everything one run of a case measured. Built once; judging never changes it."""
 
@@ -378,6 +407,7 @@ class CaseResult:
     computed_at: str | None = None  # run only: when the numbers were computed (UTC, ISO 8601)
     reused: bool = False  # run only: judged from the result stored under the same inputs
     replay: Replay | None = None  # run only: the accepted vector on this model (when the model changed)
+    side_effect: SideEffect | None = None  # the control task under the chosen steering, where the method scores it
 
     def to_baseline(self) -> dict[str, Any]:
         """The stored reference: the kept fields only, in the baseline file layout."""
@@ -395,6 +425,8 @@ class CaseResult:
         }
         if self.variant:
             out["variant"] = self.variant
+        if self.side_effect is not None:
+            out["side_effect"] = self.side_effect.to_json()
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -415,7 +447,7 @@ class CaseResult:
         metrics = Metrics.from_json(get(data, "metrics", dict, path), field_path(path, "metrics"))
         outcomes = Outcomes.from_json(get(data, "per_item", dict, path), field_path(path, "per_item"), metrics.n_test)
         _agree(metrics, outcomes, path)
-        replay = data.get("replay")
+        replay, side_effect = data.get("replay"), data.get("side_effect")
         return cls(
             id=get(data, "id", str, path), model=_name(data, "model", path), method=_name(data, "method", path),
             task=_name(data, "task", path), variant=_name(data, "variant", path, ""), metrics=metrics,
@@ -428,6 +460,7 @@ class CaseResult:
             computed_at=get(data, "computed_at", str | None, path, None),
             reused=get(data, "reused", bool, path, False),
             replay=None if replay is None else Replay.from_json(replay, field_path(path, "replay"), metrics.n_test),
+            side_effect=None if side_effect is None else SideEffect.from_json(side_effect, field_path(path, "side_effect")),
         )
 
 

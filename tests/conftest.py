@@ -18,12 +18,13 @@ def tiny_pairs() -> list[dict[str, str]]:
     return [{"input": f"w{i}", "output": f"v{i}"} for i in range(60)]
 
 
-def build_tiny_model(folder: Path, model_type: str = "llama", bos: bool = False) -> Path:
-    """Save a tiny random causal LM and a word-level tokenizer that knows the tiny task's words."""
+def build_tiny_model(folder: Path, model_type: str = "llama", bos: bool = False, words: list[str] | None = None) -> Path:
+    """Save a tiny random causal LM and a word-level tokenizer that knows the tiny task's words (and `words`)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(["<pad>", "<unk>", "<s>", "Q", "A", ":", *TINY_WORDS])}
+    base = ["<pad>", "<unk>", "<s>", "Q", "A", ":", *TINY_WORDS]
+    vocab = {tok: i for i, tok in enumerate(base + [w for w in dict.fromkeys(words or []) if w not in base])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     if bos:

@@ -315,10 +315,10 @@ def test_unknown_model_lists_aliases(tmp_path):
 
 
 def test_unknown_method_in_suite(tmp_path):
-    path = write(tmp_path, '[[suite]]\nmodels = ["smollm2-135m"]\nmethods = ["caa"]\ntasks = ["antonym"]\n')
+    path = write(tmp_path, '[[suite]]\nmodels = ["smollm2-135m"]\nmethods = ["mimic"]\ntasks = ["antonym"]\n')
     (broken,) = _broken_all(path)
-    assert "unknown method 'caa'" in broken.message and "task_vector" in broken.message and "dola" in broken.message
-    assert broken.method == "caa"
+    assert "unknown method 'mimic'" in broken.message and "task_vector" in broken.message and "dola" in broken.message
+    assert broken.method == "mimic"
 
 
 def test_unknown_task(tmp_path):

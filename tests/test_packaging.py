@@ -18,7 +18,7 @@ def test_the_wheel_ships_the_builtin_tasks_and_the_entry_point(tmp_path: Path) -
     (wheel,) = tmp_path.glob("pytest_steer-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     builtin = sorted(p.name for p in BUILTIN_DIR.glob("*.json"))
-    assert len(builtin) == 8
+    assert len(builtin) == 12
     for name in builtin:
         assert f"pytest_steer/tasks/builtin/{name}" in names, name
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))

@@ -215,7 +215,7 @@ def test_the_registry_loads_an_entry_point_only_when_it_is_looked_up() -> None:
             return super().load()
 
     registry = Registry(_BUILTINS, {"mine": Point("mine", "pkg:Method", Method), "dola": Point("dola", "x:Y", None)})
-    assert list(registry) == ["task_vector", "function_vector", "dola", "mine"] and "mine" in registry
+    assert list(registry) == ["task_vector", "function_vector", "dola", "caa", "byo", "mine"] and "mine" in registry
     assert loads == []  # names, membership and markers need no import
     assert registry["mine"].settings_type is TaskVectorSettings and loads == ["mine"]
     assert registry["dola"].target.startswith("pytest_steer.")  # an entry point cannot replace a built-in

@@ -25,7 +25,7 @@ CHANGED = {
     "counts": {"dev": 10, "test": 13}, "seed": 1, "settings": {"n_shots": 4},
     "versions": {"torch": "2.14", "transformers": "5.24"}, "source": "fedcba9876543210",
     "adapter_override": {"blocks": "model.layers"}, "gate_vector": "replay", "replay": "c" * 64, "quick": True,
-    "sequential": "d" * 16,
+    "sequential": "d" * 16, "control": "e" * 16, "files": {"vector": "f" * 64},
 }
 
 

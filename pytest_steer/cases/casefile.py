@@ -19,6 +19,7 @@ fails with that message, so the other cases still run.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import tomllib
@@ -61,6 +62,9 @@ class CaseOptions:
     reason: str = ""
     gate_vector: Literal["extracted", "replay"] = "extracted"  # replay: gate on the accepted vector applied anew
     profile: Literal["default", "large"] = "default"  # large: marked `large`, run only when -m names it
+    control: str = "general-knowledge"  # the side-effect control task ("" for none), where the method scores one
+    n_control: int = 80  # control questions scored
+    max_side_effect: float | None = None  # fail when the control score falls more than this, significantly
 
     def validate(self, where: str) -> None:
         for name in ("n_dev", "n_test"):
@@ -73,6 +77,14 @@ class CaseOptions:
             raise SettingsError(f"{where}.tolerance: must be 'auto' or a number in [0, 1), got {self.tolerance}")
         if self.seed < 0:
             raise SettingsError(f"{where}.seed: must be >= 0, got {self.seed}")
+        if self.n_control < 1:
+            raise SettingsError(f"{where}.n_control: must be at least 1, got {self.n_control}")
+        if self.max_side_effect is not None and not 0 <= self.max_side_effect < 1:
+            raise SettingsError(f"{where}.max_side_effect: must be a number in [0, 1) (the largest allowed drop of the "
+                                f"control score), got {self.max_side_effect}")
+        if self.control and not is_name(self.control):
+            raise SettingsError(f"{where}.control: expected a task name of {NAME_RULE} or \"\" (no control), "
+                                f"got {self.control!r}")
         if self.seed > MAX_SEED:
             raise SettingsError(f"{where}.seed: must be at most {MAX_SEED} (a 32-bit seed), got {self.seed}")
 
@@ -89,6 +101,7 @@ class Case:
     settings: Any
     source: Path
     variant: str = ""
+    control_path: Path | None = None  # the side-effect control task's file (None: no control)
 
     @property
     def slot(self) -> str:
@@ -232,6 +245,31 @@ def _task_path(name: str, tasks: Mapping[str, Any], base: Path, where: str) -> P
         if candidate.is_file():
             return candidate
     raise CaseFileError(f"{where}: unknown task {name!r}: no tasks/{name}.json next to the case file or built in, and no [tasks.{name}] table")
+
+
+def _local_files(settings: Any, base: Path, where: str) -> Any:
+    """Settings naming a file (`vector`): the path made absolute against the case file's folder, and the file
+    checked to exist, so a wrong path fails at collection with the case file named."""
+    text = getattr(settings, "vector", None)
+    if not isinstance(text, str) or not text:
+        return settings
+    path = _local_path(text, base, f"{where}.vector")
+    if not path.is_file():
+        raise CaseFileError(f"{where}.vector: no file at {path}")
+    return dataclasses.replace(settings, vector=str(path))
+
+
+def _check_control(path: Path, options: CaseOptions, where: str) -> None:
+    """The control task holds two-choice questions, at least `n_control` of them."""
+    try:
+        task = _read_task(path.stem, path, path.stat().st_mtime_ns if path.exists() else 0)
+    except TaskError as exc:
+        raise CaseFileError(f"{where}: {exc}") from exc
+    if task.kind != "ab":
+        raise CaseFileError(f"{where}: {path} holds {task.kind} items; a control task holds two-choice questions "
+                            "({question, matching, other}, matching being the right answer)")
+    if len(task.items) < options.n_control:
+        raise CaseFileError(f"{where}: {path} has {len(task.items)} questions but n_control = {options.n_control}")
 
 
 def _local_path(text: str, base: Path, where: str) -> Path:
@@ -409,7 +447,12 @@ def _build_case(
             raise CaseFileError(f"{option_where}.gate_vector: 'replay' needs a method that stores a vector "
                                 f"(task_vector, function_vector); {method} stores none")
         method_settings = build_settings(methods()[method].settings_type, settings, f"{path}: settings of {cid}")
+        method_settings = _local_files(method_settings, base, f"{path}: settings of {cid}")
         _check_task_fits(method_settings, task_path, task, case_options, f"{path}: case {cid}")
-        return Case(spec, method, task, task_path, case_options, method_settings, path, combo.variant)
+        control = None
+        if case_options.control and methods()[method].side_effects:
+            control = _task_path(case_options.control, tasks, base, f"{option_where}.control")
+            _check_control(control, case_options, f"{option_where}.control")
+        return Case(spec, method, task, task_path, case_options, method_settings, path, combo.variant, control)
     except (CaseFileError, SettingsError) as exc:
         return BrokenCase(cid, str(exc), path, model, method, task)

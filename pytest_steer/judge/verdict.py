@@ -25,6 +25,7 @@ class Gate:
     alpha: float = 0.05  # the run's error rate: family-wise (holm), false discovery (bh) or per comparison (none)
     multiple: str = "none"  # how the run's paired comparisons are corrected: "holm", "bh" or "none"
     comparisons: int = 1  # at most this many paired comparisons in the run (the family)
+    max_side_effect: float | None = None  # the largest drop of the control score allowed (None: shown, not gated)
 
     @property
     def level(self) -> float:
@@ -74,6 +75,53 @@ class ScoreChange:
         return cls(**{**data, "interval": None if interval is None else (float(interval[0]), float(interval[1]))})
 
 
+@dataclass(frozen=True)
+class SideEffectCheck:
+    """The control task under the case's steering: its paired drop and whether it fails the case."""
+
+    task: str
+    unsteered: float
+    steered: float
+    drop: float  # unsteered - steered: positive when steering lowered the control score
+    interval: tuple[float, float]  # 95% paired bootstrap interval of the drop
+    p_value: float
+    lost: int
+    gained: int
+    n: int
+    limit: float | None  # max_side_effect (None: not gated)
+    failed: bool
+
+    def describe(self) -> str:
+        """'general-knowledge 0.812 -> 0.650 under steering: drop 0.162 [0.09, 0.24], p=0.0002, 15 lost / 2 gained of 80'."""
+        return (f"{self.task} {self.unsteered:.3f} -> {self.steered:.3f} under steering: drop {self.drop:.3f} "
+                f"[{self.interval[0]:.3f}, {self.interval[1]:.3f}], p={_p(self.p_value)}, {self.lost} lost / "
+                f"{self.gained} gained of {self.n}")
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["interval"] = list(self.interval)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SideEffectCheck:
+        return cls(**{**data, "interval": (float(data["interval"][0]), float(data["interval"][1]))})
+
+
+def side_effect_check(result: CaseResult, gate: Gate) -> SideEffectCheck | None:
+    """The control score's paired drop under steering; failed when it exceeds `max_side_effect` and is significant
+    (two-sided paired test at the run's level, the drop being in the harmful direction)."""
+    s = result.side_effect
+    if s is None:
+        return None
+    before, after = np.asarray(s.unsteered, float), np.asarray(s.steered, float)
+    test = paired_test(before, after, seed=result.provenance.seed)
+    interval = paired_bootstrap(before, after, seed=result.provenance.seed)
+    drop = float(before.mean() - after.mean())
+    failed = gate.max_side_effect is not None and drop > gate.max_side_effect + 1e-12 and gate.significant(test.p_value)
+    return SideEffectCheck(s.task, float(before.mean()), float(after.mean()), drop, (interval.low, interval.high),
+                           test.p_value, test.lost, test.gained, len(s.items), gate.max_side_effect, failed)
+
+
 def _p(value: float | None) -> str:
     if value is None:
         return "-"
@@ -105,6 +153,7 @@ class Verdict:
     auto_tolerance: bool = False  # the tolerance is the smallest drop the split can detect ("auto")
     pending: bool = False  # passed so far; a drop beyond the tolerance awaits the run's correction
     quick: str = ""  # --steer-quick: "replay" (judged by the accepted vector alone), "full[: why]", "" (not asked)
+    side_effect: SideEffectCheck | None = None  # the control task under the steering, where the method scores one
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -114,7 +163,7 @@ class Verdict:
             "notes": list(self.notes), "power": None if self.power is None else asdict(self.power),
             "drift": None if self.drift is None else self.drift.to_json(),
             "tolerance": self.tolerance, "auto_tolerance": self.auto_tolerance, "pending": self.pending,
-            "quick": self.quick,
+            "quick": self.quick, "side_effect": None if self.side_effect is None else self.side_effect.to_json(),
         }
 
     @classmethod
@@ -128,6 +177,7 @@ class Verdict:
             power=None if power is None else Power(**power), drift=None if moved is None else Drift.from_json(moved),
             tolerance=data.get("tolerance"), auto_tolerance=bool(data.get("auto_tolerance")),
             pending=bool(data.get("pending")), quick=str(data.get("quick") or ""),
+            side_effect=None if data.get("side_effect") is None else SideEffectCheck.from_json(data["side_effect"]),
         )
 
 
@@ -178,6 +228,9 @@ def judge(result: CaseResult, gate: Gate, stored: CaseResult | None, updating: b
                 status = "regressed"
                 reasons.extend(_regression_reason(c, gate) for c in changes if c.regression)
             notes.extend(_noise_note(c, gate) for c in changes if c.beyond_tolerance and not c.regression)
+    side = side_effect_check(result, gate)
+    if side is not None and side.failed:
+        reasons.append(f"side effect: {side.describe()}; above max_side_effect {side.limit:.3f}")
     if result.replay is not None:
         r = result.replay
         notes.append(f"stored vector cannot be applied to the new model: {r.error}" if r.error else
@@ -192,7 +245,7 @@ def judge(result: CaseResult, gate: Gate, stored: CaseResult | None, updating: b
         power=power(result, stored if changes else None, gate),
         drift=drift(stored, result) if stored is not None and model_changed else None,
         tolerance=gate.tolerance, auto_tolerance=auto,
-        pending=not updating and not reasons and any(c.pending for c in changes),
+        pending=not updating and not reasons and any(c.pending for c in changes), side_effect=side,
     )
 
 

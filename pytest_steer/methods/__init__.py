@@ -14,7 +14,9 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
 from pytest_steer.errors import SteerError
-from pytest_steer.methods.settings import DolaSettings, FunctionVectorSettings, TaskVectorSettings
+from pytest_steer.methods.settings import (
+    CaaSettings, DolaSettings, FunctionVectorSettings, TaskVectorSettings, VectorSettings,
+)
 
 if TYPE_CHECKING:
     from pytest_steer.methods.contract import Method
@@ -36,6 +38,7 @@ class MethodEntry:
     shares_work: bool = False  # has `run_many`: cases differing only in settings run in one pass
     replays: bool = False  # has `replay`: a stored (accepted) vector can be applied to another model
     parts: bool = False  # has `run_part` and `combine`: processes share a group's split in parts
+    side_effects: bool = False  # scores the side-effect control task under its steering (`RunContext.control`)
     shows: str = ""  # "module:attribute" of its Presentation; "" = the method class's `presentation` attribute
 
     def presentation(self) -> object:
@@ -63,12 +66,16 @@ _BUILTINS = (
                 replays=True, shows="pytest_steer.methods.presentation:FUNCTION_VECTOR"),
     MethodEntry("dola", DolaSettings, "pytest_steer.methods.dola:DolaMethod", shares_work=True, parts=True,
                 shows="pytest_steer.methods.presentation:DOLA"),
+    MethodEntry("caa", CaaSettings, "pytest_steer.methods.caa:CaaMethod", replays=True, side_effects=True,
+                shows="pytest_steer.methods.presentation:CAA"),
+    MethodEntry("byo", VectorSettings, "pytest_steer.methods.byo:VectorMethod", side_effects=True,
+                shows="pytest_steer.methods.presentation:BYO"),
 )
 
 
 def _from_entry_point(ep: object) -> MethodEntry:
     """Load a third-party method's entry point and check it against the method contract (`base.Method`)."""
-    from pytest_steer.methods.contract import has_parts, missing, replays, shares_work
+    from pytest_steer.methods.contract import has_parts, missing, replays, scores_control, shares_work
 
     name, value = ep.name, ep.value  # type: ignore[attr-defined]
     try:
@@ -82,7 +89,7 @@ def _from_entry_point(ep: object) -> MethodEntry:
             "(a method has `settings_type` (a dataclass), `prepare` and `run`; see docs/writing-a-method.md)"
         )
     return MethodEntry(name, obj.settings_type, value, shares_work=shares_work(obj), replays=replays(obj),
-                       parts=has_parts(obj))
+                       parts=has_parts(obj), side_effects=scores_control(obj))
 
 
 class Registry(Mapping[str, MethodEntry]):

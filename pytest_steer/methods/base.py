@@ -13,9 +13,27 @@ import torch
 from pytest_steer.methods.contract import Decides
 from pytest_steer.models.loader import ModelHandle
 from pytest_steer.storage.tensors import VectorCache
-from pytest_steer.tasks import Task
+from pytest_steer.tasks import Choice, Task
 
 Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Control:
+    """The side-effect control: two-choice questions with a right answer, scored under the case's steering."""
+
+    task: str
+    items: tuple[Choice, ...]
+
+
+@dataclass
+class ControlOutcome:
+    """The control questions' per-item outcomes (1: the right letter preferred) without and with the steering."""
+
+    task: str
+    items: list[str]
+    unsteered: np.ndarray
+    steered: np.ndarray
 
 
 @dataclass
@@ -29,6 +47,7 @@ class RunContext:
     # --steer-sequential: one per settings given to run / run_many, in order; a method that scores its test items
     # one by one may stop once every one of them says the verdict is decided (None: score every item)
     sequential: list[Decides] | None = None
+    control: Control | None = None  # score these under the chosen steering too (a method that can: MethodOutcome.control)
 
     def report(self, label: str, done: int, total: int) -> None:
         if self.progress is not None:
@@ -55,6 +74,7 @@ class MethodOutcome:
     metric: str = "accuracy"
     secondary: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase (run only, never stored in a baseline)
+    control: ControlOutcome | None = None  # the side-effect control under the chosen steering, where scored
 
 
 class Phases:

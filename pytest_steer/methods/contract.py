@@ -5,6 +5,7 @@
     Replays       applies a stored vector at a stored setting: `replay`         (optional; enables replay)
     Quick         judges a case by its stored vector alone: `quick`             (optional; enables --steer-quick)
     has_parts     scores a split in parts: `run_part` and `combine`             (optional; shares a group across processes)
+    side_effects  scores the control task under its steering (`RunContext.control` -> `MethodOutcome.control`)
 
 And what the session reads from a method's settings, where present:
 
@@ -120,3 +121,9 @@ def has_parts(obj: object) -> bool:
 
 def scores_sequentially(obj: object) -> bool:
     return getattr(obj, "scores_sequentially", False) is True
+
+
+def scores_control(obj: object) -> bool:
+    """Declares `side_effects = True`: its runs score `context.control` under the chosen steering and return it as
+    `MethodOutcome.control` (the side-effect gate, `max_side_effect`)."""
+    return getattr(obj, "side_effects", False) is True

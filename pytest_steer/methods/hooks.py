@@ -138,3 +138,41 @@ def edits_at(
 def silent_layers(layers: Sequence[int], reports: dict[int, HookReport]) -> list[int]:
     """The layers whose hooks never fired or changed nothing."""
     return [l for l in layers if l not in reports or not reports[l].fired_and_changed]
+
+
+def adds_everywhere(
+    module: Callable[[int], torch.nn.Module], vectors: dict[int, torch.Tensor], scale: torch.Tensor,
+    reports: dict[int, HookReport],
+) -> Intervene:
+    """Per-batch hooks adding `scale[intervention] * vectors[layer]` to block `layer`'s output at every position,
+    for every layer of `vectors` at once (a control vector's own layers); a row whose scale is 0 is unchanged."""
+
+    @contextmanager
+    def intervene(intervention: torch.Tensor) -> Iterator[None]:
+        batch_reports = {layer: HookReport() for layer in vectors}
+
+        def hook_for(layer: int) -> Callable[..., object]:
+            def hook(_mod: torch.nn.Module, _inputs: object, output: object) -> object:
+                x = _hidden(output)
+                rows = scale[intervention].to(device=x.device, dtype=torch.float32)
+                delta = rows[:, None, None] * vectors[layer].to(device=x.device, dtype=torch.float32)
+                edited = (x.float() + delta).to(x.dtype)
+                report = batch_reports[layer]
+                report.calls += 1
+                report.rows += int((rows != 0).sum())
+                report.max_abs_change = max(report.max_abs_change, float((edited - x).abs().max()))
+                return (edited, *output[1:]) if isinstance(output, tuple) else edited  # type: ignore[index]
+            return hook
+
+        handles = []
+        try:
+            for layer in vectors:
+                handles.append(module(layer).register_forward_hook(hook_for(layer)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+        for layer, report in batch_reports.items():
+            reports.setdefault(layer, HookReport()).merge(report)
+
+    return intervene

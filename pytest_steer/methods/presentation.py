@@ -24,6 +24,15 @@ def chosen_text(r: CaseResult) -> str:
     return ", ".join(f"{k}={v}" for k, v in r.chosen.items() if k != "relative_depth")
 
 
+def side_effect_text(r: CaseResult) -> str:
+    """The control task unsteered > steered and the change, or "-" where the case scored no control."""
+    s = r.side_effect
+    if s is None:
+        return "-"
+    before, after = sum(s.unsteered) / len(s.items), sum(s.steered) / len(s.items)
+    return f"{s.task} {before:.2f}>{after:.2f} ({after - before:+.2f})"
+
+
 def _scalar(value: Any) -> bool:
     return isinstance(value, (int, float, str, bool)) or value is None
 
@@ -217,3 +226,26 @@ DOLA = Presentation(label="DoLa", layout="metrics", secondary=("mc2", "mc3"),
                     columns=(("top premature layer (share)", _top_layer), ("tied share", _tied)),
                     terminal=(("top layer", _top_layer),), figures=dola_figures, drift_keys=("top_premature_layer",),
                     drift_curve="premature_share", drift_extras=_histogram_shift)
+
+
+def _opposite(r: CaseResult) -> str:
+    """The score at the opposite multiplier (or strength): how far the behaviour can be pushed the other way."""
+    c = r.metrics.secondary.get("opposite")
+    return "-" if c is None else f"{c.steered:.3f}"
+
+
+def _layer_multiplier(r: CaseResult) -> str:
+    return f"{r.chosen['layer']}, {r.chosen['multiplier']:g}"
+
+
+def _strength_layers(r: CaseResult) -> str:
+    layers = r.chosen.get("layers", [])
+    shown = ",".join(map(str, layers[:4])) + ("..." if len(layers) > 4 else "")
+    return f"{r.chosen['strength']:g} (blocks {shown})"
+
+
+CAA = Presentation(columns=(("layer, multiplier", _layer_multiplier), ("opposite sign", _opposite)),
+                   terminal=(("layer, mult", _layer_multiplier),), figures=vector_figures,
+                   drift_keys=("layer", "multiplier"), drift_curve="dev_accuracy")
+BYO = Presentation(columns=(("strength (blocks)", _strength_layers), ("opposite sign", _opposite)),
+                   terminal=(("strength", _strength_layers),), drift_keys=("strength",), drift_curve="dev_accuracy")

@@ -49,6 +49,7 @@ class InterventionScores:
 
     top1: torch.Tensor  # (n_prompts, n_interventions) long
     target_logprob: torch.Tensor  # (n_prompts, n_interventions) float32
+    choice_logits: torch.Tensor | None = None  # (n_prompts, n_interventions, choices) float32, when asked
 
     def correct(self, target_ids: Sequence[int]) -> np.ndarray:
         targets = torch.tensor(list(target_ids)).unsqueeze(1)
@@ -109,6 +110,7 @@ def score_interventions(
     unchanged_blocks: Sequence[int] | None = None,
     logprobs: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    choice_ids: Sequence[Sequence[int]] | None = None,
 ) -> InterventionScores:
     """Score every prompt under `n_interventions` interventions.
 
@@ -116,6 +118,7 @@ def score_interventions(
     `reuse_prefix` and several interventions, their outputs are computed once per prompt).
     `logprobs=False`: only the argmax is needed (target log-probabilities are left NaN).
     `progress(done, total)`: called after each batch of prompts.
+    `choice_ids[i]`: token ids whose logits (float32) prompt i keeps under every intervention (`choice_logits`).
     """
     model = handle.model
     unchanged = None
@@ -127,6 +130,8 @@ def score_interventions(
     top1 = torch.empty(n, n_interventions, dtype=torch.long)
     logp = torch.empty(n, n_interventions, dtype=torch.float32)
     targets_all = torch.tensor(list(target_ids), dtype=torch.long)
+    choices_all = None if choice_ids is None else torch.tensor([list(c) for c in choice_ids], dtype=torch.long)
+    choice_logits = None if choices_all is None else torch.empty(n, n_interventions, choices_all.shape[1])
     with torch.inference_mode():
         for start in range(0, n, batch_size):
             batch = encode(handle.tokenizer, prompts[start : start + batch_size])
@@ -174,9 +179,12 @@ def score_interventions(
                 t, lp = _reduce(out.logits[:, -1, :], targets_all[start + rows], logprobs)
                 top1[start + rows, intervention] = t
                 logp[start + rows, intervention] = lp
+                if choice_logits is not None and choices_all is not None:
+                    picked = out.logits[:, -1, :].float().gather(1, choices_all[start + rows].to(out.logits.device))
+                    choice_logits[start + rows, intervention] = picked.cpu()
             if progress is not None:
                 progress(min(start + batch_size, n), n)
-    return InterventionScores(top1=top1, target_logprob=logp)
+    return InterventionScores(top1=top1, target_logprob=logp, choice_logits=choice_logits)
 
 
 @dataclass

@@ -122,3 +122,59 @@ class DolaSettings:
 
     def bucket_name(self) -> str:
         return self.bucket if isinstance(self.bucket, str) else "layers " + ",".join(map(str, self.bucket))
+
+
+def _check_choices(task: Task, method: str, n_dev: int, n_test: int, n_train: int) -> None:
+    require_kind(task, ("ab",), method)
+    need = n_dev + n_test + n_train
+    if len(task.items) < need:
+        raise TaskError(f"{task.source} has {len(task.items)} items, but n_dev = {n_dev}, n_test = {n_test} and "
+                        f"{method}.n_train = {n_train} make {need}")
+
+
+@dataclass(frozen=True)
+class CaaSettings:
+    """Knobs of contrastive activation addition: the vector is built from `n_train` questions, the layer and
+    multiplier are chosen on dev (every block by default), the opposite sign is reported on test."""
+
+    n_train: int = 100
+    multipliers: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    layers: tuple[int, ...] | None = None
+    batch_size: int = 16
+    max_rows: int = 256
+
+    def validate(self, where: str) -> None:
+        _at_least_one(self, ("n_train", "batch_size", "max_rows"), where)
+        if not self.multipliers or min(self.multipliers) <= 0:
+            raise SettingsError(f"{where}.multipliers: expected a non-empty list of positive numbers (the opposite "
+                                f"sign is always reported), got {list(self.multipliers)}")
+        _layers(self.layers, where)
+
+    def check_task(self, task: Task, n_dev: int, n_test: int, where: str) -> None:
+        _check_choices(task, "caa", n_dev, n_test, self.n_train)
+
+
+@dataclass(frozen=True)
+class VectorSettings:
+    """A steering vector you bring: its file (GGUF control vector, safetensors; `.pt` only with `allow_pickle`),
+    the block of a file holding one vector without layers, and the strengths tried on dev."""
+
+    vector: str = ""
+    layer: int | None = None  # for a file holding a single vector and no layer names
+    strengths: tuple[float, ...] = (1.0,)
+    allow_pickle: bool = False  # a `.pt` file runs code when read: refused unless you trust it
+    batch_size: int = 16
+    max_rows: int = 256
+
+    def validate(self, where: str) -> None:
+        if not self.vector:
+            raise SettingsError(f"{where}.vector: name the vector file (a .gguf control vector or .safetensors)")
+        _at_least_one(self, ("batch_size", "max_rows"), where)
+        if not self.strengths or any(s == 0 for s in self.strengths):
+            raise SettingsError(f"{where}.strengths: expected a non-empty list of non-zero numbers, "
+                                f"got {list(self.strengths)}")
+        if self.layer is not None and self.layer < 0:
+            raise SettingsError(f"{where}.layer: expected a block index >= 0, got {self.layer}")
+
+    def check_task(self, task: Task, n_dev: int, n_test: int, where: str) -> None:
+        _check_choices(task, "byo", n_dev, n_test, 0)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pytest_steer.storage.files import atomic_write_json
-from pytest_steer.methods.presentation import Presentation, presentation_of
+from pytest_steer.methods.presentation import Presentation, presentation_of, side_effect_text
 from pytest_steer.record import CaseResult, Metrics
 from pytest_steer.judge.verdict import Verdict
 
@@ -109,17 +109,18 @@ def build_table(reports: Sequence[CaseReport]) -> Table:
     for head in ("unsteered", "steered", "5-shot", "delta [95% CI]", "baseline (change)", "tolerance"):
         table.add_column(head, justify="right")
     table.add_column("chosen")
+    table.add_column("side effect")
     table.add_column("verdict")
     table.add_column("computed")
     for r in sorted(reports, key=lambda r: (r.model, r.task, r.method, r.variant)):
         if r.result is None:
-            table.add_row(r.model, r.task, _method(r), "-", "-", "-", "-", _baseline(r), _tolerance(r), "-",
+            table.add_row(r.model, r.task, _method(r), "-", "-", "-", "-", _baseline(r), _tolerance(r), "-", "-",
                           _verdict(r), "-")
             continue
         m = r.result.metrics
         chosen = "; ".join(cell(r.result) for _, cell in presentation_of(r.method).terminal)
         table.add_row(r.model, r.task, _method(r), _pct(m.unsteered), _pct(m.steered), _pct(m.icl), _delta(m),
-                      _baseline(r), _tolerance(r), chosen, _verdict(r), _computed(r))
+                      _baseline(r), _tolerance(r), chosen, side_effect_text(r.result), _verdict(r), _computed(r))
     return table
 
 
@@ -142,19 +143,20 @@ def build_metrics_table(reports: Sequence[CaseReport], shown: Presentation) -> T
         table.add_column(head, justify="right")
     for head, _ in shown.terminal:
         table.add_column(head)
+    table.add_column("side effect")
     table.add_column("verdict")
     table.add_column("computed")
     for r in sorted(reports, key=lambda r: (r.model, r.task, r.variant)):
         if r.result is None:
             table.add_row(r.model, r.task, r.variant or "-", *["-"] * (3 + len(shown.secondary)), _baseline(r),
-                          _tolerance(r), *["-"] * len(shown.terminal), _verdict(r), "-")
+                          _tolerance(r), *["-"] * len(shown.terminal), "-", _verdict(r), "-")
             continue
         m = r.result.metrics
         first = "mc1" if m.metric.startswith("mc") else "accuracy"
         table.add_row(
             r.model, r.task, r.variant or "-", str(m.n_test), _pair(m, first),
             *(_pair(m, name) for name in shown.secondary), f"{m.metric} {_delta(m)}", _baseline(r), _tolerance(r),
-            *(cell(r.result) for _, cell in shown.terminal), _verdict(r), _computed(r),
+            *(cell(r.result) for _, cell in shown.terminal), side_effect_text(r.result), _verdict(r), _computed(r),
         )
     return table
 

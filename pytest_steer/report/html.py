@@ -24,7 +24,7 @@ from typing import Any
 
 from pytest_steer.errors import SteerError
 from pytest_steer.storage.files import atomic_write_bytes
-from pytest_steer.methods.presentation import presentation_of
+from pytest_steer.methods.presentation import presentation_of, side_effect_text
 from pytest_steer.record import CaseResult
 from pytest_steer.report.cases import CaseReport, counts
 
@@ -98,6 +98,17 @@ def heatmap(method: str, reports: Sequence[CaseReport]) -> Any:
     return figure
 
 
+def _side_effect(report: CaseReport) -> str:
+    """The control task under the steering, with its paired test where the verdict has one."""
+    v = report.verdict
+    if v is not None and v.side_effect is not None:
+        gated = "not gated" if v.side_effect.limit is None else f"max_side_effect {v.side_effect.limit:g}"
+        return f"side effect: {v.side_effect.describe()} ({gated})"
+    if report.result is not None and report.result.side_effect is not None:
+        return f"side effect: {side_effect_text(report.result)}"
+    return ""
+
+
 def case_figures(report: CaseReport, stored: CaseResult | None) -> list[Any]:
     """The case's figures as its method presents them; the stored baseline drawn beside a failed or regressed case."""
     result = report.result
@@ -132,6 +143,7 @@ def render(reports: Sequence[CaseReport], stored: Callable[[CaseReport], CaseRes
             "computed_at": report.result.computed_at if report.result else "",
             "figures": [Markup(_html(f)) for f in case_figures(report, stored(report))],
             "against_accepted": _update_lines(report),
+            "side_effect": _side_effect(report),
         })
     by_method: dict[str, list[CaseReport]] = {}
     for report in reports:

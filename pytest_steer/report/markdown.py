@@ -22,7 +22,7 @@ from pathlib import Path
 from pytest_steer.storage.baselines import BaselineStore
 from pytest_steer.cases.casefile import Case, load_case_file
 from pytest_steer.methods import methods
-from pytest_steer.methods.presentation import presentation_of
+from pytest_steer.methods.presentation import presentation_of, side_effect_text
 from pytest_steer.record import CaseResult, Comparison
 from pytest_steer.judge.verdict import Gate, case_tolerance, comparisons, judge, resolve_tolerance
 
@@ -68,19 +68,19 @@ def layout(method: str) -> tuple[tuple[str, ...], Callable[[Case, CaseResult], l
     own = tuple(head for head, _ in shown.columns)
     if shown.layout == "metrics":
         head = ("model", "task", "variant", "n", f"gated: unsteered > {shown.label}, delta [95% CI]",
-                *(f"{name.upper()} (CI of delta)" for name in shown.secondary), *own, "verdict")
+                *(f"{name.upper()} (CI of delta)" for name in shown.secondary), *own, "side effect", "verdict")
 
         def metrics_row(case: Case, r: CaseResult) -> list[str]:
             return [r.model, r.task, r.variant or "-", str(r.metrics.n_test), _pair(r, r.metrics.metric),
                     *(_pair(r, name) for name in shown.secondary), *(cell(r) for _, cell in shown.columns),
-                    _verdict(case, r)]
+                    side_effect_text(r), _verdict(case, r)]
         return head, metrics_row
-    head = ("model", "task", "zero-shot", "steered", "5-shot ICL", "delta [95% CI]", *own, "verdict")
+    head = ("model", "task", "zero-shot", "steered", "5-shot ICL", "delta [95% CI]", *own, "side effect", "verdict")
 
     def vector_row(case: Case, r: CaseResult) -> list[str]:
         m = r.metrics
         return [r.model, r.task, _pct(m.unsteered), _pct(m.steered), _pct(m.icl), _interval(m.gated),
-                *(cell(r) for _, cell in shown.columns), _verdict(case, r)]
+                *(cell(r) for _, cell in shown.columns), side_effect_text(r), _verdict(case, r)]
     return head, vector_row
 
 

@@ -6,6 +6,7 @@ imports torch, so the plugin imports it only when a case runs or a steering fixt
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import json
@@ -27,20 +28,20 @@ from pytest_steer.storage.baselines import BaselineStore
 from pytest_steer.cases.casefile import Case
 from pytest_steer.run.options import SteerOptions
 from pytest_steer.methods import load_method, methods
-from pytest_steer.methods.base import MethodOutcome, Progress, RunContext
+from pytest_steer.methods.base import Control, MethodOutcome, Progress, RunContext
 from pytest_steer.methods.contract import Batched, Decides, quick, scores_sequentially
 from pytest_steer.judge.sequential import decides, rule_key
 from pytest_steer.report.summary import NO_VECTOR
 from pytest_steer.models.loader import ModelHandle, Resolved, load_model, resolve
 from pytest_steer.run.device import Placement, available, physical_gpus, resolve_device, resolve_dtype, with_backoff, worker_gpus, worker_index
-from pytest_steer.storage.files import StoreError, atomic_write_json, shared_dir
+from pytest_steer.storage.files import StoreError, atomic_write_json, file_sha256, shared_dir
 from pytest_steer.methods.search import ReplayError
 from pytest_steer.models.spec import ModelSpec
-from pytest_steer.record import CaseResult, Outcomes, Provenance, Replay, TaskData
+from pytest_steer.record import CaseResult, Outcomes, Provenance, Replay, SideEffect, TaskData
 from pytest_steer.storage.results import ResultInputs, ResultCache, now
 from pytest_steer.cases.settings import settings_dict
 from pytest_steer.storage.tensors import VectorCache, cache_key, read_tensors, write_tensors
-from pytest_steer.tasks import load_task
+from pytest_steer.tasks import load_task, sample_items
 from pytest_steer.judge.verdict import (
     BaselineMissing, Gate, Verdict, case_tolerance, comparisons, data_mismatch, gate_reasons, judge,
     metrics_from_outcomes, resolve_tolerance, score_changes,
@@ -182,7 +183,8 @@ class SteerSession:
             return out
         context = RunContext(cache=VectorCache(self.options.cache_dir / "vectors", methods()[first.method].code()),
                              seed=o.seed, progress=self.progress,
-                             shared=None if self.run_id is None else VectorCache(shared_dir(self.options.cache_dir, self.run_id)))
+                             shared=None if self.run_id is None else VectorCache(shared_dir(self.options.cache_dir, self.run_id)),
+                             control=_control(first))
         if looks:
             context.sequential = [looks[case] for case, _ in todo]
         if self.options.quick and not self.options.update and quick(method):
@@ -372,7 +374,7 @@ class SteerSession:
             task_sha256=task_sha256, counts=counts, seed=case.options.seed, settings=settings_dict(case.settings),
             versions=versions(), adapter_override=None if override is None else asdict(override),
             gate_vector=case.options.gate_vector, replay=None if accepted is None else accepted.sha256,
-            source=methods()[case.method].code(),
+            source=methods()[case.method].code(), control=_control_key(case), files=_files(case.settings),
         )
 
     def _record(self, case: Case, handle: ModelHandle, task: Any, inputs: ResultInputs, outcome: MethodOutcome,
@@ -391,6 +393,9 @@ class SteerSession:
             chosen=outcome.chosen, curves=outcome.curves, outcomes=_outcomes(outcome), provenance=provenance,
             diagnostics=outcome.diagnostics, timing_s=dict(timing),
             vector_file=self._stage_vectors(case, provenance, outcome), computed_at=now(),
+            side_effect=None if outcome.control is None else SideEffect(
+                outcome.control.task, tuple(outcome.control.items), per_item_values(outcome.control.unsteered),
+                per_item_values(outcome.control.steered)),
         )
 
     def _stage_vectors(self, case: Case, provenance: Provenance, outcome: MethodOutcome) -> str | None:
@@ -417,7 +422,7 @@ class SteerSession:
             tolerance=case_tolerance(o.tolerance, self.options.tolerance),
             min_recovery=self.options.min_recovery if o.min_recovery is None else o.min_recovery,
             gate=o.gate, rule=self.options.regression, alpha=self.options.alpha, multiple=self.options.multiple,
-            comparisons=comparisons(len(self.selected)),
+            comparisons=comparisons(len(self.selected)), max_side_effect=o.max_side_effect,
         )
 
     def verdict(self, case: Case, result: CaseResult, nodeid: str) -> Verdict:
@@ -545,6 +550,30 @@ def _gate_on_replay(outcome: MethodOutcome, replayed: Replay, accepted: Accepted
         outcome, steered=np.asarray(replayed.steered, dtype=float), chosen=dict(accepted.result.chosen),
         vectors=accepted.tensors, diagnostics={**outcome.diagnostics, "extracted_chosen": outcome.chosen},
     )
+
+
+def _control(case: Case) -> Control | None:
+    """The case's side-effect control questions (the first `n_control` of a seeded draw), or None."""
+    if case.control_path is None:
+        return None
+    task = load_task(case.control_path.stem, case.control_path)
+    rows = sample_items(task, case.options.n_control, case.options.seed)
+    return Control(task.name, tuple(task.items[i] for i in rows))  # type: ignore[misc]
+
+
+def _control_key(case: Case) -> str | None:
+    control = _control(case)
+    if control is None:
+        return None
+    return cache_key({"task": control.task, "items": [dataclasses.astuple(item) for item in control.items]})
+
+
+def _files(settings: Any) -> dict[str, str] | None:
+    """The content hash of a file the settings name (`vector`), so an edited file is a new result."""
+    path = getattr(settings, "vector", None)
+    if not isinstance(path, str) or not path or not Path(path).is_file():
+        return None
+    return {"vector": file_sha256(Path(path))}
 
 
 def _outcomes(outcome: MethodOutcome) -> Outcomes:

@@ -40,6 +40,8 @@ class ResultInputs:
     replay: str | None = None  # checksum of the accepted vector replayed on this model, if any
     quick: bool = False  # --steer-quick: the accepted vector replayed alone, no search (never a full result)
     sequential: str | None = None  # --steer-sequential: digest of the stopping rule's inputs (gate, accepted outcomes)
+    control: str | None = None  # the side-effect control scored with it: digest of its questions and count
+    files: dict[str, str] | None = None  # files the settings name (a vector you bring), by content hash
     source: str = field(default_factory=lambda: plugin_source_hash())  # the code's identity (identity.py)
 
     def keyed(self) -> dict[str, Any]:

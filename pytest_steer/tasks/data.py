@@ -8,7 +8,9 @@ Layouts, told apart by their fields:
   correct_answers, incorrect_answers}` or the TruthfulQA CSV (`Question`, `Best Answer`,
   `Correct Answers`, `Incorrect Answers`, answers separated by `;`);
 * completions (DoLa): our JSON list of `{prefix, completion, contradictions}` or the
-  FACTOR CSV (`full_prefix`, `completion`, `contradiction_0..2`).
+  FACTOR CSV (`full_prefix`, `completion`, `contradiction_0..2`);
+* two-choice behaviour questions (CAA, your own vectors, the side-effect control): a JSON list of
+  `{question, matching, other}`, `matching` being the answer that shows the behaviour (or the right one).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pytest_steer.storage.files import read_json, read_text
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 
-Kind = Literal["pairs", "mc", "completion"]
+Kind = Literal["pairs", "mc", "completion", "ab"]
 
 
 class TaskError(SteerError):
@@ -62,14 +64,24 @@ class Completion:
     contradictions: tuple[str, ...]
 
 
-Item = Union[Pair, MCQuestion, Completion]
+@dataclass(frozen=True)
+class Choice:
+    """A two-choice question: `matching` shows the behaviour (or is the right answer), `other` does not."""
+
+    question: str
+    matching: str
+    other: str
+
+
+Item = Union[Pair, MCQuestion, Completion, Choice]
 
 
 @dataclass(frozen=True)
 class Task:
     """A named list of items of one kind, read from one file.
 
-    `kind` says which: word "pairs", multiple-choice questions ("mc") or "completion" passages.
+    `kind` says which: word "pairs", multiple-choice questions ("mc"), "completion" passages or two-choice
+    questions ("ab").
     """
 
     name: str
@@ -201,6 +213,27 @@ def read_questions(data: list[object], source: str) -> tuple[MCQuestion, ...]:
     return tuple(out)
 
 
+def read_choices(data: list[object], source: str) -> tuple[Choice, ...]:
+    """Two-choice questions from our JSON layout: `{question, matching, other}` objects."""
+    out, seen = [], set()
+    for i, item in enumerate(data):
+        where = f"{source}: item {i}"
+        if not isinstance(item, dict):
+            raise TaskError(f"{where}: expected an object with 'question', 'matching' and 'other'")
+        for field in ("question", "matching", "other"):
+            if field not in item:
+                raise TaskError(f"{where}: missing field '{field}' (fields present: "
+                                f"{', '.join(sorted(map(str, item))) or 'none'})")
+        choice = Choice(text_field(item["question"], where, "question"),
+                        text_field(item["matching"], where, "matching", True), text_field(item["other"], where, "other", True))
+        _distinct((choice.matching,), (choice.other,), where, ("matching", "other"))
+        if choice.question in seen:
+            raise TaskError(f"{where}: duplicate question {choice.question!r}")
+        seen.add(choice.question)
+        out.append(choice)
+    return tuple(out)
+
+
 def read_completions(data: list[object], source: str) -> tuple[Completion, ...]:
     """Completion passages from our JSON layout."""
     out = []
@@ -276,6 +309,8 @@ def read_json_task(path: Path) -> tuple[Kind, tuple[Item, ...]]:
     """Any of our JSON layouts, told apart by the first item's fields."""
     data = read_json(path, TaskError, "the task file")
     first = data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else {}
+    if "matching" in first:
+        return "ab", read_choices(data, str(path))
     if "question" in first:
         return "mc", read_questions(data, str(path))
     if "prefix" in first:
@@ -297,8 +332,9 @@ def load_task(name: str, path: Path) -> Task:
 def require_kind(task: Task, kinds: tuple[Kind, ...], method: str) -> None:
     """Fail with a clear message when a method gets a task of a kind it cannot score."""
     if task.kind not in kinds:
+        hint = " (two-choice questions: a JSON list of {question, matching, other})" if kinds == ("ab",) else ""
         raise TaskError(
-            f"{task.source}: task '{task.name}' holds {task.kind} items; {method} needs {' or '.join(kinds)} items"
+            f"{task.source}: task '{task.name}' holds {task.kind} items; {method} needs {' or '.join(kinds)} items{hint}"
         )
 
 
@@ -318,6 +354,29 @@ def split_task(task: Task, n_dev: int, n_test: int, seed: int, min_demos: int = 
     random.Random(seed).shuffle(order)
     return Splits(demos=tuple(order[n_test + n_dev :]), dev=tuple(order[n_test : n_test + n_dev]),
                   test=tuple(order[:n_test]), seed=seed)
+
+
+@dataclass(frozen=True)
+class ChoiceSplits:
+    """Two-choice questions cut into the items vectors are built from (train), dev (selection) and test."""
+
+    train: tuple[Choice, ...]
+    dev: tuple[Choice, ...]
+    test: tuple[Choice, ...]
+    seed: int
+
+
+def split_choices(task: Task, n_dev: int, n_test: int, seed: int, min_train: int = 0) -> ChoiceSplits:
+    """Shuffle two-choice questions with `seed`: test first, then dev, the rest is the training pool."""
+    require_kind(task, ("ab",), "a two-choice method")
+    needed = n_dev + n_test + min_train
+    if len(task.items) < needed:
+        raise TaskError(f"{task.source}: task '{task.name}' has {len(task.items)} items but n_dev={n_dev}, "
+                        f"n_test={n_test} and at least {min_train} training items need {needed}")
+    order = list(task.items)
+    random.Random(f"choices-{seed}").shuffle(order)
+    return ChoiceSplits(train=tuple(order[n_test + n_dev:]), dev=tuple(order[n_test:n_test + n_dev]),  # type: ignore[arg-type]
+                        test=tuple(order[:n_test]), seed=seed)  # type: ignore[arg-type]
 
 
 def sample_items(task: Task, n_test: int, seed: int) -> tuple[int, ...]:

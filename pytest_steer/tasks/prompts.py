@@ -1,11 +1,11 @@
-"""Prompt templates: zero-shot and few-shot (ICL) word-pair prompts, and DoLa's prompts."""
+"""Prompt templates: zero-shot and few-shot (ICL) word-pair prompts, DoLa's prompts and two-choice prompts."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
 
-from pytest_steer.tasks.data import Pair
+from pytest_steer.tasks.data import Choice, Pair
 
 
 def zero_shot_prompt(query: str) -> str:
@@ -68,3 +68,25 @@ def mc_answer(answer: str) -> str:
 def completion_text(prefix: str, continuation: str) -> tuple[str, str]:
     """Prompt and scored continuation of a passage, joined by exactly one space."""
     return prefix.rstrip(), " " + continuation.strip()
+
+
+LETTERS = ("A", "B")
+
+
+def choice_prompt(item: Choice, matching_first: bool) -> str:
+    """The question, its two answers as `A.` and `B.`, and `Answer:`; the next token is " A" or " B"."""
+    first, second = (item.matching, item.other) if matching_first else (item.other, item.matching)
+    return f"{item.question}\nA. {first}\nB. {second}\nAnswer:"
+
+
+def letter_text(index: int) -> str:
+    """The answer letter as the model writes it after `Answer:`."""
+    return " " + LETTERS[index]
+
+
+def choice_prompts(items: Sequence[Choice]) -> tuple[list[str], list[int]]:
+    """Prompts of `items` with the matching answer as (A) on even positions and as (B) on odd ones (balanced, so
+    that no vector or score can win by preferring a letter), and the index of the matching letter of each
+    (0: A, 1: B)."""
+    matching = [i % 2 for i in range(len(items))]
+    return [choice_prompt(item, m == 0) for item, m in zip(items, matching)], matching
