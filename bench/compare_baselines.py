@@ -31,6 +31,7 @@ FIELDS = {
     "task_sha256": lambda r: r.provenance.task_data.sha256,
     "fingerprint": lambda r: r.provenance.fingerprint,
     "settings": lambda r: r.provenance.settings,
+    "side_effect": lambda r: None if r.side_effect is None else r.side_effect.to_json(),
 }
 
 

@@ -86,6 +86,7 @@ def test_caa_and_a_gguf_control_vector_are_gated_with_their_side_effect(behaviou
         assert set(stored["metrics"]["secondary"]) == {"mass", "opposite"}
         assert len(stored["per_item"]["steered"]) == 16
     assert byo["chosen"]["layers"] == [1, 2] and byo["chosen"]["strength"] in (1.0, 2.0)
+    assert byo["settings"]["vector"] == "happy.gguf"  # as the case file names it: the same in every checkout
     assert set(caa["chosen"]) == {"layer", "multiplier", "relative_depth"}
     report = json.loads((pytester.path / "r.json").read_text())
     for case in report["cases"]:

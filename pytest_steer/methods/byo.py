@@ -78,10 +78,10 @@ class VectorMethod:
         return MethodOutcome(
             unsteered=unsteered.chose, steered=steered.chose, icl=None,
             chosen={"strength": best, "layers": list(vectors)},
-            curves={"strengths": strengths, "dev_accuracy": [float(x) for x in dev_chose],
-                    "dev_mass": [round(float(x), 6) for x in dev_mass]},
+            curves={"strengths": strengths, "dev_accuracy": [float(x) for x in dev_chose]},
             vectors={}, vector_metadata={},
-            diagnostics={"vector_file": str(path), "vector_sha256": file_sha256(path),
+            diagnostics={"vector_sha256": file_sha256(path),
+                         "dev_mass": [round(float(x), 6) for x in dev_mass],
                          "norms": {str(l): round(float(v.norm()), 4) for l, v in vectors.items()},
                          "forward_tokens": counter.tokens, "forward_passes": counter.passes},
             test_items=test.texts(),

@@ -144,7 +144,6 @@ class CaaMethod:
             chosen={"layer": best.layer, "multiplier": best.multiplier,
                     "relative_depth": round(best.layer / handle.adapter.num_layers, 3)},
             curves={"dev_layers": layers, "dev_accuracy": [float(dev_chose[k]) for k in at_best],
-                    "dev_mass": [round(float(dev_mass[k]), 6) for k in at_best],
                     "multipliers": list(settings.multipliers),
                     "dev_accuracy_by_multiplier": [float(dev_chose[k]) for k in at_layer]},
             vectors={"caa_vector": vectors[best.layer]},
@@ -152,6 +151,8 @@ class CaaMethod:
                              "intervention": "add multiplier x vector to the block output"},
             diagnostics={
                 "unsteered_dev": float(unsteered_dev.chose.mean()),
+                # graded, so moved by float rounding between machines: a diagnostic, not a compared curve
+                "dev_mass": [round(float(dev_mass[k]), 6) for k in at_best],
                 "hook": {"min_change_over_sweep": min(r.max_abs_change for r in sweep.values())},
                 "vector_norm": round(float(vectors[best.layer].norm()), 4),
                 "forward_tokens": counter.tokens, "forward_passes": counter.passes,

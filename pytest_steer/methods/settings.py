@@ -138,7 +138,7 @@ class CaaSettings:
     multiplier are chosen on dev (every block by default), the opposite sign is reported on test."""
 
     n_train: int = 100
-    multipliers: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    multipliers: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
     layers: tuple[int, ...] | None = None
     batch_size: int = 16
     max_rows: int = 256

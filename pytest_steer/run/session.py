@@ -371,7 +371,7 @@ class SteerSession:
         return ResultInputs(
             case=case.id, model_source=case.model.describe(), fingerprint=self.resolve(case.model).fingerprint,
             device=device_type(placed.device), dtype=placed.dtype, method=case.method,
-            task_sha256=task_sha256, counts=counts, seed=case.options.seed, settings=settings_dict(case.settings),
+            task_sha256=task_sha256, counts=counts, seed=case.options.seed, settings=_portable(case),
             versions=versions(), adapter_override=None if override is None else asdict(override),
             gate_vector=case.options.gate_vector, replay=None if accepted is None else accepted.sha256,
             source=methods()[case.method].code(), control=_control_key(case), files=_files(case.settings),
@@ -566,6 +566,19 @@ def _control_key(case: Case) -> str | None:
     if control is None:
         return None
     return cache_key({"task": control.task, "items": [dataclasses.astuple(item) for item in control.items]})
+
+
+def _portable(case: Case) -> dict[str, Any]:
+    """The settings as recorded: a file they name (`vector`) relative to the case file's folder where it lies
+    under it, so a baseline reads the same in every checkout (the file's content hash keys the result)."""
+    settings = settings_dict(case.settings)
+    path = settings.get("vector")
+    if isinstance(path, str) and path:
+        try:
+            settings["vector"] = Path(path).relative_to(case.source.resolve().parent).as_posix()
+        except ValueError:
+            pass
+    return settings
 
 
 def _files(settings: Any) -> dict[str, str] | None:
