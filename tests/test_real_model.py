@@ -101,3 +101,37 @@ def test_smollm2_function_vector_steers_antonyms_as_committed(steer_case) -> Non
     assert abs(metrics.steered - stored["metrics"]["steered"]) <= 0.05 + 1e-9
     stored_heads = {tuple(h) for h in stored["diagnostics"]["top_heads"]}
     assert len(stored_heads & {tuple(h) for h in result.diagnostics["top_heads"]}) >= len(stored_heads) // 2
+
+
+CAA_FILE = ROOT / "steering_cases" / "steer_caa.toml"
+
+
+def test_smollm2_caa_reproduces_its_baseline_with_its_side_effect(steer_case) -> None:
+    """CAA on a real model end to end: the vector, the layer x multiplier search, both signs and the control
+    task under the chosen steering, item for item as committed."""
+    result = steer_case(CAA_FILE, "smollm2-135m-caa-positive-sentiment")
+    stored = json.loads((ROOT / "baselines" / "smollm2-135m" / "caa" / "positive-sentiment.json").read_text())
+    assert result.provenance.fingerprint == stored["fingerprint"]
+    assert len(result.curves["dev_accuracy"]) == 30 and result.curves["multipliers"] == [1, 2, 4, 8, 16, 32]
+    assert result.chosen == stored["chosen"]
+    assert result.outcomes.to_json()["steered"] == stored["per_item"]["steered"]
+    assert result.outcomes.to_json()["unsteered"] == stored["per_item"]["unsteered"]
+    assert result.outcomes.to_json()["opposite_steered"] == stored["per_item"]["opposite_steered"]
+    assert result.side_effect is not None and result.side_effect.to_json() == stored["side_effect"]
+    assert result.side_effect.task == "general-knowledge" and len(result.side_effect.items) == 80
+
+
+BYO_FILE = ROOT / "steering_cases" / "steer_byo.toml"
+
+
+def test_the_gguf_control_vector_example_is_gated_on_qwen_as_committed(steer_case) -> None:
+    """The README's example: a GGUF control vector (written by `python -m pytest_steer gguf`, see
+    tests/test_vector_file.py) applied at every position of a packaged model, its strength chosen on dev."""
+    result = steer_case(BYO_FILE, "qwen2.5-coder-0.5b-byo-positive-sentiment")
+    stored = json.loads((ROOT / "baselines" / "qwen2.5-coder-0.5b" / "byo" / "positive-sentiment.json").read_text())
+    assert result.chosen == stored["chosen"] and result.chosen["layers"] == [13]
+    assert result.provenance.settings["vector"] == "vectors/qwen2.5-coder-0.5b-positive.gguf"
+    assert result.outcomes.to_json()["steered"] == stored["per_item"]["steered"]
+    assert result.outcomes.to_json()["unsteered"] == stored["per_item"]["unsteered"]
+    assert result.side_effect is not None and result.side_effect.to_json() == stored["side_effect"]
+    assert result.metrics.delta >= 0.1  # it steers, as the CAA vector it came from did

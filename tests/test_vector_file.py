@@ -141,3 +141,22 @@ def test_check_fits_names_width_and_layer():
         check_fits(Path("v.gguf"), vectors, 16, 4)
     with pytest.raises(VectorFileError, match=r"layer 3 is out of range for a model with 3 blocks \(0..2\)"):
         check_fits(Path("v.gguf"), vectors, 8, 3)
+
+
+def test_the_example_control_vector_is_what_the_gguf_command_writes_from_the_accepted_caa_vector(tmp_path: Path):
+    """steering_cases/vectors/*.gguf (the README's example) is reproducible from the committed baseline vector."""
+    from safetensors import safe_open
+
+    from pytest_steer.__main__ import main
+
+    root = Path(__file__).resolve().parent.parent
+    accepted = root / "baselines" / "qwen2.5-coder-0.5b" / "caa" / "positive-sentiment.safetensors"
+    committed = root / "steering_cases" / "vectors" / "qwen2.5-coder-0.5b-positive.gguf"
+    out = tmp_path / "positive.gguf"
+    assert main(["gguf", str(accepted), str(out), "--scale", "4", "--model-hint", "qwen2"]) == 0
+    assert out.read_bytes() == committed.read_bytes()
+    with safe_open(str(accepted), framework="pt") as f:
+        layer, vector = int(f.metadata()["layer"]), f.get_tensor("caa_vector")
+    tensors = {t.name: np.array(t.data) for t in gguf.GGUFReader(str(committed)).tensors}
+    assert list(tensors) == [f"direction.{layer}"] and np.array_equal(tensors[f"direction.{layer}"], (vector * 4).numpy())
+    assert main(["gguf", str(tmp_path / "missing.safetensors"), str(out)]) == 2
