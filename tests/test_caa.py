@@ -199,3 +199,53 @@ def test_caa_replay_refuses_a_vector_that_does_not_fit(choice_handle, choice_tas
         method.replay(choice_handle, splits, settings, fits, {"layer": 1, "multiplier": "x"})
     with pytest.raises(ReplayError, match="accepted at block 99"):
         method.replay(choice_handle, splits, settings, fits, {"layer": 99, "multiplier": 1.0})
+
+
+def test_task_vectors_score_the_control_under_their_chosen_intervention(choice_handle, tiny_task_file, tmp_path):
+    """The side effect of the layer-search methods: the control questions under the chosen intervention, and the
+    quick path's control equal to the full run's."""
+    from pytest_steer.methods.settings import TaskVectorSettings
+    from pytest_steer.methods.task_vector import TaskVectorMethod
+
+    task = load_task("tiny", tiny_task_file)
+    method = TaskVectorMethod()
+    splits, _ = method.prepare(task, 10, 12, 0)
+    settings = TaskVectorSettings(n_prompts=6, n_shots=3, batch_size=8)
+    control = Control("knowledge", tuple(Choice(f"k{i}", f"a{i}", f"b{i}") for i in range(10)))
+    outcome = method.run(choice_handle, task, splits, settings, _context(tmp_path, control))
+    assert outcome.control is not None and outcome.control.task == "knowledge" and len(outcome.control.items) == 10
+    assert set(np.unique(outcome.control.steered)) <= {0.0, 1.0}
+    plain = method.run(choice_handle, task, splits, settings, _context(tmp_path))
+    assert plain.control is None and np.array_equal(plain.steered, outcome.steered)  # the control changes no score
+    tensors = {"task_vector": outcome.vectors["task_vector"]}
+    quick = method.quick(choice_handle, splits, settings, tensors, outcome.chosen, _context(tmp_path, control))
+    assert np.array_equal(quick.control.steered, outcome.control.steered)
+    assert np.array_equal(quick.control.unsteered, outcome.control.unsteered)
+
+
+def test_dola_scores_the_control_with_and_without_its_contrast_in_one_pass_and_in_parts(choice_handle, tmp_path):
+    """DoLa's side effect: each control question as a completion (the right letter against the other) under the
+    final layer and under DoLa, per variant; the same from run_many and from parts joined with the context."""
+    from pytest_steer.methods.dola import DolaMethod
+    from pytest_steer.methods.settings import DolaSettings
+
+    path = tmp_path / "facts.json"
+    path.write_text(json.dumps([{"prefix": f"q{i} a{i}", "completion": f"b{i}", "contradictions": [f"k{i}"]}
+                                for i in range(8)]))
+    task = load_task("facts", path)
+    method = DolaMethod()
+    indices, _ = method.prepare(task, 0, 8, seed=0)
+    variants = [DolaSettings(bucket="lower"), DolaSettings(bucket="upper")]
+    control = Control("knowledge", tuple(Choice(f"k{i}", f"a{i}", f"b{i}") for i in range(9)))
+    whole = method.run_many(choice_handle, task, indices, variants, _context(tmp_path, control))
+    plain = method.run_many(choice_handle, task, indices, variants, _context(tmp_path))
+    for with_control, without in zip(whole, plain):
+        assert with_control.control is not None and len(with_control.control.items) == 9 and without.control is None
+        assert np.array_equal(with_control.steered, without.steered)  # the control changes no score of the task
+        assert set(np.unique(with_control.control.steered)) <= {0.0, 1.0}
+    assert np.array_equal(whole[0].control.unsteered, whole[1].control.unsteered)  # the final layer is shared
+    parts = [method.run_part(choice_handle, task, indices, variants, rows, _context(tmp_path)) for rows in ([0, 1, 2], [3, 4, 5, 6, 7])]
+    joined = method.combine(choice_handle, task, indices, variants, [[p[v] for p in parts] for v in range(2)],
+                            _context(tmp_path, control))
+    for a, b in zip(whole, joined):
+        assert np.array_equal(a.control.steered, b.control.steered) and a.control.items == b.control.items

@@ -61,11 +61,11 @@ class MethodEntry:
 
 _BUILTINS = (
     MethodEntry("task_vector", TaskVectorSettings, "pytest_steer.methods.task_vector:TaskVectorMethod", replays=True,
-                shows="pytest_steer.methods.presentation:TASK_VECTOR"),
+                side_effects=True, shows="pytest_steer.methods.presentation:TASK_VECTOR"),
     MethodEntry("function_vector", FunctionVectorSettings, "pytest_steer.methods.function_vector:FunctionVectorMethod",
-                replays=True, shows="pytest_steer.methods.presentation:FUNCTION_VECTOR"),
+                replays=True, side_effects=True, shows="pytest_steer.methods.presentation:FUNCTION_VECTOR"),
     MethodEntry("dola", DolaSettings, "pytest_steer.methods.dola:DolaMethod", shares_work=True, parts=True,
-                shows="pytest_steer.methods.presentation:DOLA"),
+                side_effects=True, shows="pytest_steer.methods.presentation:DOLA"),
     MethodEntry("caa", CaaSettings, "pytest_steer.methods.caa:CaaMethod", replays=True, side_effects=True,
                 shows="pytest_steer.methods.presentation:CAA"),
     MethodEntry("byo", VectorSettings, "pytest_steer.methods.byo:VectorMethod", side_effects=True,

@@ -114,8 +114,9 @@ def quick(obj: object) -> bool:
 
 def has_parts(obj: object) -> bool:
     """Scores a split in parts: `run_part(handle, task, splits, settings_list, rows, context)` -> one JSON-able part
-    per settings, and `combine(handle, task, splits, settings_list, parts_per_settings)` -> the outcomes of the
-    whole split, exactly as `run_many` gives them. Processes running cases of one group share its parts."""
+    per settings, and `combine(handle, task, splits, settings_list, parts_per_settings, context)` -> the outcomes
+    of the whole split, exactly as `run_many` gives them (with the side-effect control of `context`, where the
+    method scores one). Processes running cases of one group share its parts."""
     return callable(getattr(obj, "run_part", None)) and callable(getattr(obj, "combine", None))
 
 

@@ -12,6 +12,7 @@ bucket's layers and only at answer positions.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -21,14 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from pytest_steer.methods.base import Decides, MethodOutcome, Phases, RunContext
+from pytest_steer.methods.base import ControlOutcome, Decides, MethodOutcome, Phases, RunContext
 from pytest_steer.methods.scoring import cache_kwarg
 from pytest_steer.methods.settings import BUCKETS, DolaSettings
 from pytest_steer.models.loader import ModelHandle
 from pytest_steer.cases.settings import SettingsError
 from pytest_steer.tasks import Completion, MCQuestion, Task, TaskError, require_kind, sample_items
 from pytest_steer.tasks.data import SEQUENTIAL_BLOCK, sequential_order
-from pytest_steer.tasks.prompts import completion_text, mc_answer, mc_context, mc_prompt
+from pytest_steer.tasks.prompts import choice_prompts, completion_text, letter_text, mc_answer, mc_context, mc_prompt
 
 LOGIT_ROWS = 256  # layer-logit rows per unembedding matmul: 256 x 262k floats is 268 MB
 # Positions per divergence and contrast evaluation. Row-wise ops give the same bits on a slice as on the
@@ -338,6 +339,7 @@ class DolaMethod:
     name = "dola"
     settings_type = DolaSettings
     scores_sequentially = True  # test items one by one: --steer-sequential may stop early
+    side_effects = True  # the control questions are scored with and without DoLa too
 
     def prepare(self, task: Task, n_dev: int, n_test: int, seed: int) -> tuple[tuple[int, ...], dict[str, int]]:
         """Draw `n_test` items with `seed` (kept in file order); n_dev is unused."""
@@ -370,9 +372,25 @@ class DolaMethod:
         if looks:
             for outcome in outcomes:
                 outcome.diagnostics["sequential"] = {"items": len(used), "of": len(splits)}
-        for outcome in outcomes:
-            outcome.phases = dict(clock.seconds)
+        for outcome, control in zip(outcomes, self._controls(handle, variants, context)):
+            outcome.phases, outcome.control = dict(clock.seconds), control
         return outcomes
+
+    def _controls(self, handle: ModelHandle, variants: list[DolaSettings],
+                  context: RunContext) -> list[ControlOutcome | None]:
+        """The side-effect control under each setting: its two-choice questions as completions (the prompt, then
+        the right letter against the other), scored without and with DoLa; None each when the case has none."""
+        control = context.control
+        if control is None:
+            return [None] * len(variants)
+        prompts, matching = choice_prompts(control.items)
+        items = tuple(Completion(p, letter_text(m), (letter_text(1 - m),)) for p, m in zip(prompts, matching))
+        task = Task(control.task, "completion", items, f"the control task {control.task!r}")
+        alone = RunContext(cache=context.cache, seed=context.seed, progress=context.progress)
+        scored = self.run_many(handle, task, tuple(range(len(items))),
+                               [dataclasses.replace(v, metric=None) for v in variants], alone)
+        texts = [item.question for item in control.items]
+        return [ControlOutcome(control.task, texts, o.unsteered, o.steered) for o in scored]
 
 
     def run_part(
@@ -388,9 +406,10 @@ class DolaMethod:
 
     def combine(
         self, handle: ModelHandle, task: Task, splits: tuple[int, ...], variants: list[DolaSettings],
-        parts: list[list[dict[str, Any]]],
+        parts: list[list[dict[str, Any]]], context: RunContext | None = None,
     ) -> list[MethodOutcome]:
-        """Each setting's outcome from its parts (together covering every row once). ValueError if they do not."""
+        """Each setting's outcome from its parts (together covering every row once), with its side-effect control
+        where `context` has one. ValueError if they do not cover every row once."""
         outcomes = []
         for settings, mine in zip(variants, parts):
             tally = _Tally.start(handle, task, splits, settings)
@@ -400,6 +419,9 @@ class DolaMethod:
             if sorted(seen) != list(range(len(splits))):
                 raise ValueError(f"DoLa parts cover rows {sorted(seen)}, expected each of 0..{len(splits) - 1} once")
             outcomes.append(tally.outcome(handle, task, splits, list(range(len(splits)))))
+        if context is not None:
+            for outcome, control in zip(outcomes, self._controls(handle, variants, context)):
+                outcome.control = control
         return outcomes
 
 

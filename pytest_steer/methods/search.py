@@ -20,6 +20,7 @@ import torch
 
 from pytest_steer.errors import SteerError
 from pytest_steer.methods.base import MethodOutcome, Phases, RunContext
+from pytest_steer.methods.control import control_outcome
 from pytest_steer.methods.hooks import HookReport, Intervene, silent_layers
 from pytest_steer.methods.scoring import TokenCounter, first_target_ids, score_interventions
 from pytest_steer.models.loader import ModelHandle
@@ -149,6 +150,7 @@ class LayerSearch(ABC):
     settings_type: type
     artifact: str  # what `extract` returns, for the cache key
     cached: tuple[str, ...]  # the settings the extracted tensors depend on (the cache key)
+    side_effects = True  # the control task is scored under the chosen intervention (`RunContext.control`)
 
     def prepare(self, task: Task, n_dev: int, n_test: int, seed: int) -> tuple[Splits, dict[str, int]]:
         """Cut word pairs into demonstrations, dev and test."""
@@ -206,9 +208,12 @@ class LayerSearch(ABC):
         test = PromptSet.zero_shot(handle, splits.test)
         unsteered, icl, shared = test_scores(handle, splits, test, settings.icl_shots, scoring, counter, context)
         clock.lap("unsteered_and_icl")
+        point, state = self.replay_point(handle, tensors, chosen)
+        control = control_outcome(handle, context, self.intervention, [point], state, settings, counter)
+        clock.lap("control")
         return MethodOutcome(
             unsteered=unsteered, steered=steered, icl=icl, chosen=dict(chosen), curves={}, vectors={},
-            vector_metadata={}, test_items=[p.input for p in splits.test], phases=clock.seconds,
+            vector_metadata={}, test_items=[p.input for p in splits.test], phases=clock.seconds, control=control,
             diagnostics={"forward_tokens": counter.tokens, "forward_passes": counter.passes, "unsteered_shared": shared},
         )
 
@@ -257,8 +262,10 @@ class LayerSearch(ABC):
             raise RuntimeError(f"steering hook on block {best.layer} did not fire or changed nothing: {report}")
         found = Search(layers, dev, grid, dev_accuracy, best, unsteered, steered, report, sweep, counter, cache)
         clock.lap("test")
+        control = control_outcome(handle, context, self.intervention, [best], state, settings, counter)
+        clock.lap("control")
         outcome = self.outcome(handle, splits, settings, found, state, tensors)
-        outcome.phases = clock.seconds
+        outcome.phases, outcome.control = clock.seconds, control
         return outcome
 
 

@@ -263,7 +263,7 @@ class SteerSession:
         for k in waiting:
             take(k, wait=True)
         outcomes = method.combine(handle, task, splits, settings,
-                                  [[got[k][v] for k in range(len(chunks))] for v in range(len(settings))])
+                                  [[got[k][v] for k in range(len(chunks))] for v in range(len(settings))], context)
         by = Counter(str(got[k][0].get("by", "")) for k in range(len(chunks)))
         return [replace(o, diagnostics={**o.diagnostics, "parts": {"count": len(chunks), "by": dict(sorted(by.items()))}})
                 for o in outcomes]
