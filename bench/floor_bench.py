@@ -107,7 +107,7 @@ def states(args: argparse.Namespace) -> int:
                 if args.report_dir:
                     report = Path(args.report_dir).resolve() / f"{tree.name}-{state}.json"
                     extra = [*extra, f"--steer-report={report}"]
-                select = ["-m", args.m] if args.m else []
+                select = (["-m", args.m] if args.m else []) + list(args.extra or [])
                 command = [sys.executable, "-m", "pytest", "steering_cases", "-n", "2", "--dist", "loadgroup", "-q",
                            "-p", "no:cacheprovider", *select, f"--steer-cache-dir={cache}", *extra]
                 env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -135,6 +135,7 @@ def main() -> int:
     s.add_argument("-m", help="marker expression of the slice (default: the whole suite)")
     s.add_argument("--tree", action="append", required=True, help="a checkout to run (repeat: before, after)")
     s.add_argument("--models", help="converted models folder to share (default: ~/.cache/pytest-steer/models)")
+    s.add_argument("--extra", action="append", help="a further pytest argument for every run (e.g. --steer-update)")
     s.add_argument("--report-dir", help="write each run's --steer-report here as <tree folder>-<state>.json")
     s.add_argument("--states", default="cold,fresh,reused",
                    help="which states to time, in this order (fresh alone suits DoLa slices: they extract no vectors)")
