@@ -249,3 +249,26 @@ def test_dola_scores_the_control_with_and_without_its_contrast_in_one_pass_and_i
                             _context(tmp_path, control))
     for a, b in zip(whole, joined):
         assert np.array_equal(a.control.steered, b.control.steered) and a.control.items == b.control.items
+
+
+def test_only_cases_with_the_same_control_share_a_pass(tmp_path):
+    """Variants of one DoLa task share a pass (and its control) only when their side-effect controls agree."""
+    from pytest_steer.cases.casefile import Case, load_case_file
+    from pytest_steer.run.options import SteerOptions
+    from pytest_steer.run.session import SteerSession
+
+    path = tmp_path / "steer_x.toml"
+    path.write_text('[defaults]\nn_test = 20\n[[suite]]\nmodels = ["smollm2-135m"]\nmethods = ["dola"]\n'
+                    'tasks = ["truthful-mc"]\nvariant = "lower"\nsettings = { bucket = "lower" }\n'
+                    '[[suite]]\nmodels = ["smollm2-135m"]\nmethods = ["dola"]\ntasks = ["truthful-mc"]\n'
+                    'variant = "upper"\nsettings = { bucket = "upper" }\n'
+                    '[[suite]]\nmodels = ["smollm2-135m"]\nmethods = ["dola"]\ntasks = ["truthful-mc"]\n'
+                    'variant = "bare"\nsettings = { bucket = "q4" }\n'
+                    '[[case]]\nvariant = "bare"\ncontrol = ""\n')
+    cases = {c.variant: c for c in load_case_file(path) if isinstance(c, Case)}
+    assert cases["bare"].control_path is None and cases["lower"].control_path is not None
+    options = SteerOptions(cache_dir=tmp_path / "cache", baseline_dir=tmp_path / "b", update=False, threshold=0.1,
+                           tolerance=0.05, min_recovery=None, report_path=None)
+    session = SteerSession(options, selected=list(cases.values()))
+    assert session.siblings(cases["lower"]) == [cases["lower"], cases["upper"]]
+    assert session.siblings(cases["bare"]) == [cases["bare"]]

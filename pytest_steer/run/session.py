@@ -622,8 +622,9 @@ def _stored_parts(folder: Path, keys: list[str], k: int, rows: list[int]) -> lis
 
 
 def _work_key(case: Case) -> tuple[Any, ...]:
+    """What cases sharing one pass must have in common: the model, method, task, split and side-effect control."""
     o = case.options
-    return case.model, case.method, case.task, case.task_path, o.n_dev, o.n_test, o.seed
+    return case.model, case.method, case.task, case.task_path, o.n_dev, o.n_test, o.seed, case.control_path, o.n_control
 
 
 def _work_hash(case: Case) -> str:
