@@ -61,7 +61,8 @@ def test_the_page_holds_every_picture_and_the_provenance(page: Path) -> None:
                      "(heads, strength) at layer 14", "premature layer chosen", "unsteered vs DoLa (gated: mc1)",
                      "dev accuracy (stored baseline)", "regression: steered 0.10 is below the stored baseline 0.76",
                      "a task file that does not parse", "reused, computed 2026-11-25T10:00:00+00:00",
-                     "transformers 5.24.0", "cpu, float32"):
+                     f"transformers {_stored('smollm2-135m', 'task_vector', 'antonym').provenance.versions['transformers']}",
+                     "cpu, float32"):
         assert fragment in text, fragment
     assert text.count("dev accuracy (stored baseline)") == 1  # only the failed case shows its baseline's curve
     assert text.count('<details class="case"') == 5

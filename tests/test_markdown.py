@@ -27,7 +27,7 @@ def test_a_stale_block_is_rewritten_and_check_fails_on_it(tmp_path: Path, capsys
     text = doc.read_text()
     assert "| old | table |" not in text and text.startswith("intro\n") and text.endswith("after\n")
     row = next(line for line in text.splitlines() if "smollm2-135m | english-french" in line)
-    assert row == "| smollm2-135m | english-french | 0.00 | 0.04 | 0.06 | +0.04 [+0.00, +0.09] | 20 (30) | - | 0.163 (auto) | xfail (declared) |"
+    assert row == "| smollm2-135m | english-french | 0.00 | 0.04 | 0.06 | +0.04 [+0.00, +0.09] | 20 (30) | general-knowledge 0.50>0.51 (+0.01) | 0.163 (auto) | xfail (declared) |"
     assert main([*args, "--check"]) == 0
 
 

@@ -37,7 +37,7 @@ def test_the_built_ins_have_their_own_and_an_unknown_method_the_generic_one() ->
 def test_a_method_with_other_knobs_gets_a_row_figures_and_drift() -> None:
     result = _third_party()
     report = CaseReport(result.id, result.model, result.method, result.task, "", "pass", result, Verdict(True))
-    table = render_table([report], 200, False)
+    table = render_table([report], 260, False)  # wide enough that no column wraps
     assert "share=0.5, temperature=0.7" in table
     figures = GENERIC.figures(result, result)
     assert [f.layout.title.text for f in figures] == ["dev_share"]  # numeric curves only, the stored one beside
