@@ -148,10 +148,14 @@ def _check_task_fits(settings: Any, task_path: Path, name: str, options: CaseOpt
     if not isinstance(settings, ChecksTask):
         return
     try:
-        settings.check_task(_read_task(name, task_path, task_path.stat().st_mtime_ns if task_path.exists() else 0),
-              options.n_dev, options.n_test, where)
+        settings.check_task(read_task(name, task_path), options.n_dev, options.n_test, where)
     except TaskError as exc:
         raise CaseFileError(f"{where}: {exc}") from exc
+
+
+def read_task(name: str, path: Path) -> Task:
+    """The task file, read once per version of it (keyed by its modification time)."""
+    return _read_task(name, path, path.stat().st_mtime_ns if path.exists() else 0)
 
 
 @functools.lru_cache(maxsize=64)
@@ -262,7 +266,7 @@ def _local_files(settings: Any, base: Path, where: str) -> Any:
 def _check_control(path: Path, options: CaseOptions, where: str) -> None:
     """The control task holds two-choice questions, at least `n_control` of them."""
     try:
-        task = _read_task(path.stem, path, path.stat().st_mtime_ns if path.exists() else 0)
+        task = read_task(path.stem, path)
     except TaskError as exc:
         raise CaseFileError(f"{where}: {exc}") from exc
     if task.kind != "ab":

@@ -25,7 +25,7 @@ from filelock import FileLock, Timeout
 
 from pytest_steer import __version__
 from pytest_steer.storage.baselines import BaselineStore
-from pytest_steer.cases.casefile import Case
+from pytest_steer.cases.casefile import Case, read_task
 from pytest_steer.run.options import SteerOptions
 from pytest_steer.methods import load_method, methods
 from pytest_steer.methods.base import Control, MethodOutcome, Progress, RunContext
@@ -553,10 +553,11 @@ def _gate_on_replay(outcome: MethodOutcome, replayed: Replay, accepted: Accepted
 
 
 def _control(case: Case) -> Control | None:
-    """The case's side-effect control questions (the first `n_control` of a seeded draw), or None."""
+    """The case's side-effect control questions (the first `n_control` of a seeded draw), or None. The file is
+    read once per version (`read_task`), not once per case."""
     if case.control_path is None:
         return None
-    task = load_task(case.control_path.stem, case.control_path)
+    task = read_task(case.control_path.stem, case.control_path)
     rows = sample_items(task, case.options.n_control, case.options.seed)
     return Control(task.name, tuple(task.items[i] for i in rows))  # type: ignore[misc]
 
